@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything tunneld's demo and test suite need, idempotently:
+# Debian packages (namespaces, nftables, traffic tools, strongSwan, OpenVPN)
+# and the Python package itself with its test/dev extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  iproute2 nftables iperf3 tcpdump tshark procps psmisc
+  openvpn
+  strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts a strongSwan service on install; our tests run their own charons.
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl stop strongswan-starter strongswan 2>/dev/null || true
+fi
+
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; assert sys.version_info >= (3, 11), "tunneld needs Python >= 3.11"'
+pip_args=(-q install --disable-pip-version-check -e ".[test,dev]")
+if ! "$PY" -m pip "${pip_args[@]}" 2>/tmp/tunneld-pip.err; then
+  if grep -q externally-managed /tmp/tunneld-pip.err; then
+    "$PY" -m pip "${pip_args[@]}" --break-system-packages
+  else
+    cat /tmp/tunneld-pip.err >&2
+    exit 1
+  fi
+fi
+echo "install-deps: ok ($("$PY" --version), $(command -v tunneld))"
