@@ -1,0 +1,352 @@
+"""The SA database: which SA seals an inner packet, which SA opens an ESP packet.
+
+Theory of operation:
+
+1. A :class:`Tunnel` is a selector pair (local networks, remote networks)
+   toward one peer address, with up to three outbound SAs: ``previous``,
+   ``current`` and ``next`` (make-before-break, as WireGuard's keypairs).
+   Only ``current`` seals packets. Inbound SAs belong to a tunnel and are
+   found by SPI; every inbound SA of a tunnel (old and new) is valid at once,
+   so packets in flight during a rekey still decrypt.
+2. Outbound: the inner destination address picks the tunnel whose *remote*
+   selectors contain it, longest prefix first, IPv4 and IPv6 alike (the
+   version nibble says which). The source is not checked on the way out:
+   the peer checks it on the way in (rule 3). Results (also "no tunnel") are
+   cached in a bounded dict keyed by the destination bytes.
+3. Inbound: SPI -> InboundSA (else UNKNOWN_SPI) -> decrypt -> the next header
+   must match the inner version (4 <-> IPv4, 41 <-> IPv6, else MALFORMED) ->
+   the inner source must lie in the tunnel's remote selectors and the
+   destination in its local selectors (else NO_POLICY, RFC 4301 §5.2).
+   Verdicts are cached per tunnel, keyed by the source||destination bytes.
+4. State changes only through the methods of :class:`SADatabase`
+   (``add_tunnel``, ``remove_tunnel``, ``set_peer``, ``add_inbound``,
+   ``remove_inbound``, ``install_next``, ``promote``, ``retire_previous``);
+   each one clears the lookup caches. Tunnel attributes are for reading.
+   ``encapsulate``/``decapsulate`` change only counters, sequence numbers
+   and replay windows. All methods are synchronous, so under trio each call
+   is atomic.
+5. Every drop is raised as ``EspDrop`` and counted twice: in the SA that
+   refused the packet (if any) and in ``SADatabase.drops``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Network, IPv6Network, ip_network
+
+from tunneld.dataplane.drops import DropReason, EspDrop, zero_counters
+from tunneld.dataplane.esp import NEXT_HEADER_IPV4, NEXT_HEADER_IPV6, SPI_SEQ
+from tunneld.dataplane.sa import InboundSA, OutboundSA
+
+PeerAddress = tuple[str, int]
+Network = IPv4Network | IPv6Network
+DEFAULT_CACHE_SIZE = 4096  # our choice: distinct destinations (or flows) remembered
+_IPV4_HEADER_LEN = 20  # RFC 791 §3.1 (without options)
+_IPV6_HEADER_LEN = 40  # RFC 8200 §3
+_Rules = dict[int, tuple[tuple[int, int], ...]]  # version -> ((network, mask), ...)
+
+
+def _networks(selectors: Iterable[str | Network]) -> tuple[Network, ...]:
+    networks = tuple(ip_network(s) for s in selectors)
+    if not networks:
+        raise ValueError("a tunnel needs at least one selector on each side")
+    return networks
+
+
+def _rules(networks: tuple[Network, ...]) -> _Rules:
+    rules: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+    for net in networks:
+        rules[net.version].append((int(net.network_address), int(net.netmask)))
+    return {version: tuple(pairs) for version, pairs in rules.items()}
+
+
+def _contains(rules: tuple[tuple[int, int], ...], address: bytes) -> bool:
+    value = int.from_bytes(address, "big")
+    return any(value & mask == network for network, mask in rules)
+
+
+class Tunnel:
+    """Selectors, peer address and SAs of one tunnel (read-only outside SADatabase)."""
+
+    __slots__ = (
+        "_local_rules",
+        "_policy",
+        "_remote_rules",
+        "current",
+        "inbound_spis",
+        "local",
+        "name",
+        "next",
+        "peer",
+        "previous",
+        "remote",
+    )
+
+    def __init__(
+        self, name: str, peer: PeerAddress, local: tuple[Network, ...], remote: tuple[Network, ...]
+    ) -> None:
+        self.name = name
+        self.peer = peer
+        self.local = local
+        self.remote = remote
+        self.previous: OutboundSA | None = None
+        self.current: OutboundSA | None = None
+        self.next: OutboundSA | None = None
+        self.inbound_spis: set[int] = set()
+        self._local_rules = _rules(local)
+        self._remote_rules = _rules(remote)
+        self._policy: dict[bytes, bool] = {}
+
+    def admits(self, version: int, source: bytes, destination: bytes) -> bool:
+        """Inbound policy (rule 3): source in remote selectors, destination in local ones."""
+        return _contains(self._remote_rules[version], source) and _contains(
+            self._local_rules[version], destination
+        )
+
+    def snapshot(self) -> dict[str, object]:
+        def sa(out: OutboundSA | None) -> dict[str, object] | None:
+            return None if out is None else out.snapshot()
+
+        return {
+            "peer": list(self.peer),
+            "local": [str(n) for n in self.local],
+            "remote": [str(n) for n in self.remote],
+            "previous": sa(self.previous),
+            "current": sa(self.current),
+            "next": sa(self.next),
+        }
+
+    def __repr__(self) -> str:
+        current = "none" if self.current is None else f"{self.current.spi:08x}"
+        return f"Tunnel({self.name!r}, peer={self.peer!r}, current={current})"
+
+
+class SADatabase:
+    """Tunnels, inbound SAs by SPI, outbound lookup by destination; see the module docstring."""
+
+    def __init__(self, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        if cache_size < 1:
+            raise ValueError("cache_size must be at least 1")
+        self._cache_size = cache_size
+        self._tunnels: dict[str, Tunnel] = {}
+        self._inbound: dict[int, tuple[InboundSA, Tunnel]] = {}
+        # version -> [(prefix length, mask, {masked network: tunnel})], longest first
+        self._routes: dict[int, list[tuple[int, int, dict[int, Tunnel]]]] = {4: [], 6: []}
+        self._cache: dict[bytes, Tunnel | None] = {}
+        self.drops = zero_counters()
+
+    # -- configuration (rule 4) ------------------------------------------------
+
+    def add_tunnel(
+        self,
+        name: str,
+        peer: PeerAddress,
+        local: Iterable[str | Network],
+        remote: Iterable[str | Network],
+    ) -> Tunnel:
+        """Add a tunnel; ValueError if the name exists or a remote network is taken."""
+        if name in self._tunnels:
+            raise ValueError(f"tunnel {name!r} exists")
+        tunnel = Tunnel(name, peer, _networks(local), _networks(remote))
+        taken = {net for other in self._tunnels.values() for net in other.remote}
+        clash = [str(net) for net in tunnel.remote if net in taken]
+        if clash:
+            raise ValueError(f"remote selectors {clash} already belong to another tunnel")
+        self._tunnels[name] = tunnel
+        self._rebuild_routes()
+        return tunnel
+
+    def remove_tunnel(self, name: str) -> Tunnel:
+        """Remove a tunnel with its inbound SAs; returns it (for final counters)."""
+        tunnel = self._tunnels.pop(name)
+        for spi in tunnel.inbound_spis:
+            del self._inbound[spi]
+        self._rebuild_routes()
+        return tunnel
+
+    def tunnel(self, name: str) -> Tunnel:
+        return self._tunnels[name]
+
+    @property
+    def tunnels(self) -> tuple[Tunnel, ...]:
+        return tuple(self._tunnels.values())
+
+    def set_peer(self, name: str, peer: PeerAddress) -> None:
+        """Send this tunnel's ESP to a new address (e.g. after a NAT rebinding)."""
+        self._tunnels[name].peer = peer
+        self._changed()
+
+    def add_inbound(self, name: str, sa: InboundSA) -> None:
+        """Accept ESP for ``sa.spi`` on tunnel ``name``; ValueError if the SPI is in use."""
+        tunnel = self._tunnels[name]
+        if sa.spi in self._inbound:
+            raise ValueError(f"inbound SPI {sa.spi:08x} is already installed")
+        self._inbound[sa.spi] = (sa, tunnel)
+        tunnel.inbound_spis.add(sa.spi)
+
+    def remove_inbound(self, spi: int) -> InboundSA:
+        """Stop accepting ``spi`` (after the delete delay); returns the SA."""
+        sa, tunnel = self._inbound.pop(spi)
+        tunnel.inbound_spis.discard(spi)
+        return sa
+
+    def inbound(self, spi: int) -> InboundSA | None:
+        entry = self._inbound.get(spi)
+        return None if entry is None else entry[0]
+
+    def install_next(self, name: str, sa: OutboundSA) -> OutboundSA | None:
+        """Stage ``sa`` as the tunnel's next outbound SA; returns the one it replaces."""
+        tunnel = self._tunnels[name]
+        replaced, tunnel.next = tunnel.next, sa
+        self._changed()
+        return replaced
+
+    def promote(self, name: str) -> OutboundSA | None:
+        """next -> current -> previous; returns the SA pushed out of ``previous``."""
+        tunnel = self._tunnels[name]
+        if tunnel.next is None:
+            raise ValueError(f"tunnel {name!r} has no next outbound SA to promote")
+        dropped = tunnel.previous
+        tunnel.previous, tunnel.current, tunnel.next = tunnel.current, tunnel.next, None
+        self._changed()
+        return dropped
+
+    def retire_previous(self, name: str) -> OutboundSA | None:
+        """Forget the previous outbound SA; returns it (for its final counters)."""
+        tunnel = self._tunnels[name]
+        retired, tunnel.previous = tunnel.previous, None
+        self._changed()
+        return retired
+
+    def _changed(self) -> None:
+        self._cache.clear()
+        for tunnel in self._tunnels.values():
+            tunnel._policy.clear()
+
+    def _rebuild_routes(self) -> None:
+        by_length: dict[tuple[int, int], dict[int, Tunnel]] = {}
+        for tunnel in self._tunnels.values():
+            for net in tunnel.remote:
+                table = by_length.setdefault((net.version, net.prefixlen), {})
+                table[int(net.network_address)] = tunnel
+        routes: dict[int, list[tuple[int, int, dict[int, Tunnel]]]] = {4: [], 6: []}
+        for (version, length), table in sorted(by_length.items(), key=lambda kv: -kv[0][1]):
+            bits = 32 if version == 4 else 128
+            mask = ((1 << length) - 1) << (bits - length)
+            routes[version].append((length, mask, table))
+        self._routes = routes
+        self._changed()
+
+    # -- lookups -------------------------------------------------------------------
+
+    def lookup(self, destination: bytes) -> Tunnel | None:
+        """The tunnel for a packed inner destination (4 or 16 bytes), longest prefix."""
+        cache = self._cache
+        try:
+            return cache[destination]
+        except KeyError:
+            pass
+        if len(destination) not in (4, 16):
+            raise ValueError("destination must be a packed IPv4 or IPv6 address")
+        version = 4 if len(destination) == 4 else 6
+        value = int.from_bytes(destination, "big")
+        found = None
+        for _length, mask, table in self._routes[version]:
+            found = table.get(value & mask)
+            if found is not None:
+                break
+        if len(cache) >= self._cache_size:
+            del cache[next(iter(cache))]  # FIFO eviction keeps the cache bounded
+        cache[destination] = found
+        return found
+
+    # -- the hot path ----------------------------------------------------------------
+
+    def encapsulate(self, inner: bytes | memoryview) -> tuple[bytes, PeerAddress]:
+        """Seal an inner IP packet: ``(esp_packet, peer_address)``, or raise EspDrop.
+
+        MALFORMED: not an IPv4/IPv6 header; NO_POLICY: no tunnel or no current
+        SA for the destination; SEQ_EXHAUSTED: the current SA is used up.
+        """
+        size = len(inner)
+        version = inner[0] >> 4 if size else 0
+        if version == 4 and size >= _IPV4_HEADER_LEN:
+            destination = bytes(inner[16:20])
+            next_header = NEXT_HEADER_IPV4
+        elif version == 6 and size >= _IPV6_HEADER_LEN:
+            destination = bytes(inner[24:40])
+            next_header = NEXT_HEADER_IPV6
+        else:
+            self.drops[DropReason.MALFORMED] += 1
+            raise EspDrop(DropReason.MALFORMED)
+        tunnel = self.lookup(destination)
+        sa = None if tunnel is None else tunnel.current
+        if tunnel is None or sa is None:
+            self.drops[DropReason.NO_POLICY] += 1
+            raise EspDrop(DropReason.NO_POLICY)
+        try:
+            return sa.encrypt(inner, next_header), tunnel.peer
+        except EspDrop as drop:
+            self.drops[drop.reason] += 1
+            raise
+
+    def decapsulate(self, esp: bytes | memoryview) -> bytes:
+        """Open an ESP packet (SPI .. ICV) and return the inner IP packet, or raise EspDrop."""
+        if len(esp) < SPI_SEQ.size:
+            self.drops[DropReason.MALFORMED] += 1
+            raise EspDrop(DropReason.MALFORMED)
+        entry = self._inbound.get(SPI_SEQ.unpack_from(esp)[0])
+        if entry is None:
+            self.drops[DropReason.UNKNOWN_SPI] += 1
+            raise EspDrop(DropReason.UNKNOWN_SPI)
+        sa, tunnel = entry
+        try:
+            next_header, inner = sa.decrypt(esp)  # counts its own drops
+        except EspDrop as drop:
+            self.drops[drop.reason] += 1
+            raise
+        reason = self._policy_verdict(tunnel, next_header, inner)
+        if reason is not None:
+            sa.drops[reason] += 1
+            self.drops[reason] += 1
+            raise EspDrop(reason)
+        return inner
+
+    def _policy_verdict(self, tunnel: Tunnel, next_header: int, inner: bytes) -> DropReason | None:
+        """Rule 3: None if ``inner`` may leave the tunnel, else why not."""
+        size = len(inner)
+        version = inner[0] >> 4 if size else 0
+        if next_header == NEXT_HEADER_IPV4 and version == 4 and size >= _IPV4_HEADER_LEN:
+            addresses = inner[12:20]
+        elif next_header == NEXT_HEADER_IPV6 and version == 6 and size >= _IPV6_HEADER_LEN:
+            addresses = inner[8:40]
+        else:
+            return DropReason.MALFORMED
+        policy = tunnel._policy
+        allowed = policy.get(addresses)
+        if allowed is None:
+            half = len(addresses) // 2
+            allowed = tunnel.admits(version, addresses[:half], addresses[half:])
+            if len(policy) >= self._cache_size:
+                del policy[next(iter(policy))]
+            policy[addresses] = allowed
+        return None if allowed else DropReason.NO_POLICY
+
+    # -- status ----------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        """Plain-data status for the control socket: SPIs in hex, counters, never keys."""
+        tunnels: dict[str, object] = {}
+        for name, tunnel in self._tunnels.items():
+            entry = tunnel.snapshot()
+            entry["inbound"] = [
+                self._inbound[spi][0].snapshot() for spi in sorted(tunnel.inbound_spis)
+            ]
+            tunnels[name] = entry
+        return {
+            "tunnels": tunnels,
+            "drops": {reason.value: n for reason, n in self.drops.items()},
+        }
+
+    def __repr__(self) -> str:
+        return f"SADatabase(tunnels={len(self._tunnels)}, inbound_sas={len(self._inbound)})"
