@@ -33,6 +33,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tunneld.dataplane.drops import DropReason, EspDrop
 
+#: What the codec accepts as packet bytes (a bytearray is copied from before it is reused).
+Buffer = bytes | bytearray | memoryview
+
 SPI_LEN = 4  # RFC 4303 §2.1
 SEQ_LEN = 4  # RFC 4303 §2.2
 ESP_HEADER_LEN = SPI_LEN + SEQ_LEN
@@ -91,7 +94,7 @@ def seal(
     salt: bytes,
     spi: int,
     seq: int,
-    payload: bytes | memoryview,
+    payload: Buffer,
     next_header: int,
     *,
     esn: bool = False,
@@ -111,7 +114,7 @@ def seal(
     return header + ciphertext
 
 
-def parse_header(esp: bytes | memoryview) -> tuple[int, int]:
+def parse_header(esp: Buffer) -> tuple[int, int]:
     """``(spi, seq_low)`` of an ESP packet; ``EspDrop(MALFORMED)`` if it cannot be one."""
     if len(esp) < MIN_ESP_LEN:
         raise EspDrop(DropReason.MALFORMED)
@@ -119,9 +122,7 @@ def parse_header(esp: bytes | memoryview) -> tuple[int, int]:
     return spi, seq_low
 
 
-def open_ciphertext(
-    aead: AESGCM, salt: bytes, esp: memoryview, associated_data: bytes | memoryview
-) -> bytes:
+def open_ciphertext(aead: AESGCM, salt: bytes, esp: memoryview, associated_data: Buffer) -> bytes:
     """Verify and decrypt; returns payload | padding | pad length | next header.
 
     ``esp`` must be at least :data:`MIN_ESP_LEN` long (see :func:`parse_header`).

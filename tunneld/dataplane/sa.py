@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from tunneld.dataplane import esp as _esp
 from tunneld.dataplane.drops import DropReason, EspDrop, zero_counters
+from tunneld.dataplane.esp import Buffer
 from tunneld.dataplane.replay import DEFAULT_WINDOW, ReplayWindow
 
 __all__ = ["DropReason", "EspDrop", "InboundSA", "OutboundSA"]
@@ -80,7 +81,7 @@ class OutboundSA:
         """True once no sequence number is left: the SA must be replaced."""
         return self._next_seq > self._max_seq
 
-    def encrypt(self, inner: bytes | memoryview, next_header: int) -> bytes:
+    def encrypt(self, inner: Buffer, next_header: int) -> bytes:
         """Return the ESP packet (SPI .. ICV) carrying ``inner``.
 
         Raises ``EspDrop(SEQ_EXHAUSTED)`` once the counter would pass 2**32 - 1
@@ -158,7 +159,7 @@ class InboundSA:
         """The replay window (read it; only :meth:`decrypt` changes it)."""
         return self._window
 
-    def decrypt(self, esp: bytes | memoryview) -> tuple[int, bytes]:
+    def decrypt(self, esp: Buffer) -> tuple[int, bytes]:
         """Return ``(next_header, inner)`` for one ESP packet, or raise EspDrop.
 
         Drops: MALFORMED (too short, bad trailer), UNKNOWN_SPI (not this SA's
@@ -171,7 +172,7 @@ class InboundSA:
             self.drops[drop.reason] += 1
             raise
 
-    def _open(self, esp: bytes | memoryview) -> tuple[int, bytes]:
+    def _open(self, esp: Buffer) -> tuple[int, bytes]:
         spi, seq_low = _esp.parse_header(esp)
         if spi != self.spi:
             raise EspDrop(DropReason.UNKNOWN_SPI)
@@ -179,7 +180,7 @@ class InboundSA:
         seq = window.check(seq_low)  # before AES-GCM: cheap, mutates nothing
         view = memoryview(esp)
         if self._esn:
-            associated: bytes | memoryview = _ESN_AAD_PACK(spi, seq >> 32, seq_low)
+            associated: Buffer = _ESN_AAD_PACK(spi, seq >> 32, seq_low)
         else:
             associated = view[:8]
         plaintext = _esp.open_ciphertext(self._aead, self._salt, view, associated)

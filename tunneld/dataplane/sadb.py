@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from tunneld.dataplane.drops import DropReason, EspDrop, zero_counters
-from tunneld.dataplane.esp import NEXT_HEADER_IPV4, NEXT_HEADER_IPV6, SPI_SEQ
+from tunneld.dataplane.esp import NEXT_HEADER_IPV4, NEXT_HEADER_IPV6, SPI_SEQ, Buffer
 from tunneld.dataplane.sa import InboundSA, OutboundSA
 
 PeerAddress = tuple[str, int]
@@ -262,7 +262,7 @@ class SADatabase:
 
     # -- the hot path ----------------------------------------------------------------
 
-    def encapsulate(self, inner: bytes | memoryview) -> tuple[bytes, PeerAddress]:
+    def encapsulate(self, inner: Buffer) -> tuple[bytes, PeerAddress]:
         """Seal an inner IP packet: ``(esp_packet, peer_address)``, or raise EspDrop.
 
         MALFORMED: not an IPv4/IPv6 header; NO_POLICY: no tunnel or no current
@@ -290,7 +290,7 @@ class SADatabase:
             self.drops[drop.reason] += 1
             raise
 
-    def decapsulate(self, esp: bytes | memoryview) -> bytes:
+    def decapsulate(self, esp: Buffer) -> bytes:
         """Open an ESP packet (SPI .. ICV) and return the inner IP packet, or raise EspDrop."""
         if len(esp) < SPI_SEQ.size:
             self.drops[DropReason.MALFORMED] += 1

@@ -19,7 +19,7 @@ from enum import Enum
 
 from ike.constants import IKE_HEADER_LEN, NAT_KEEPALIVE, NON_ESP_MARKER
 from tunneld.dataplane.drops import DropReason, EspDrop
-from tunneld.dataplane.esp import MIN_ESP_LEN
+from tunneld.dataplane.esp import MIN_ESP_LEN, Buffer
 
 _MARKER_LEN = len(NON_ESP_MARKER)
 _KEEPALIVE_BYTE = NAT_KEEPALIVE[0]
@@ -31,7 +31,7 @@ class UdpKind(Enum):
     ESP = "esp"
 
 
-def classify(payload: bytes | memoryview) -> tuple[UdpKind, bytes | memoryview]:
+def classify(payload: Buffer) -> tuple[UdpKind, Buffer]:
     """Demultiplex one UDP payload received on port 4500.
 
     Returns ``(UdpKind.ESP, payload)`` (the same object, not copied),
@@ -48,6 +48,6 @@ def classify(payload: bytes | memoryview) -> tuple[UdpKind, bytes | memoryview]:
     raise EspDrop(DropReason.MALFORMED)
 
 
-def ike_payload(ike_message: bytes | memoryview) -> bytes:
+def ike_payload(ike_message: Buffer) -> bytes:
     """The UDP payload that carries ``ike_message`` on port 4500 (RFC 3948 §2.2)."""
     return b"".join((NON_ESP_MARKER, ike_message))
