@@ -63,15 +63,13 @@ SPI_SEQ = struct.Struct(">II")
 #: SPI, seq-high, seq-low: the AAD with ESN (RFC 4106 §5).
 ESN_AAD = struct.Struct(">III")
 
-#: The default padding contents 1, 2, 3, ... (RFC 4303 §2.4).
-_PAD_BYTES = bytes(range(1, 256))
+#: The default padding contents 1, 2, 3, ... (RFC 4303 §2.4), by pad length.
+_PADDINGS = tuple(bytes(range(1, n + 1)) for n in range(256))
 
 
 def _make_trailers() -> tuple[tuple[bytes, ...], ...]:
     """``_TRAILERS[next_header][pad_len]``: Padding | Pad Length | Next Header."""
-    return tuple(
-        tuple(_PAD_BYTES[:pad] + bytes((pad, nh)) for pad in range(4)) for nh in range(256)
-    )
+    return tuple(tuple(_PADDINGS[pad] + bytes((pad, nh)) for pad in range(4)) for nh in range(256))
 
 
 _TRAILERS = _make_trailers()
@@ -122,10 +120,13 @@ def parse_header(esp: Buffer) -> tuple[int, int]:
     return spi, seq_low
 
 
-def open_ciphertext(aead: AESGCM, salt: bytes, esp: memoryview, associated_data: Buffer) -> bytes:
+def open_ciphertext(aead: AESGCM, salt: bytes, esp: Buffer, associated_data: Buffer) -> bytes:
     """Verify and decrypt; returns payload | padding | pad length | next header.
 
     ``esp`` must be at least :data:`MIN_ESP_LEN` long (see :func:`parse_header`).
+    Slices of ``bytes`` are copied: for 1400-byte packets that measured faster
+    than going through a memoryview (cryptography 48); a memoryview passed in
+    is sliced without copying.
     """
     nonce = salt + esp[ESP_HEADER_LEN : ESP_HEADER_LEN + IV_LEN]
     try:
@@ -141,9 +142,8 @@ def split_trailer(plaintext: bytes) -> tuple[int, int]:
         raise EspDrop(DropReason.MALFORMED)
     pad_len = plaintext[-2]
     end = size - TRAILER_MIN - pad_len
-    if end < 0:
-        raise EspDrop(DropReason.MALFORMED)
-    if pad_len and plaintext[end : end + pad_len] != _PAD_BYTES[:pad_len]:
+    # startswith(prefix, start) compares in place: no slice is allocated.
+    if end < 0 or (pad_len and not plaintext.startswith(_PADDINGS[pad_len], end)):
         raise EspDrop(DropReason.MALFORMED)
     return plaintext[-1], end
 

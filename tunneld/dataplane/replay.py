@@ -88,15 +88,16 @@ class ReplayWindow:
 
         Raises ``EspDrop(REPLAY)`` if ``seq`` is no longer acceptable (test-and-set).
         """
-        words = self._words
         top = self._top
         if seq > top:
-            if seq > _SEQ64_MAX:
-                raise EspDrop(DropReason.REPLAY)
-            self._advance(top >> 6, seq >> 6)
+            if seq >> 6 != top >> 6:  # entering new words: clear them first
+                if seq > _SEQ64_MAX:
+                    raise EspDrop(DropReason.REPLAY)
+                self._advance(top >> 6, seq >> 6)
             self._top = seq
         elif seq == 0 or top - seq >= self._size:
             raise EspDrop(DropReason.REPLAY)
+        words = self._words
         index = (seq >> 6) % self._nwords
         bit = 1 << (seq & 63)
         if words[index] & bit:

@@ -167,27 +167,23 @@ class InboundSA:
         drop is counted in ``drops`` before it propagates.
         """
         try:
-            return self._open(esp)
+            spi, seq_low = _esp.parse_header(esp)
+            if spi != self.spi:
+                raise EspDrop(DropReason.UNKNOWN_SPI)
+            window = self._window
+            seq = window.check(seq_low)  # before AES-GCM: cheap, mutates nothing
+            if self._esn:
+                associated: Buffer = _ESN_AAD_PACK(spi, seq >> 32, seq_low)
+            else:
+                associated = esp[:8]
+            plaintext = _esp.open_ciphertext(self._aead, self._salt, esp, associated)
+            window.update(seq)  # only now: the ICV verified (RFC 4303 §3.4.3)
+            next_header, size = _esp.split_trailer(plaintext)
+            if next_header == _esp.NEXT_HEADER_NONE:
+                raise EspDrop(DropReason.DUMMY)  # RFC 4303 §2.6: discard silently
         except EspDrop as drop:
             self.drops[drop.reason] += 1
             raise
-
-    def _open(self, esp: Buffer) -> tuple[int, bytes]:
-        spi, seq_low = _esp.parse_header(esp)
-        if spi != self.spi:
-            raise EspDrop(DropReason.UNKNOWN_SPI)
-        window = self._window
-        seq = window.check(seq_low)  # before AES-GCM: cheap, mutates nothing
-        view = memoryview(esp)
-        if self._esn:
-            associated: Buffer = _ESN_AAD_PACK(spi, seq >> 32, seq_low)
-        else:
-            associated = view[:8]
-        plaintext = _esp.open_ciphertext(self._aead, self._salt, view, associated)
-        window.update(seq)  # only now: the ICV verified (RFC 4303 §3.4.3)
-        next_header, size = _esp.split_trailer(plaintext)
-        if next_header == _esp.NEXT_HEADER_NONE:
-            raise EspDrop(DropReason.DUMMY)  # RFC 4303 §2.6: discard silently
         self.packets += 1
         self.bytes += size
         return next_header, plaintext[:size]
