@@ -1,0 +1,610 @@
+"""The project's benchmark: site A -> site B through plain routing, tunneld and OpenVPN.
+
+Pipeline (``python -m tunneld.bench``; ``netns-scripts/bench.sh`` is a thin wrapper):
+
+1. ``netns-scripts/lab.sh up PREFIX``: two sites, two gateways, a bridge between them.
+2. For each round, for each configuration (the order rotates every round, so that no
+   configuration always runs first or last): set it up, check that the gateways really
+   route the remote site the way the configuration says, flush the route caches (cached
+   path MTUs would carry over from the previous configuration), ping, run one iperf3 TCP
+   stream, tear it down.
+3. Print the medians and ratios; with ``--json`` end with one JSON object.
+4. Tear everything down, also on failure, Ctrl-C or SIGTERM (try/finally + ``lab.sh down``).
+
+A configuration is a small object with ``setup()``/``teardown()``; the tunneld one is
+chosen from :data:`TUNNELD_MODES`, the extension point for running the real daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any, NoReturn, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "netns-scripts"
+
+# The lab topology contract (netns-scripts/lab.sh).
+SITE_A_NET, SITE_A_HOST = "198.51.100.0/24", "198.51.100.10"
+SITE_B_NET, SITE_B_HOST = "203.0.113.0/24", "203.0.113.10"
+GWA_UNDERLAY, GWB_UNDERLAY = "192.0.2.1", "192.0.2.2"
+
+# Our choices.
+IPERF_PORT = 5201
+TUNNEL_MTU = 1400  # tunneld's TUN MTU; OpenVPN's tun-mtu is set to the same (fair MTUs)
+OVPN_DEV = "ovpn-bench"
+OVPN_INNER_A, OVPN_INNER_B = "192.0.2.201", "192.0.2.202"  # /32 point-to-point addresses
+SETUP_TIMEOUT = 30.0
+REACH_TIMEOUT = 10.0
+
+
+class BenchError(Exception):
+    """The benchmark could not measure (a tool failed, a tunnel did not come up)."""
+
+
+# -- running commands -------------------------------------------------------------------
+
+
+def run(cmd: Sequence[str], *, timeout: float, check: bool = True, cwd: Path | None = None) -> str:
+    """Run a command to completion (killed after ``timeout``); return its stdout."""
+    try:
+        proc = subprocess.run(
+            list(cmd), capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}") from exc
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()[-600:]
+        raise BenchError(f"exit {proc.returncode}: {' '.join(cmd)}\n{detail}")
+    return proc.stdout
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Terminate one process we started (SIGTERM, then SIGKILL) and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_until(what: str, predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class Lab:
+    """The namespaces of one lab instance (``lab.sh up PREFIX``)."""
+
+    prefix: str
+
+    def ns(self, role: str) -> str:
+        return f"{self.prefix}-{role}"
+
+    def cmd(self, role: str, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns(role), *argv]
+
+    def egress(self, role: str, dst: str) -> tuple[str, str | None]:
+        """(device, next hop) the namespace would use for ``dst``."""
+        out = run(["ip", "-n", self.ns(role), "-j", "route", "get", dst], timeout=5, check=False)
+        routes = json.loads(out) if out.strip() else []
+        if not routes:
+            return ("unreachable", None)
+        return (str(routes[0].get("dev")), routes[0].get("gateway"))
+
+    def mtu(self, role: str, dev: str) -> int:
+        out = run(["ip", "-n", self.ns(role), "-j", "link", "show", "dev", dev], timeout=5)
+        return int(json.loads(out)[0]["mtu"])
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a configuration needs to set itself up."""
+
+    lab: Lab
+    repo: Path
+    workdir: Path  # a private temporary directory, removed at the end
+
+
+# -- configurations ---------------------------------------------------------------------
+
+
+class Configuration(Protocol):
+    """One way of carrying site A <-> site B traffic between the gateways."""
+
+    name: str
+    tunnel: bool  # True: the remote site must NOT be routed over the underlay
+
+    def setup(self) -> None: ...
+    def teardown(self) -> None: ...  # must be safe after a failed or partial setup
+
+
+class PlainRouting:
+    """No tunnel: each gateway routes the remote site directly over the underlay."""
+
+    name, tunnel = "plain", False
+
+    def __init__(self, ctx: Context) -> None:
+        self._routes = (
+            (ctx.lab.ns("gwa"), SITE_B_NET, GWB_UNDERLAY),
+            (ctx.lab.ns("gwb"), SITE_A_NET, GWA_UNDERLAY),
+        )
+
+    def setup(self) -> None:
+        for ns, net, via in self._routes:
+            run(["ip", "-n", ns, "route", "add", net, "via", via], timeout=5)
+
+    def teardown(self) -> None:
+        for ns, net, via in self._routes:
+            run(["ip", "-n", ns, "route", "del", net, "via", via], timeout=5, check=False)
+
+
+class StaticPairTunneld:
+    """tunneld's data plane with static keys, run by the test harness ``static_pair``.
+
+    ``python -m tests.tools.static_pair up PREFIX`` starts one data-plane process per
+    gateway (fresh random keys, remote site routed into its TUN); ``down`` stops them.
+    """
+
+    name, tunnel = "tunneld", True
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def _static_pair(self, action: str, check: bool) -> None:
+        argv = [sys.executable, "-m", "tests.tools.static_pair", action, self._ctx.lab.prefix]
+        run(argv, timeout=SETUP_TIMEOUT, check=check, cwd=self._ctx.repo)
+
+    def setup(self) -> None:
+        self._static_pair("up", check=True)
+
+    def teardown(self) -> None:
+        self._static_pair("down", check=False)
+
+
+# How tunneld is run in the bench. To bench the real daemon, add a class shaped like
+# StaticPairTunneld whose setup() writes one config per gateway (certificates from
+# `tunneld pki`, the other gateway as peer, the sites as traffic selectors) into
+# ctx.workdir, starts `ip netns exec PREFIX-gwX tunneld run -c FILE` in each gateway,
+# waits until `tunneld status` reports the Child SA up, and whose teardown() stops both
+# processes; then register it here as "daemon".
+TUNNELD_MODES: dict[str, Callable[[Context], Configuration]] = {
+    "static": StaticPairTunneld,
+}
+
+
+def _certificate(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    eku: x509.ObjectIdentifier | None,
+) -> x509.Certificate:
+    """A one-day EC certificate: a CA when ``issuer`` is None, else a leaf with ``eku``."""
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, signing_key = issuer if issuer else (name, key)
+    ca = issuer is None
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            # OpenVPN's remote-cert-tls requires a key usage extension on the peer's cert.
+            x509.KeyUsage(
+                digital_signature=not ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=not ca,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+    if eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def write_openvpn_pki(directory: Path) -> None:
+    """A throwaway EC CA plus a server and a client certificate with their EKUs."""
+    pem = serialization.Encoding.PEM
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _certificate("tunneld-bench CA", ca_key, None, None)
+    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    for role, eku in (
+        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        leaf = _certificate(f"tunneld-bench {role}", key, (ca_cert.subject, ca_key), eku)
+        (directory / f"{role}.pem").write_bytes(leaf.public_bytes(pem))
+        key_path = directory / f"{role}.key"
+        key_path.touch(mode=0o600)
+        key_bytes = key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        key_path.write_bytes(key_bytes)
+
+
+class OpenVpnP2p:
+    """OpenVPN 2.6 in peer-to-peer TLS mode, AES-256-GCM, userspace data channel (no DCO).
+
+    tls-server in gateway B, tls-client in gateway A, the remote site routed through the
+    OpenVPN tun; configuration from ``netns-scripts/openvpn/p2p-tls.conf.in``.
+    """
+
+    name, tunnel = "openvpn", True
+    TEMPLATE = SCRIPTS / "openvpn" / "p2p-tls.conf.in"
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._dir = ctx.workdir / "openvpn"
+        self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def _start(
+        self, role: str, gateway: str, remote: str, inner: tuple[str, str], site: str
+    ) -> None:
+        conf = self._dir / f"{role}.conf"
+        fields = {
+            "dev": OVPN_DEV, "remote": remote, "local_inner": inner[0], "remote_inner": inner[1],
+            "remote_site": site.split("/")[0], "tls_role": f"tls-{role}", "role": role,
+            "peer_role": "client" if role == "server" else "server", "pki": str(self._dir),
+            "tun_mtu": str(TUNNEL_MTU),
+        }  # fmt: skip
+        conf.write_text(Template(self.TEMPLATE.read_text()).substitute(fields))
+        log = self._dir / f"{role}.log"
+        with log.open("wb") as out:
+            argv = self._ctx.lab.cmd(gateway, "openvpn", "--config", str(conf))
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us; teardown stops it in order
+            )  # fmt: skip
+        self._procs.append((role, proc, log))
+
+    def _connected(self) -> bool:
+        for role, proc, log in self._procs:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-800:]
+                raise BenchError(f"openvpn ({role}) exited with {proc.returncode}:\n{tail}")
+        return all(
+            "Initialization Sequence Completed" in log.read_text(errors="replace")
+            for _, _, log in self._procs
+        )
+
+    def setup(self) -> None:
+        if not self._dir.exists():
+            self._dir.mkdir(mode=0o700)
+            write_openvpn_pki(self._dir)
+        self._start("server", "gwb", GWA_UNDERLAY, (OVPN_INNER_B, OVPN_INNER_A), SITE_A_NET)
+        self._start("client", "gwa", GWB_UNDERLAY, (OVPN_INNER_A, OVPN_INNER_B), SITE_B_NET)
+        wait_until("OpenVPN to connect", self._connected, SETUP_TIMEOUT)
+        for role, _, log in self._procs:
+            ciphers = re.findall(r"Data Channel: cipher '([^']+)'", log.read_text())
+            if ciphers != ["AES-256-GCM"]:
+                raise BenchError(f"openvpn ({role}) data channel cipher: {ciphers}")
+
+    def teardown(self) -> None:
+        while self._procs:
+            stop_process(self._procs.pop()[1])
+
+
+CONFIGURATIONS: dict[str, Callable[[Context, str], Configuration]] = {
+    "plain": lambda ctx, mode: PlainRouting(ctx),
+    "tunneld": lambda ctx, mode: TUNNELD_MODES[mode](ctx),
+    "openvpn": lambda ctx, mode: OpenVpnP2p(ctx),
+}
+
+
+# -- measurements -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measurement of one configuration."""
+
+    mbps: float
+    rtts_ms: list[float]
+    retransmits: int | None
+    cpu_busy_pct: float  # the whole machine during the iperf3 run (other users included)
+    egress: str  # the device gateway A sends site B's traffic to
+    mtu: int
+
+
+def flush_route_caches(lab: Lab) -> None:
+    """Forget cached routes and path MTUs (they would carry over between configurations)."""
+    for role in ("a", "gwa", "gwb", "b"):
+        run(lab.cmd(role, "ip", "route", "flush", "cache"), timeout=5)
+
+
+def check_path(lab: Lab, config: Configuration) -> tuple[str, int]:
+    """Make sure each gateway routes the remote site the way ``config`` says it does.
+
+    A tunnel must not fall back on the underlay (that would measure plain routing).
+    """
+    for gateway, dst, peer in (
+        ("gwa", SITE_B_HOST, GWB_UNDERLAY),
+        ("gwb", SITE_A_HOST, GWA_UNDERLAY),
+    ):
+        underlay, _ = lab.egress(gateway, peer)
+        dev, via = lab.egress(gateway, dst)
+        tunnelled = dev not in (underlay, "unreachable")
+        if dev == "unreachable" or tunnelled != config.tunnel:
+            raise BenchError(f"{config.name}: {gateway} routes {dst} via {dev} {via or ''}")
+    dev, _ = lab.egress("gwa", SITE_B_HOST)
+    return dev, lab.mtu("gwa", dev)
+
+
+def ping_rtts(lab: Lab, count: int, interval: float) -> list[float]:
+    """RTTs in ms of ``count`` pings from site A to site B (lost ones are left out)."""
+    argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", SITE_B_HOST]
+    out = run(lab.cmd("a", *argv), timeout=count * interval + 10, check=False)
+    return [float(ms) for ms in re.findall(r"time=([\d.]+) ms", out)]
+
+
+def wait_reachable(lab: Lab, config: Configuration) -> None:
+    wait_until(
+        f"site B to answer pings through {config.name}",
+        lambda: bool(ping_rtts(lab, 1, 0.2)),
+        REACH_TIMEOUT,
+    )
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(total, idle) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(fields), fields[3] + fields[4]  # idle + iowait
+
+
+def _listening(lab: Lab) -> bool:
+    out = run(lab.cmd("b", "ss", "-Htln", f"sport = :{IPERF_PORT}"), timeout=5, check=False)
+    return bool(out.strip())
+
+
+def iperf(lab: Lab, duration: int) -> tuple[float, int | None, float]:
+    """One TCP stream site A -> site B: (Mbit/s received, retransmits, CPU busy %)."""
+    server = subprocess.Popen(
+        lab.cmd("b", "iperf3", "-s", "-1", "-B", SITE_B_HOST, "-p", str(IPERF_PORT)),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until("the iperf3 server", lambda: _listening(lab), 5)
+        client = ["iperf3", "-c", SITE_B_HOST, "-p", str(IPERF_PORT), "-t", str(duration)]
+        client += ["-J", "--connect-timeout", "3000"]
+        before = _cpu_times()
+        # iperf3 3.12 can spin forever when the tunnel dies: the timeout kills it.
+        out = run(lab.cmd("a", *client), timeout=duration + 20, check=False)
+        after = _cpu_times()
+    finally:
+        stop_process(server, grace=2)
+    try:
+        report = json.loads(out)
+    except ValueError as exc:
+        raise BenchError(f"iperf3 printed no JSON: {out[-300:]!r}") from exc
+    try:
+        received = float(report["end"]["sum_received"]["bits_per_second"])
+    except (KeyError, TypeError) as exc:
+        raise BenchError(f"iperf3 failed: {report.get('error', 'no result')}") from exc
+    busy = 100.0 * (1 - (after[1] - before[1]) / max(1, after[0] - before[0]))
+    return received / 1e6, report["end"].get("sum_sent", {}).get("retransmits"), busy
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Let a teardown finish even if Ctrl-C is pressed again meanwhile."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def measure(ctx: Context, config: Configuration, args: argparse.Namespace) -> Sample:
+    """Set ``config`` up, ping and iperf through it, tear it down."""
+    try:
+        config.setup()
+        egress, mtu = check_path(ctx.lab, config)
+        wait_reachable(ctx.lab, config)
+        flush_route_caches(ctx.lab)
+        rtts = ping_rtts(ctx.lab, args.pings, args.ping_interval)
+        if not rtts:
+            raise BenchError(f"{config.name}: no ping answered")
+        flush_route_caches(ctx.lab)
+        mbps, retransmits, busy = iperf(ctx.lab, args.duration)
+    finally:
+        with uninterrupted():
+            config.teardown()
+    return Sample(mbps, rtts, retransmits, busy, egress, mtu)
+
+
+# -- rounds, results, report ------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    """Every sample of every configuration, in run order."""
+
+    names: list[str]
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+
+    def mbps(self, name: str) -> float:
+        return statistics.median(s.mbps for s in self.samples[name])
+
+    def rtt_ms(self, name: str) -> float:
+        """Median over every ping of every round."""
+        return statistics.median(ms for s in self.samples[name] for ms in s.rtts_ms)
+
+    def ratios(self) -> dict[str, float]:
+        pairs = [(n, "plain") for n in self.names if n != "plain"]
+        pairs.append(("tunneld", "openvpn"))
+        return {
+            f"{a}/{b}": round(self.mbps(a) / self.mbps(b), 3)
+            for a, b in pairs
+            if a in self.names and b in self.names
+        }
+
+
+def run_rounds(ctx: Context, args: argparse.Namespace) -> Results:
+    results = Results(args.configs, {name: [] for name in args.configs})
+    for r in range(args.rounds):
+        shift = r % len(args.configs)  # rotate: no configuration always goes first
+        for name in args.configs[shift:] + args.configs[:shift]:
+            sample = measure(ctx, CONFIGURATIONS[name](ctx, args.tunneld_mode), args)
+            results.samples[name].append(sample)
+            print(
+                f"round {r + 1}/{args.rounds} {name:8} {sample.mbps:9.1f} Mbit/s"
+                f"  RTT {statistics.median(sample.rtts_ms):.3f} ms"
+                f"  retransmits {sample.retransmits}  CPU {sample.cpu_busy_pct:.0f}% busy"
+                f"  via {sample.egress} (MTU {sample.mtu})",
+                file=sys.stderr,
+                flush=True,
+            )
+    return results
+
+
+def format_table(results: Results, args: argparse.Namespace) -> str:
+    has_plain = "plain" in results.names
+    lines = [
+        f"{args.rounds} round(s) x {args.duration} s, one TCP stream site A -> site B, "
+        f"{args.pings} pings at {args.ping_interval} s; medians",
+        f"{'configuration':17} {'Mbit/s':>9} {'vs plain':>9} {'RTT ms':>8}   per round (Mbit/s)",
+    ]
+    for name in results.names:
+        mbps = results.mbps(name)
+        vs_plain = f"{mbps / results.mbps('plain'):9.2f}" if has_plain else f"{'-':>9}"
+        runs = " ".join(f"{s.mbps:.0f}" for s in results.samples[name])
+        label = f"{name} ({args.tunneld_mode})" if name == "tunneld" else name
+        lines.append(f"{label:17} {mbps:9.1f} {vs_plain} {results.rtt_ms(name):8.3f}   {runs}")
+    if "tunneld/openvpn" in results.ratios():
+        lines.append(f"tunneld/openvpn throughput ratio: {results.ratios()['tunneld/openvpn']:.2f}")
+    return "\n".join(lines)
+
+
+def to_json(results: Results, args: argparse.Namespace, load: list[float]) -> dict[str, Any]:
+    configs = {
+        name: {
+            "mbps": round(results.mbps(name), 1),
+            "rtt_ms": round(results.rtt_ms(name), 4),
+            "mbps_per_round": [round(s.mbps, 1) for s in results.samples[name]],
+            "retransmits_per_round": [s.retransmits for s in results.samples[name]],
+            "cpu_busy_pct_per_round": [round(s.cpu_busy_pct, 1) for s in results.samples[name]],
+            "mtu": results.samples[name][0].mtu,
+        }
+        for name in results.names
+    }
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "tunneld_mode": args.tunneld_mode,
+        "machine": {"nproc": os.cpu_count(), "kernel": os.uname().release, "loadavg": load},
+        "configs": configs,
+        "ratios": results.ratios(),
+    }
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tunneld.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
+    p.add_argument("--duration", type=int, help="seconds per iperf3 run (default 10)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 round of 3 s")
+    p.add_argument("--configs", default="plain,tunneld,openvpn", help="comma-separated subset")
+    p.add_argument("--tunneld-mode", choices=sorted(TUNNELD_MODES), default="static")
+    p.add_argument("--pings", type=int, default=20, help="pings per measurement")
+    p.add_argument("--ping-interval", type=float, default=0.1)
+    p.add_argument("--prefix", default=f"bn{secrets.token_hex(3)}", help="namespace prefix")
+    p.add_argument("--lab-script", type=Path, default=SCRIPTS / "lab.sh")
+    p.add_argument("--json", action="store_true", help="end with one JSON object on stdout")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (3 if args.quick else 10)
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in args.configs if c not in CONFIGURATIONS]
+    if unknown or not args.configs or len(set(args.configs)) != len(args.configs):
+        p.error(f"--configs: choose among {', '.join(CONFIGURATIONS)} (got {args.configs})")
+    if args.rounds < 1 or args.duration < 1 or args.pings < 1:
+        p.error("--rounds, --duration and --pings must be positive")
+    return args
+
+
+def _terminated(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: full teardown
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    tools = ["ip", "ping", "ss", "iperf3"] + (["openvpn"] if "openvpn" in args.configs else [])
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        print(f"bench: missing tools: {' '.join(missing)}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminated)
+    # Interruptible even when started in the background (where SIGINT arrives ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    lab = Lab(args.prefix)
+    ctx = Context(lab, REPO, Path(tempfile.mkdtemp(prefix="tunneld-bench-")))
+    load = [round(x, 2) for x in os.getloadavg()]
+    print(f"bench: lab {args.prefix}, load average {load}", file=sys.stderr, flush=True)
+    try:
+        run(["bash", str(args.lab_script), "up", args.prefix], timeout=60)
+        results = run_rounds(ctx, args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything torn down", file=sys.stderr)
+        return 130
+    finally:
+        with uninterrupted():
+            run(["bash", str(args.lab_script), "down", args.prefix], timeout=60, check=False)
+            shutil.rmtree(ctx.workdir, ignore_errors=True)
+    print(format_table(results, args))
+    if args.json:
+        print(json.dumps(to_json(results, args, load)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
