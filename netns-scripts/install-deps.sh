@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  iproute2 nftables iperf3 tcpdump tshark procps psmisc
+  iproute2 iputils-ping nftables iperf3 tcpdump tshark procps psmisc
   openvpn
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
 )
