@@ -1,0 +1,200 @@
+"""X.509 path validation for IKE peers, and CERTREQ hashes (RFC 7296 §3.6-§3.7).
+
+Why not ``cryptography.x509.verification.PolicyBuilder``: its policies are
+the CA/Browser Forum Web PKI profile, which (as of cryptography 48) refuses
+Ed25519 keys and signatures outright, while IKE certificates are often
+Ed25519 (RFC 8420) and carry no EKU. So the RFC 5280 checks an IKE peer
+needs are done here, each signature through ``verify_directly_issued_by``:
+
+1. parse the leaf and the intermediates the peer sent (CERT payloads);
+2. build a path leaf -> ... -> trust anchor, matching issuer to subject and
+   verifying each signature; intermediates are used at most once;
+3. every certificate in the path, the anchor included, must be within its
+   validity period at ``at``;
+4. every issuer must have basicConstraints cA=TRUE, respect pathLenConstraint,
+   and have keyCertSign if it has a keyUsage (RFC 5280 §4.2.1.3, §4.2.1.9);
+5. the leaf, if it has a keyUsage, needs digitalSignature or nonRepudiation
+   (RFC 4945 §5.1.3.2); extendedKeyUsage is not required (RFC 4945 §5.1.3.12
+   leaves it to policy; strongSwan does not require one either);
+6. a critical extension we do not process fails the path (RFC 5280 §4.2).
+
+Not done: revocation (CRL/OCSP), name constraints and policy constraints
+(a certificate marking either critical is refused by rule 6).
+Every failure is :class:`~ike.errors.AuthenticationFailed` with a reason that
+names certificates by subject only (written as strongSwan writes DNs).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtensionOID
+
+from ike.errors import AuthenticationFailed, ParseError
+from ike.identity import dn_string
+
+MAX_PATH_LEN = 8  # our limit on intermediates, against loops and CPU abuse
+CERTREQ_HASH_LEN = 20  # §3.7: SHA-1 of the CA's SubjectPublicKeyInfo
+
+# Extensions whose meaning we check or which are informational only.
+_PROCESSED_EXTENSIONS = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+        ExtensionOID.ISSUER_ALTERNATIVE_NAME,
+        ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+        ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+        ExtensionOID.CRL_DISTRIBUTION_POINTS,
+        ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
+    }
+)
+
+
+def _name(cert: x509.Certificate) -> str:
+    return dn_string(cert.subject) or "<empty subject>"
+
+
+def load_certificate(der: bytes) -> x509.Certificate:
+    """A certificate from a CERT payload (encoding 4, DER), or ParseError."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise ParseError("CERT payload does not hold a DER X.509 certificate") from None
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _build_path(
+    leaf: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    anchors: list[x509.Certificate],
+) -> list[x509.Certificate]:
+    """[leaf, intermediates..., anchor], or AuthenticationFailed."""
+    path = [leaf]
+    unused = list(intermediates)
+    while len(path) <= MAX_PATH_LEN + 1:
+        current = path[-1]
+        for anchor in anchors:
+            if _issued_by(current, anchor):
+                return [*path, anchor]
+        nxt = next((c for c in unused if _issued_by(current, c)), None)
+        if nxt is None:
+            issuer = dn_string(current.issuer)
+            raise AuthenticationFailed(
+                f"no trusted CA issued '{_name(current)}' (issuer '{issuer}')"
+            )
+        unused.remove(nxt)
+        path.append(nxt)
+    raise AuthenticationFailed(f"certificate path longer than {MAX_PATH_LEN} intermediates")
+
+
+def _extension(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> x509.ExtensionType | None:
+    try:
+        return cert.extensions.get_extension_for_class(cls).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _check_common(cert: x509.Certificate, at: datetime.datetime) -> None:
+    if at < cert.not_valid_before_utc:
+        raise AuthenticationFailed(f"certificate '{_name(cert)}' is not yet valid")
+    if at > cert.not_valid_after_utc:
+        raise AuthenticationFailed(f"certificate '{_name(cert)}' has expired")
+    for ext in cert.extensions:
+        if ext.critical and ext.oid not in _PROCESSED_EXTENSIONS:
+            raise AuthenticationFailed(
+                f"certificate '{_name(cert)}' has an unsupported critical extension"
+                f" {ext.oid.dotted_string}"
+            )
+
+
+def _check_issuer(cert: x509.Certificate, certs_below: int) -> None:
+    """``certs_below``: intermediates between this issuer and the leaf."""
+    bc = _extension(cert, x509.BasicConstraints)
+    if not isinstance(bc, x509.BasicConstraints) or not bc.ca:
+        raise AuthenticationFailed(f"issuer '{_name(cert)}' is not a CA (basicConstraints)")
+    if bc.path_length is not None and certs_below > bc.path_length:
+        raise AuthenticationFailed(f"CA '{_name(cert)}' path length constraint exceeded")
+    ku = _extension(cert, x509.KeyUsage)
+    if isinstance(ku, x509.KeyUsage) and not ku.key_cert_sign:
+        raise AuthenticationFailed(f"CA '{_name(cert)}' lacks keyCertSign key usage")
+
+
+def _check_leaf(cert: x509.Certificate) -> None:
+    ku = _extension(cert, x509.KeyUsage)
+    if isinstance(ku, x509.KeyUsage) and not (ku.digital_signature or ku.content_commitment):
+        raise AuthenticationFailed(f"certificate '{_name(cert)}' lacks digitalSignature key usage")
+
+
+def verify_chain(
+    leaf_der: bytes,
+    intermediates_der: list[bytes],
+    trust_anchors: list[x509.Certificate],
+    at: datetime.datetime,
+) -> x509.Certificate:
+    """Validate the peer's certificate path; returns the leaf certificate.
+
+    ``at`` is the time to check validity against (aware; naive means UTC).
+    """
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=datetime.UTC)
+    try:
+        leaf = x509.load_der_x509_certificate(leaf_der)
+        intermediates = [x509.load_der_x509_certificate(d) for d in intermediates_der]
+    except ValueError:
+        raise AuthenticationFailed("peer sent a malformed certificate") from None
+    if not trust_anchors:
+        raise AuthenticationFailed("no trusted CA configured")
+    path = _build_path(leaf, intermediates, trust_anchors)
+    try:
+        for cert in path:
+            _check_common(cert, at)
+        _check_leaf(leaf)
+        for index, issuer in enumerate(path[1:], start=1):
+            _check_issuer(issuer, certs_below=index - 1)
+    except ValueError:  # cryptography parses extensions lazily
+        raise AuthenticationFailed("certificate with a malformed extension") from None
+    return leaf
+
+
+# --- CERTREQ (§3.7) --------------------------------------------------------------
+
+
+def _spki_sha1(cert: x509.Certificate) -> bytes:
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    digest = hashes.Hash(hashes.SHA1())
+    digest.update(spki)
+    return digest.finalize()
+
+
+def certreq_data(cas: Iterable[x509.Certificate]) -> bytes:
+    """Certification Authority field: SHA-1 of each CA's SubjectPublicKeyInfo."""
+    return b"".join(_spki_sha1(ca) for ca in cas)
+
+
+def certreq_hashes(data: bytes) -> list[bytes]:
+    """The 20-octet CA hashes in a CERTREQ payload, or ParseError."""
+    if len(data) % CERTREQ_HASH_LEN:
+        raise ParseError("CERTREQ data is not a list of 20-octet SHA-1 hashes")
+    return [data[i : i + CERTREQ_HASH_LEN] for i in range(0, len(data), CERTREQ_HASH_LEN)]
+
+
+def certreq_matches(data: bytes, ca: x509.Certificate) -> bool:
+    """Whether the peer's CERTREQ names ``ca``."""
+    return _spki_sha1(ca) in certreq_hashes(data)
