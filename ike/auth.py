@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import constant_time, hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ike import der
@@ -322,7 +323,7 @@ _LEGACY_ECDSA = {
 
 
 def verify_auth(
-    public_key: PublicKey,
+    public_key: PublicKey | CertificatePublicKeyTypes,
     auth_data: bytes,
     octets: bytes,
     method: AuthMethod = AuthMethod.DIGITAL_SIGNATURE,
@@ -330,7 +331,8 @@ def verify_auth(
     """Check the peer's AUTH payload; returns the algorithm it used.
 
     Raises :class:`~ike.errors.AuthenticationFailed` for a bad or unsupported
-    signature, :class:`~ike.errors.ParseError` for malformed AUTH data.
+    signature or key type (e.g. a DSA certificate), :class:`~ike.errors.ParseError`
+    for malformed AUTH data.
     """
     if method == AuthMethod.DIGITAL_SIGNATURE:
         alg, signature = parse_auth_data(auth_data)
@@ -347,7 +349,7 @@ def verify_auth(
 
 
 def _legacy_ecdsa(
-    method: AuthMethod, public_key: PublicKey, auth_data: bytes
+    method: AuthMethod, public_key: CertificatePublicKeyTypes, auth_data: bytes
 ) -> tuple[SignatureAlgorithm, bytes]:
     curve, h, coord_len = _LEGACY_ECDSA[method]
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != curve:
@@ -359,7 +361,7 @@ def _legacy_ecdsa(
     return SignatureAlgorithm(ECDSA, h), encode_dss_signature(r, s)
 
 
-def _check_key_fits(alg: SignatureAlgorithm, public_key: PublicKey) -> None:
+def _check_key_fits(alg: SignatureAlgorithm, public_key: CertificatePublicKeyTypes) -> None:
     fits = {
         ECDSA: isinstance(public_key, ec.EllipticCurvePublicKey),
         RSA_PSS: isinstance(public_key, rsa.RSAPublicKey),
@@ -373,13 +375,17 @@ def _check_key_fits(alg: SignatureAlgorithm, public_key: PublicKey) -> None:
         raise AuthenticationFailed(f"{alg} does not fit the peer's {type(public_key).__name__}")
 
 
-def _verify(alg: SignatureAlgorithm, key: PublicKey, signature: bytes, octets: bytes) -> None:
+def _verify(
+    alg: SignatureAlgorithm, key: CertificatePublicKeyTypes, signature: bytes, octets: bytes
+) -> None:
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         key.verify(signature, octets)
     elif isinstance(key, ec.EllipticCurvePublicKey):
         key.verify(signature, octets, ec.ECDSA(_HASHES[alg.hash]()))
-    else:
+    elif isinstance(key, rsa.RSAPublicKey):
         key.verify(signature, octets, _rsa_padding(alg), _HASHES[alg.hash]())
+    else:  # _check_key_fits already refused anything else
+        raise InvalidSignature
 
 
 def verify_psk(prf: Prf, psk: bytes, octets: bytes, auth_data: bytes) -> None:

@@ -258,6 +258,20 @@ def test_legacy_ecdsa_raw_r_s(
         verify_auth(wrong_curve, raw, OCTETS, method)
 
 
+def test_unsupported_key_type() -> None:
+    from cryptography.hazmat.primitives.asymmetric import dsa, x25519
+
+    auth = sign_auth(ec.generate_private_key(ec.SECP256R1()), OCTETS)
+    for key in (
+        dsa.generate_private_key(key_size=1024).public_key(),
+        x25519.X25519PrivateKey.generate().public_key(),
+    ):
+        with pytest.raises(AuthenticationFailed):
+            verify_auth(key, auth, OCTETS)
+        with pytest.raises(AuthenticationFailed):
+            verify_auth(key, bytes(64), OCTETS, AuthMethod.ECDSA_256)
+
+
 def test_unsupported_method() -> None:
     with pytest.raises(AuthenticationFailed):
         verify_auth(rsa_key().public_key(), b"x" * 256, OCTETS, AuthMethod.RSA_SIG)
