@@ -1,0 +1,54 @@
+"""Timer and size choices of the IKE core: what *we* chose, not what the RFC says.
+
+What the RFC fixes lives in :mod:`ike.constants`. Everything here is a
+policy a reader may want to tune; each value says why it is what it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# RFC 7296 §2.10: nonces are at least 128 bits and at least half the PRF key
+# size. 32 bytes covers PRF_HMAC_SHA2_512 (half of 64) and is what strongSwan sends.
+NONCE_SIZE = 32
+
+# How long a responder keeps a half-open IKE SA (IKE_SA_INIT answered, no
+# IKE_AUTH yet). strongSwan's default half_open_timeout is 30 s.
+HALF_OPEN_TIMEOUT = 30.0
+
+# Supported hash algorithms announced in SIGNATURE_HASH_ALGORITHMS (RFC 7427
+# §4): SHA2-256/384/512 for ECDSA and RSA-PSS, "Identity" (RFC 8420) for Ed25519.
+SIGNATURE_HASHES = (2, 3, 4, 5)
+
+
+@dataclass(frozen=True)
+class RetransmitPolicy:
+    """Exponential backoff for requests we send (RFC 7296 §2.1, §2.4).
+
+    The request is sent at t0 and retransmitted (identical bytes) after
+    ``initial * factor**n`` seconds for n = 0 .. tries-1; when the timeout
+    after the last retransmission also expires the peer is declared
+    unreachable. ``max_timeout`` caps a single wait.
+
+    strongSwan defaults to 4 s, factor 1.8, 5 tries (~165 s in total). We
+    start at 1 s: site-to-site gateways sit on low-latency paths, and a lost
+    datagram then costs one second, not four. Total with the defaults below:
+    1 + 1.8 + 3.24 + 5.83 + 10.5 + 18.9 = ~41 s before giving up.
+    """
+
+    initial: float = 1.0
+    factor: float = 1.8
+    tries: int = 5
+    max_timeout: float = 60.0
+
+    def timeout(self, attempt: int) -> float:
+        """Seconds to wait after transmission number ``attempt`` (0 = first send)."""
+        return float(min(self.initial * self.factor**attempt, self.max_timeout))
+
+    @property
+    def total(self) -> float:
+        """Seconds from the first send until the peer is declared unreachable."""
+        return sum(self.timeout(n) for n in range(self.tries + 1))
+
+
+DEFAULT_RETRANSMIT = RetransmitPolicy()
