@@ -1,0 +1,151 @@
+"""Who the peer is: ID, CERT, CERTREQ and AUTH payloads (RFC 7296 §2.15, §3.5-§3.8).
+
+Both roles sign (or MAC) the same shape of octets (§2.15)::
+
+    initiator: IKE_SA_INIT request  | Nr | prf(SK_pi, IDi')
+    responder: IKE_SA_INIT response | Ni | prf(SK_pr, IDr')
+
+Checking the peer, in this order, each failure AUTHENTICATION_FAILED:
+
+1. pick the configuration whose ``remote_id`` matches the peer's ID payload
+   (a responder may hold several candidates) and whose method is the AUTH
+   payload's: signatures (14, or legacy 9-11) for ``pubkey``, 2 for ``psk``;
+2. pubkey: the first CERT is the leaf; the chain must end at a configured
+   trust anchor and be valid at ``wall_clock(now)``; the ID must match the
+   leaf's SAN or subject; the AUTH signature must verify with the leaf's key;
+3. psk: the AUTH MAC must equal ours (constant time).
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ike.auth import (
+    Identity,
+    PublicKey,
+    identity_matches,
+    sign_auth,
+    verify_auth,
+    verify_chain,
+    verify_psk,
+)
+from ike.certs import certreq_data
+from ike.constants import AuthMethod, CertEncoding, PayloadType
+from ike.crypto import auth_octets, psk_auth
+from ike.errors import AuthenticationFailed, ParseError
+from ike.exchanges.base import Received
+from ike.exchanges.context import SaContext
+from ike.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, Payload
+from ike.sessionconfig import PskAuth, PubkeyAuth, SessionConfig
+
+_SIGNATURE_METHODS = (
+    AuthMethod.DIGITAL_SIGNATURE,
+    AuthMethod.ECDSA_256,
+    AuthMethod.ECDSA_384,
+    AuthMethod.ECDSA_521,
+)
+
+
+def id_payload(identity: Identity, payload_type: PayloadType) -> IdPayload:
+    return IdPayload(payload_type, identity.id_type, identity.data)
+
+
+def cert_payloads(config: SessionConfig) -> list[Payload]:
+    """Our certificate, then the intermediates (§3.6: the first CERT holds the signing key)."""
+    auth = config.auth
+    if not isinstance(auth, PubkeyAuth):
+        return []
+    certs = (auth.certificate, *auth.intermediates)
+    return [CertPayload(CertEncoding.X509_CERT_SIG, c.public_bytes(Encoding.DER)) for c in certs]
+
+
+def certreq_payloads(config: SessionConfig) -> list[Payload]:
+    """§3.7: the CAs we trust, so that the peer sends the matching certificate."""
+    auth = config.auth
+    if not isinstance(auth, PubkeyAuth):
+        return []
+    return [CertReqPayload(CertEncoding.X509_CERT_SIG, certreq_data(auth.trust_anchors))]
+
+
+def _octets(ctx: SaContext, ours: bool, id_body: bytes) -> bytes:
+    """The §2.15 octets of our AUTH (``ours``) or of the peer's."""
+    prf, keys = ctx.require_keys()
+    signer_is_initiator = ctx.is_initiator if ours else not ctx.is_initiator
+    message = ctx.init_request if signer_is_initiator else ctx.init_response
+    nonce = ctx.nonce_r if signer_is_initiator else ctx.nonce_i
+    sk_p = keys.sk_pi if signer_is_initiator else keys.sk_pr
+    return auth_octets(message, nonce, prf, sk_p, id_body)
+
+
+def build_auth(ctx: SaContext, our_id: IdPayload) -> AuthPayload:
+    """Our AUTH payload over our ID payload."""
+    octets = _octets(ctx, True, our_id.body())
+    auth = ctx.config.auth
+    if isinstance(auth, PskAuth):
+        prf, _keys = ctx.require_keys()
+        return AuthPayload(AuthMethod.SHARED_KEY_MIC, psk_auth(prf, auth.secret.reveal(), octets))
+    data = sign_auth(auth.private_key, octets, ctx.peer_hashes)
+    return AuthPayload(AuthMethod.DIGITAL_SIGNATURE, data)
+
+
+def peer_identity(received: Received, payload_type: PayloadType) -> tuple[IdPayload, Identity]:
+    found = [p for p in received.message.find_all(IdPayload) if p.payload_type == payload_type]
+    if not found:
+        raise ParseError(f"IKE_AUTH without {payload_type.name}")
+    return found[0], Identity.from_payload(found[0].id_type, found[0].data)
+
+
+def choose_config(ctx: SaContext, identity: Identity, method: int) -> SessionConfig:
+    """Rule 1: the first candidate that expects this identity with this method."""
+    for config in ctx.configs:
+        if config.remote_id is not None and not config.remote_id.matches(identity):
+            continue
+        uses_psk = isinstance(config.auth, PskAuth)
+        if uses_psk != (method == AuthMethod.SHARED_KEY_MIC):
+            continue
+        return config
+    expected = ", ".join(str(c.remote_id or "any") for c in ctx.configs)
+    raise AuthenticationFailed(
+        f"peer identity '{identity}' with AUTH method {method} is not configured"
+        f" (expected {expected})"
+    )
+
+
+def verify_peer(ctx: SaContext, received: Received, peer_id: IdPayload, identity: Identity) -> None:
+    """Rules 2 and 3 for the configuration in use; AuthenticationFailed if anything is off."""
+    auth = received.message.find(AuthPayload)
+    if auth is None:  # §2.16: no AUTH means EAP, which the profile does not do
+        raise AuthenticationFailed("IKE_AUTH without AUTH payload (EAP is not supported)")
+    config = ctx.config
+    octets = _octets(ctx, False, peer_id.body())
+    if isinstance(config.auth, PskAuth):
+        if auth.method != AuthMethod.SHARED_KEY_MIC:
+            raise AuthenticationFailed(f"peer used AUTH method {auth.method}, we expect PSK")
+        prf, _keys = ctx.require_keys()
+        verify_psk(prf, config.auth.secret.reveal(), octets, auth.data)
+        return
+    if auth.method not in _SIGNATURE_METHODS:
+        raise AuthenticationFailed(f"peer used AUTH method {auth.method}, we expect a signature")
+    leaf_key = _verified_leaf_key(ctx, received, identity, config.auth)
+    verify_auth(leaf_key, auth.data, octets, AuthMethod(auth.method))
+
+
+def _verified_leaf_key(
+    ctx: SaContext, received: Received, identity: Identity, auth: PubkeyAuth
+) -> PublicKey:
+    certs = [
+        c.data
+        for c in received.message.find_all(CertPayload)
+        if c.encoding == CertEncoding.X509_CERT_SIG
+    ]
+    if not certs:
+        raise AuthenticationFailed("peer sent no X.509 certificate")
+    ours = [c.public_bytes(Encoding.DER) for c in auth.intermediates]
+    at = ctx.config.wall_clock(received.now)
+    leaf = verify_chain(certs[0], [*certs[1:], *ours], list(auth.trust_anchors), at)
+    if not identity_matches(identity.id_type, identity.data, leaf):
+        raise AuthenticationFailed(f"peer identity '{identity}' is not in its certificate")
+    key = leaf.public_key()
+    if not isinstance(key, PublicKey):
+        raise AuthenticationFailed(f"peer certificate key type {type(key).__name__} unsupported")
+    return key
