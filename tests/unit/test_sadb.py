@@ -269,3 +269,14 @@ def test_snapshot_is_plain_data_without_secrets() -> None:
     assert tunnel["remote"] == ["198.51.100.0/24", "2001:db8:a::/48"]
     assert snap["drops"]["replay"] == 0  # type: ignore[index]
     assert "redacted" not in repr(b) and "SADatabase" in repr(b)
+
+
+def test_demote_stops_sending_but_keeps_inbound() -> None:
+    a, b = site_pair()
+    inner = ipv4("198.51.100.7", "203.0.113.9")
+    esp = a.encapsulate(inner)[0]
+    assert a.demote("ab") is None
+    tunnel = a.tunnel("ab")
+    assert tunnel.current is None and tunnel.previous is not None
+    assert drop_reason(a.encapsulate, inner) is DropReason.NO_POLICY
+    assert b.decapsulate(esp) == inner  # the peer's inbound SA is untouched

@@ -20,7 +20,8 @@ Theory of operation:
    Verdicts are cached per tunnel, keyed by the source||destination bytes.
 4. State changes only through the methods of :class:`SADatabase`
    (``add_tunnel``, ``remove_tunnel``, ``set_peer``, ``add_inbound``,
-   ``remove_inbound``, ``install_next``, ``promote``, ``retire_previous``);
+   ``remove_inbound``, ``install_next``, ``promote``, ``demote``,
+   ``retire_previous``);
    each one clears the lookup caches. Tunnel attributes are for reading.
    ``encapsulate``/``decapsulate`` change only counters, sequence numbers
    and replay windows. All methods are synchronous, so under trio each call
@@ -208,6 +209,15 @@ class SADatabase:
             raise ValueError(f"tunnel {name!r} has no next outbound SA to promote")
         dropped = tunnel.previous
         tunnel.previous, tunnel.current, tunnel.next = tunnel.current, tunnel.next, None
+        self._changed()
+        return dropped
+
+    def demote(self, name: str) -> OutboundSA | None:
+        """current -> previous with no successor (the tunnel stops sending);
+        returns the SA pushed out of ``previous``."""
+        tunnel = self._tunnels[name]
+        dropped = tunnel.previous
+        tunnel.previous, tunnel.current = tunnel.current, None
         self._changed()
         return dropped
 
