@@ -11,9 +11,9 @@ socket; randomness comes from the injected entropy.
 
 Layers, outermost first:
 
-- this module: the IKE SA's state (:class:`IkeState`), the transition table
-  (:data:`TRANSITIONS`), message framing (SK encryption), and the error
-  boundary;
+- this module: the IKE SA's state (:class:`~ike.states.IkeState`, moved
+  along :data:`ike.states.TRANSITIONS`), dispatch of messages to tasks, and
+  the error boundary;
 - :mod:`ike.taskmanager`: message IDs, the window of one request, the
   retransmission timer and the cached response;
 - :mod:`ike.exchanges`: one task per exchange concern, each with initiator
@@ -23,7 +23,7 @@ Layers, outermost first:
 Invariants:
 
 1. Only :meth:`IkeSession._transition` changes ``state``, and only along
-   :data:`TRANSITIONS`. An input missing from the table is the peer's
+   :data:`ike.states.TRANSITIONS`. An input missing from the table is the peer's
    protocol error for a message (answered INVALID_SYNTAX or dropped) and the
    caller's :class:`~ike.errors.LocalError` for a method call.
 2. At most one request of ours is in flight; its retransmissions are the
@@ -50,121 +50,45 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from enum import Enum, auto
 from typing import Any
 
-from ike.constants import IKE_PORT, NAT_T_PORT, NON_ESP_MARKER, ExchangeType, HeaderFlag, NotifyType
+from ike.constants import IKE_PORT, NAT_T_PORT, NON_ESP_MARKER, ExchangeType, NotifyType
 from ike.entropy import Entropy
-from ike.errors import IntegrityError, InvalidKePayload, LocalError, ParseError, PeerError
+from ike.errors import InvalidKePayload, LocalError, ParseError, PeerError
 from ike.events import Address, Event, IkeSaDown
 from ike.exchanges.base import InitiatorTask, Outcome, Received, ResponderTask
 from ike.exchanges.child_create import ChildCreateInitiator, ChildCreateResponder, RefuseCreateChild
-from ike.exchanges.context import SPI_LEN, ChildSa, RefusedByPeer, SaContext, exchange_name, notify
+from ike.exchanges.context import (
+    ChildSa,
+    RefusedByPeer,
+    SaContext,
+    decode_message,
+    encode_message,
+    exchange_name,
+    notify,
+)
 from ike.exchanges.ike_auth import IkeAuthInitiator, IkeAuthResponder
 from ike.exchanges.ike_init import IkeInitInitiator, IkeInitResponder
 from ike.exchanges.informational import (
+    DeleteChildTask,
     DeleteIkeTask,
     InformationalResponder,
+    LivenessTask,
     NotifyErrorTask,
 )
 from ike.payloads import NotifyPayload, Payload
 from ike.policy import HALF_OPEN_TIMEOUT
 from ike.sessionconfig import SessionConfig
+from ike.states import REQUEST_INPUT, RESPONSE_INPUT, IkeState, Input, allowed
 from ike.taskmanager import Exchange, RequestKind, TaskManager, Timeout
 from ike.wire import (
     IkeHeader,
-    Message,
-    decrypt_message,
-    encrypt_message,
     parse_header,
-    parse_message,
 )
 
 log = logging.getLogger("tunneld.ike")
 
 Datagram = tuple[bytes, Address, Address]  # (IKE message, our address, peer's address)
-
-
-class IkeState(Enum):
-    IDLE = auto()  # initiator, before initiate()
-    INIT_SENT = auto()  # initiator: IKE_SA_INIT request in flight
-    AUTH_SENT = auto()  # initiator: IKE_AUTH request in flight
-    INIT_WAIT = auto()  # responder, before the IKE_SA_INIT request
-    AUTH_WAIT = auto()  # responder: IKE_SA_INIT answered, IKE_AUTH awaited (half-open)
-    ESTABLISHED = auto()  # both sides authenticated
-    DELETING = auto()  # our delete of the IKE SA is in flight
-    CLOSED = auto()  # gone; may linger to answer retransmissions
-
-
-class Input(Enum):
-    INITIATE = auto()
-    CLOSE = auto()
-    TIMEOUT = auto()  # retransmissions exhausted
-    HALF_OPEN_EXPIRED = auto()
-    IKE_SA_INIT_REQUEST = auto()
-    IKE_SA_INIT_RESPONSE = auto()
-    IKE_AUTH_REQUEST = auto()
-    IKE_AUTH_RESPONSE = auto()
-    CREATE_CHILD_SA_REQUEST = auto()
-    CREATE_CHILD_SA_RESPONSE = auto()
-    INFORMATIONAL_REQUEST = auto()
-    INFORMATIONAL_RESPONSE = auto()
-
-
-S, I = IkeState, Input  # noqa: E741 - table shorthand
-
-# (state, input) -> the states the input may lead to. Anything else: invariant 1.
-TRANSITIONS: dict[tuple[IkeState, Input], frozenset[IkeState]] = {
-    (k[0], k[1]): frozenset(v)
-    for k, v in {
-        (S.IDLE, I.INITIATE): {S.INIT_SENT},
-        (S.IDLE, I.CLOSE): {S.CLOSED},
-        (S.INIT_SENT, I.IKE_SA_INIT_RESPONSE): {S.INIT_SENT, S.AUTH_SENT, S.CLOSED},
-        (S.INIT_SENT, I.TIMEOUT): {S.CLOSED},
-        (S.INIT_SENT, I.CLOSE): {S.CLOSED},
-        (S.AUTH_SENT, I.IKE_AUTH_RESPONSE): {S.ESTABLISHED, S.DELETING, S.CLOSED},
-        (S.AUTH_SENT, I.INFORMATIONAL_REQUEST): {S.AUTH_SENT, S.CLOSED},
-        (S.AUTH_SENT, I.TIMEOUT): {S.CLOSED},
-        (S.AUTH_SENT, I.CLOSE): {S.CLOSED},
-        (S.INIT_WAIT, I.IKE_SA_INIT_REQUEST): {S.AUTH_WAIT, S.CLOSED},
-        (S.INIT_WAIT, I.HALF_OPEN_EXPIRED): {S.CLOSED},
-        (S.INIT_WAIT, I.CLOSE): {S.CLOSED},
-        (S.AUTH_WAIT, I.IKE_AUTH_REQUEST): {S.ESTABLISHED, S.CLOSED},
-        (S.AUTH_WAIT, I.HALF_OPEN_EXPIRED): {S.CLOSED},
-        (S.AUTH_WAIT, I.CLOSE): {S.CLOSED},
-        (S.ESTABLISHED, I.INFORMATIONAL_REQUEST): {S.ESTABLISHED, S.CLOSED},
-        (S.ESTABLISHED, I.INFORMATIONAL_RESPONSE): {S.ESTABLISHED},
-        (S.ESTABLISHED, I.CREATE_CHILD_SA_REQUEST): {S.ESTABLISHED},
-        (S.ESTABLISHED, I.TIMEOUT): {S.CLOSED},
-        (S.ESTABLISHED, I.CLOSE): {S.DELETING},
-        (S.DELETING, I.INFORMATIONAL_REQUEST): {S.DELETING, S.CLOSED},
-        (S.DELETING, I.INFORMATIONAL_RESPONSE): {S.DELETING, S.CLOSED},
-        (S.DELETING, I.CREATE_CHILD_SA_REQUEST): {S.DELETING},
-        (S.DELETING, I.TIMEOUT): {S.CLOSED},
-        (S.DELETING, I.CLOSE): {S.DELETING},
-        (S.CLOSED, I.CLOSE): {S.CLOSED},
-    }.items()
-}
-del S, I
-
-_REQUEST_INPUT: dict[int, Input] = {
-    ExchangeType.IKE_SA_INIT: Input.IKE_SA_INIT_REQUEST,
-    ExchangeType.IKE_AUTH: Input.IKE_AUTH_REQUEST,
-    ExchangeType.CREATE_CHILD_SA: Input.CREATE_CHILD_SA_REQUEST,
-    ExchangeType.INFORMATIONAL: Input.INFORMATIONAL_REQUEST,
-}
-_RESPONSE_INPUT: dict[int, Input] = {
-    ExchangeType.IKE_SA_INIT: Input.IKE_SA_INIT_RESPONSE,
-    ExchangeType.IKE_AUTH: Input.IKE_AUTH_RESPONSE,
-    ExchangeType.CREATE_CHILD_SA: Input.CREATE_CHILD_SA_RESPONSE,
-    ExchangeType.INFORMATIONAL: Input.INFORMATIONAL_RESPONSE,
-}
-_LOCAL_INPUTS = frozenset({Input.INITIATE, Input.CLOSE, Input.TIMEOUT, Input.HALF_OPEN_EXPIRED})
-
-
-def allowed(state: IkeState, inp: Input) -> frozenset[IkeState]:
-    """The states ``inp`` may lead to from ``state`` (empty: not allowed)."""
-    return TRANSITIONS.get((state, inp), frozenset())
 
 
 def strip_non_esp_marker(data: bytes) -> bytes:
@@ -313,6 +237,20 @@ class IkeSession:
         else:
             self._go_down(Input.CLOSE, "closed locally before establishment", None, now)
 
+    def delete_child(self, inbound_spi: int, now: float) -> None:
+        """Delete one Child SA (§1.4.1); ChildSaDown follows when the peer answers."""
+        if self._state is not IkeState.ESTABLISHED or inbound_spi not in self._ctx.children:
+            raise LocalError(f"no established Child SA with inbound SPI {inbound_spi:08x}")
+        self._tm.enqueue(Exchange(ExchangeType.INFORMATIONAL, [DeleteChildTask(inbound_spi)]))
+        self._pump(now)
+
+    def check_liveness(self, now: float) -> None:
+        """Send an empty INFORMATIONAL request (§1.4); no answer at all ends the IKE SA."""
+        if self._state is not IkeState.ESTABLISHED:
+            raise LocalError(f"liveness check in state {self._state.name}")
+        self._tm.enqueue(Exchange(ExchangeType.INFORMATIONAL, [LivenessTask()]))
+        self._pump(now)
+
     # -- status (never keys) -------------------------------------------------
 
     @property
@@ -377,44 +315,15 @@ class IkeSession:
         A retransmitted IKE_SA_INIT request (SPIr still 0) matches the
         responder session it created, so the daemon need not create another.
         """
-        ctx = self._ctx
-        if header.is_initiator == ctx.is_initiator:
-            return False  # a message in our own role: a reflection, never the peer's
-        is_init = header.exchange_type == ExchangeType.IKE_SA_INIT
-        if not any(ctx.spi_i):  # a fresh responder takes the first IKE_SA_INIT request
-            return is_init and not header.is_response and not any(header.spi_r)
-        if header.spi_i != ctx.spi_i:
-            return False
-        if is_init:  # the IKE_SA_INIT response names SPIr first; its request has none
-            return header.is_response if ctx.is_initiator else not any(header.spi_r)
-        return header.spi_r == ctx.spi_r
+        return self._ctx.matches(header)
 
     def status(self, now: float) -> dict[str, Any]:
         """A JSON-ready summary for the control socket (no key material)."""
-        ctx = self._ctx
+        at = self._established_at
         return {
             "state": self._state.name.lower(),
-            "role": "initiator" if ctx.is_initiator else "responder",
-            "spi_i": ctx.spi_i.hex(),
-            "spi_r": ctx.spi_r.hex(),
-            "local": f"{ctx.local_addr[0]}:{ctx.local_addr[1]}",
-            "remote": f"{ctx.remote_addr[0]}:{ctx.remote_addr[1]}",
-            "algorithms": self.ike_algorithms,
-            "remote_id": self.remote_identity,
-            "nat_t": ctx.nat_t,
-            "established_for": None
-            if self._established_at is None
-            else round(now - self._established_at, 3),
-            "child_sas": [
-                {
-                    "spi_in": f"{c.inbound_spi:08x}",
-                    "spi_out": f"{c.outbound_spi:08x}",
-                    "algorithms": c.algorithms,
-                    "local_ts": [str(n) for n in c.local_ts],
-                    "remote_ts": [str(n) for n in c.remote_ts],
-                }
-                for c in ctx.children.values()
-            ],
+            **self._ctx.summary(),
+            "established_for": None if at is None else round(now - at, 3),
             "drops": dict(self.drops),
         }
 
@@ -448,7 +357,7 @@ class IkeSession:
         self, header: IkeHeader, data: bytes, src: Address, dst: Address, now: float
     ) -> None:
         """Process a new request and send the response: the responder's error boundary."""
-        inp = _REQUEST_INPUT.get(header.exchange_type)
+        inp = REQUEST_INPUT.get(header.exchange_type)
         expected = inp is not None and bool(allowed(self._state, inp))
         tasks: list[ResponderTask] = []
         payloads: list[Payload] = []
@@ -459,7 +368,7 @@ class IkeSession:
                     f"{self._state.name}",
                     NotifyType.INVALID_SYNTAX,
                 )
-            received = Received(self._decode(header, data), src, dst, now)
+            received = Received(decode_message(self._ctx, header, data), src, dst, now)
             self._adopt_path(header, src, dst)
             tasks = self._responder_tasks(inp)
             failures: dict[int, PeerError] = {}
@@ -498,7 +407,9 @@ class IkeSession:
         *,
         stateless: bool = False,
     ) -> None:
-        datagram = self._encode(header.exchange_type, header.message_id, payloads, True, stateless)
+        datagram = encode_message(
+            self._ctx, header.exchange_type, header.message_id, payloads, True, stateless
+        )
         if header.exchange_type == ExchangeType.IKE_SA_INIT and not stateless:
             self._ctx.init_response = datagram  # signed by our AUTH (§2.15)
         self._tm.answered(header.message_id, request, datagram)
@@ -548,7 +459,7 @@ class IkeSession:
             self._drop(f"response with unexpected message ID {header.message_id}")
             return
         try:
-            message = self._decode(header, data)
+            message = decode_message(self._ctx, header, data)
         except PeerError as err:  # unauthenticated or garbled: keep waiting (§2.21)
             self._drop(f"{type(err).__name__} in response: {err}")
             return
@@ -562,7 +473,7 @@ class IkeSession:
         if flight is None:
             raise LocalError("response without a request in flight")
         exchange, now = flight.exchange, response.now
-        inp = _RESPONSE_INPUT[exchange.exchange_type]
+        inp = RESPONSE_INPUT[exchange.exchange_type]
         child_failure: PeerError | None = None
         try:
             for task in exchange.tasks:
@@ -585,7 +496,7 @@ class IkeSession:
         """IKE_SA_INIT again, same message ID 0, after INVALID_KE_PAYLOAD or COOKIE."""
         ctx = self._ctx
         payloads = [p for task in exchange.tasks for p in task.build_i(ctx)]
-        datagram = self._encode(exchange.exchange_type, 0, payloads, False)
+        datagram = encode_message(self._ctx, exchange.exchange_type, 0, payloads, False)
         ctx.init_request = datagram
         self._tm.resend_same_id(datagram, ctx.local_addr, ctx.remote_addr, now)
         self._outbox.append((datagram, ctx.local_addr, ctx.remote_addr))
@@ -636,8 +547,8 @@ class IkeSession:
         ctx = self._ctx
         while (exchange := self._tm.next_exchange()) is not None:
             payloads = [p for task in exchange.tasks for p in task.build_i(ctx)]
-            datagram = self._encode(
-                exchange.exchange_type, self._tm.peek_next_id(), payloads, False
+            datagram = encode_message(
+                self._ctx, exchange.exchange_type, self._tm.peek_next_id(), payloads, False
             )
             if exchange.exchange_type == ExchangeType.IKE_SA_INIT:
                 ctx.init_request = datagram  # signed by our AUTH (§2.15)
@@ -648,43 +559,6 @@ class IkeSession:
         """A request we send without waiting for (or retransmitting) its answer."""
         self._tm.enqueue(Exchange(ExchangeType.INFORMATIONAL, [task], retransmit=False), first=True)
         self._pump(now)
-
-    def _encode(
-        self,
-        exchange_type: int,
-        message_id: int,
-        payloads: list[Payload],
-        response: bool,
-        stateless: bool = False,
-    ) -> bytes:
-        """Frame a message; all but IKE_SA_INIT go inside an SK payload (§3.14)."""
-        ctx = self._ctx
-        flags = HeaderFlag.INITIATOR if ctx.is_initiator else HeaderFlag.NONE
-        if response:
-            flags |= HeaderFlag.RESPONSE
-        message = Message(
-            spi_i=ctx.spi_i,
-            spi_r=bytes(SPI_LEN) if stateless else ctx.spi_r,  # §2.6: refusals keep SPIr 0
-            exchange_type=exchange_type,
-            flags=flags,
-            message_id=message_id,
-            payloads=payloads,
-        )
-        if exchange_type == ExchangeType.IKE_SA_INIT:
-            return message.build()
-        if ctx.cipher_out is None:
-            raise LocalError("no SK keys to protect the message with")
-        return encrypt_message(message, ctx.cipher_out, ctx.next_sk_iv())
-
-    # -- receiving -------------------------------------------------------------
-
-    def _decode(self, header: IkeHeader, data: bytes) -> Message:
-        """Parse (IKE_SA_INIT) or authenticate and decrypt (everything else)."""
-        if header.exchange_type == ExchangeType.IKE_SA_INIT:
-            return parse_message(data)
-        if self._ctx.cipher_in is None:
-            raise IntegrityError("encrypted message before the keys exist")
-        return decrypt_message(data, self._ctx.cipher_in)
 
     def _adopt_path(self, header: IkeHeader, src: Address, dst: Address) -> None:
         """Follow the peer's address (§2.23: from authenticated messages, behind NAT)."""

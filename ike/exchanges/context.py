@@ -14,18 +14,19 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ike.auth import Identity
-from ike.constants import ExchangeType, HashAlgorithm, NotifyType, ProtocolId
+from ike.constants import ExchangeType, HashAlgorithm, HeaderFlag, NotifyType, ProtocolId
 from ike.crypto import IkeKeys, Prf, SkCipher
 from ike.entropy import Entropy
-from ike.errors import LocalError, PeerError
+from ike.errors import IntegrityError, LocalError, PeerError
 from ike.events import Address, ChildSaDown, Event, IPNetwork
 from ike.payloads import NotifyPayload, Payload, Transform
 from ike.payloads import Proposal as WireProposal
 from ike.proposals import Proposal, SelectedProposal
 from ike.sessionconfig import SessionConfig
-from ike.wire import Message
+from ike.wire import IkeHeader, Message, decrypt_message, encrypt_message, parse_message
 
 SPI_LEN = 8  # §3.1
 ESP_SPI_LEN = 4  # §3.3.1
@@ -44,6 +45,15 @@ class ChildSa:
     remote_ts: tuple[IPNetwork, ...]
     algorithms: str
     esn: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "spi_in": f"{self.inbound_spi:08x}",
+            "spi_out": f"{self.outbound_spi:08x}",
+            "algorithms": self.algorithms,
+            "local_ts": [str(n) for n in self.local_ts],
+            "remote_ts": [str(n) for n in self.remote_ts],
+        }
 
 
 @dataclass(eq=False)
@@ -101,6 +111,33 @@ class SaContext:
     @property
     def peer_nonce(self) -> bytes:
         return self.nonce_r if self.is_initiator else self.nonce_i
+
+    def matches(self, header: IkeHeader) -> bool:
+        """Whether a message with this header belongs to this IKE SA (see IkeSession)."""
+        if header.is_initiator == self.is_initiator:
+            return False  # a message in our own role: a reflection, never the peer's
+        is_init = header.exchange_type == ExchangeType.IKE_SA_INIT
+        if not any(self.spi_i):  # a fresh responder takes the first IKE_SA_INIT request
+            return is_init and not header.is_response and not any(header.spi_r)
+        if header.spi_i != self.spi_i:
+            return False
+        if is_init:  # the IKE_SA_INIT response names SPIr first; its request has none
+            return header.is_response if self.is_initiator else not any(header.spi_r)
+        return header.spi_r == self.spi_r
+
+    def summary(self) -> dict[str, Any]:
+        """Status fields of the IKE SA (public values only)."""
+        return {
+            "role": "initiator" if self.is_initiator else "responder",
+            "spi_i": self.spi_i.hex(),
+            "spi_r": self.spi_r.hex(),
+            "local": f"{self.local_addr[0]}:{self.local_addr[1]}",
+            "remote": f"{self.remote_addr[0]}:{self.remote_addr[1]}",
+            "algorithms": None if self.ike_proposal is None else str(self.ike_proposal),
+            "remote_id": None if self.remote_identity is None else str(self.remote_identity),
+            "nat_t": self.nat_t,
+            "child_sas": [c.summary() for c in self.children.values()],
+        }
 
     def require_keys(self) -> tuple[Prf, IkeKeys]:
         """PRF and keys, which exist from IKE_SA_INIT on (else it is our bug)."""
@@ -246,3 +283,45 @@ def payload_list(*parts: Payload | Sequence[Payload] | None) -> list[Payload]:
 
 
 ESP = ProtocolId.ESP
+
+
+# -- framing: IKE_SA_INIT in the clear, everything else in an SK payload (§3.14) --
+
+
+def encode_message(
+    ctx: SaContext,
+    exchange_type: int,
+    message_id: int,
+    payloads: list[Payload],
+    response: bool,
+    stateless: bool = False,
+) -> bytes:
+    """Our message as bytes; ``stateless`` refusals of IKE_SA_INIT keep SPIr 0 (§2.6)."""
+    flags = HeaderFlag.INITIATOR if ctx.is_initiator else HeaderFlag.NONE
+    if response:
+        flags |= HeaderFlag.RESPONSE
+    message = Message(
+        spi_i=ctx.spi_i,
+        spi_r=bytes(SPI_LEN) if stateless else ctx.spi_r,
+        exchange_type=exchange_type,
+        flags=flags,
+        message_id=message_id,
+        payloads=payloads,
+    )
+    if exchange_type == ExchangeType.IKE_SA_INIT:
+        return message.build()
+    if ctx.cipher_out is None:
+        raise LocalError("no SK keys to protect the message with")
+    return encrypt_message(message, ctx.cipher_out, ctx.next_sk_iv())
+
+
+def decode_message(ctx: SaContext, header: IkeHeader, data: bytes) -> Message:
+    """Parse (IKE_SA_INIT) or authenticate and decrypt (everything else).
+
+    A forged or undecryptable message raises IntegrityError (drop silently).
+    """
+    if header.exchange_type == ExchangeType.IKE_SA_INIT:
+        return parse_message(data)
+    if ctx.cipher_in is None:
+        raise IntegrityError("encrypted message before the keys exist")
+    return decrypt_message(data, ctx.cipher_in)
