@@ -1,0 +1,538 @@
+"""The configuration file: TOML -> frozen dataclasses, with precise errors.
+
+One file per gateway: ``[gateway]``, ``[identity]`` and one ``[[peer]]`` per
+remote gateway. docs/configuration.md documents every key.
+
+How a file is read:
+
+1. :mod:`tomllib` parses it; a syntax error names the line and column.
+2. Each table is read by a :class:`Section` that knows its keys: an unknown
+   key is an error that suggests the nearest known one; every value is type-
+   and range-checked. Every error is a :class:`ConfigError` naming the file,
+   the key path (``peer[0].remote_subnets[1]``) and the reason.
+3. Relative paths resolve against the directory of the configuration file.
+4. Credentials are loaded and cross-checked now (key matches certificate,
+   certificate chains to a configured CA and carries our identity, private
+   files are mode 0600), so ``tunneld check`` catches a bad file.
+5. Whole-file checks: unique peer names and IDs, remote subnets of different
+   peers do not overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, TypedDict, cast, get_args
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ike.certs import verify_chain
+from ike.errors import AuthenticationFailed, LocalError
+from ike.identity import Identity, identity_matches
+from ike.proposals import Proposal, parse_esp_proposal, parse_ike_proposal
+from tunneld import credentials as cred
+from tunneld.credentials import CredentialError, PrivateKey, Psk
+from tunneld.tomlschema import (
+    ConfigError,
+    IPAddress,
+    IPNetwork,
+    Section,
+    parse_address,
+    parse_duration,
+    parse_network,
+    parse_size,
+    resolve,
+)
+from tunneld.tomlschema import kind_of as _kind
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "GatewayConfig",
+    "IdentityConfig",
+    "PeerConfig",
+    "add_check_subcommand",
+    "describe",
+    "load_config",
+    "run_check",
+]
+
+# --- defaults and limits (what we chose; see docs/configuration.md) ----------
+DEFAULT_IKE = ("aes256gcm16-prfsha256-x25519-ecp256",)
+DEFAULT_ESP = ("aes256gcm16-esn-noesn", "aes128gcm16-esn-noesn")
+# Soft limits start a rekey; an SA that reaches its soft limit times this factor
+# is dead (hard limit), as strongSwan's life_time defaults to 110% of rekey_time.
+HARD_LIMIT_FACTOR = 1.1
+# AES-GCM keys are retired well before 2**28 packets (DESIGN §4): the soft
+# limit may be at most 2**27, so even the hard limit stays far below.
+DEFAULT_CHILD_PACKETS = 1 << 26
+MAX_CHILD_PACKETS = 1 << 27
+DEFAULT_CHILD_BYTES = 1 << 36  # 64 GiB, ~49 M packets of 1400 bytes
+MAX_REPLAY_WINDOW = 1 << 20  # tunneld.dataplane.replay caps its window here
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ - 1
+
+# --- the configuration, as the daemon sees it --------------------------------
+
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+AuthMethod = Literal["pubkey", "psk"]
+Auto = Literal["start", "listen"]
+DpdAction = Literal["restart", "clear"]
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    name: str
+    listen: tuple[IPAddress, ...]
+    port: int
+    nat_t_port: int
+    tun: str
+    mtu: int
+    control_socket: Path
+    log_format: LogFormat
+    log_level: LogLevel
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """Our identity; the certificate fields are all set or all empty/None."""
+
+    id: Identity
+    certificate: x509.Certificate | None = None
+    intermediates: tuple[x509.Certificate, ...] = ()  # after the leaf in the certificate file
+    private_key: PrivateKey | None = None
+    ca: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def has_certificate(self) -> bool:
+        return self.certificate is not None
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    name: str
+    address: IPAddress | None  # None: listen-only, any source address, ID must match
+    port: int
+    nat_t_port: int
+    id: Identity
+    local_id: Identity
+    auth: AuthMethod
+    psk: Psk | None
+    local_subnets: tuple[IPNetwork, ...]
+    remote_subnets: tuple[IPNetwork, ...]
+    auto: Auto
+    ike: tuple[Proposal, ...]
+    esp: tuple[Proposal, ...]
+    ike_lifetime: float  # seconds
+    child_lifetime: float
+    rekey_jitter: float
+    child_packet_limit: int
+    child_byte_limit: int
+    dpd_delay: float  # 0: no liveness checks
+    dpd_action: DpdAction
+    delete_delay: float
+    replay_window: int
+    save_keys: bool
+
+    @property
+    def ike_hard_lifetime(self) -> float:
+        return self.ike_lifetime * HARD_LIMIT_FACTOR
+
+    @property
+    def child_hard_lifetime(self) -> float:
+        return self.child_lifetime * HARD_LIMIT_FACTOR
+
+    @property
+    def child_packet_hard_limit(self) -> int:
+        return int(self.child_packet_limit * HARD_LIMIT_FACTOR)
+
+    @property
+    def child_byte_hard_limit(self) -> int:
+        return int(self.child_byte_limit * HARD_LIMIT_FACTOR)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    gateway: GatewayConfig
+    identity: IdentityConfig
+    peers: tuple[PeerConfig, ...]
+
+    def peer(self, name: str) -> PeerConfig:
+        for p in self.peers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def _name(section: Section, key: str) -> str:
+    value = section.string(key)
+    if not _NAME_RE.fullmatch(value):
+        raise section.error(key, f"'{value}' must be 1-64 of A-Z a-z 0-9 _ . - (starting alnum)")
+    return value
+
+
+# --- [gateway] ----------------------------------------------------------------
+
+_GATEWAY_KEYS = (
+    "name", "listen", "port", "nat_t_port", "tun", "mtu",
+    "control_socket", "log_format", "log_level",
+)  # fmt: skip
+
+
+def _read_gateway(file: Path, data: object) -> GatewayConfig:
+    s = Section(file, "gateway", data, _GATEWAY_KEYS)
+    name = _name(s, "name")
+    tun = s.string("tun", "tunneld0")
+    if not _IFNAME_RE.fullmatch(tun):
+        raise s.error("tun", f"'{tun}' is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    control = s.file_path("control_socket", file.parent) or Path(f"/run/tunneld/{name}.sock")
+    return GatewayConfig(
+        name=name,
+        listen=s.items("listen", parse_address, ["0.0.0.0"], single=True),
+        port=s.integer("port", 500, 1, 65535),
+        nat_t_port=s.integer("nat_t_port", 4500, 1, 65535),
+        tun=tun,
+        mtu=s.integer("mtu", 1400, 576, 9000),
+        control_socket=control,
+        log_format=cast(LogFormat, s.choice("log_format", get_args(LogFormat), "text")),
+        log_level=cast(LogLevel, s.choice("log_level", get_args(LogLevel), "info")),
+    )
+
+
+# --- [identity] ---------------------------------------------------------------
+
+_IDENTITY_KEYS = ("id", "certificate", "private_key", "ca")
+_CERT_KEYS = ("certificate", "private_key", "ca")
+
+
+def _read_identity(file: Path, data: object, now: datetime) -> IdentityConfig:
+    s = Section(file, "identity", data, _IDENTITY_KEYS)
+    identity = s.convert("id", _identity)
+    present = [k for k in _CERT_KEYS if s.has(k)]
+    if not present:
+        return IdentityConfig(id=identity)
+    for missing in _CERT_KEYS:
+        if not s.has(missing):
+            raise s.error(
+                missing,
+                f"required with identity.{present[0]} (certificate auth needs "
+                "certificate, private_key and ca)",
+            )
+    try:
+        key = cred.load_private_key(cast(Path, s.file_path("private_key", file.parent)))
+    except CredentialError as exc:
+        raise s.error("private_key", str(exc)) from None
+    leaf, intermediates = _read_certificate(s, file, key, now)
+    ca = _read_cas(s, file, now)
+    der = serialization.Encoding.DER
+    try:  # exactly the checks a peer running tunneld will make (ike.certs)
+        verify_chain(
+            leaf.public_bytes(der), [c.public_bytes(der) for c in intermediates], list(ca), now
+        )
+    except AuthenticationFailed as exc:
+        raise s.error("certificate", f"{exc} (with identity.ca)") from None
+    identity = _own_identity(s, "id", identity, leaf)
+    return IdentityConfig(identity, leaf, intermediates, key, ca)
+
+
+def _own_identity(s: Section, key: str, identity: Identity, cert: x509.Certificate) -> Identity:
+    """Our ID must be in our certificate; a DN is sent as the certificate's exact subject DER."""
+    if not identity_matches(identity.id_type, identity.data, cert):
+        raise s.error(key, f"'{identity}' is not in the certificate ({_describe_cert(cert)})")
+    subject = Identity.from_certificate_subject(cert)
+    return subject if subject.matches(identity) else identity
+
+
+def _read_certificate(
+    s: Section, file: Path, key: PrivateKey, now: datetime
+) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+    path = cast(Path, s.file_path("certificate", file.parent))
+    try:
+        leaf, *rest = cred.load_certificates(path, "certificate file")
+        cred.check_key_matches(key, leaf)
+        cred.check_validity(leaf, now, path)
+    except CredentialError as exc:
+        raise s.error("certificate", str(exc)) from None
+    return leaf, tuple(rest)
+
+
+def _read_cas(s: Section, file: Path, now: datetime) -> tuple[x509.Certificate, ...]:
+    paths = s.items("ca", lambda text: resolve(file.parent, text), single=True)
+    out: list[x509.Certificate] = []
+    for i, path in enumerate(paths):
+        try:
+            for cert in cred.load_certificates(path, "CA file"):
+                cred.check_is_ca(cert, path)
+                cred.check_validity(cert, now, path)
+                out.append(cert)
+        except CredentialError as exc:
+            raise s.error(f"ca[{i}]", str(exc)) from None
+    return tuple(out)
+
+
+def _identity(value: object) -> Identity:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an identity string, got {_kind(value)}")
+    try:
+        return Identity.parse(value)
+    except LocalError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _describe_cert(cert: x509.Certificate) -> str:
+    parts = [f"subject {cert.subject.rfc4514_string()}"]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return parts[0] + ", no subjectAltName"
+    for kind, label in ((x509.DNSName, "DNS"), (x509.IPAddress, "IP"), (x509.RFC822Name, "email")):
+        parts += [f"{label}:{v}" for v in san.get_values_for_type(kind)]
+    return ", ".join(parts)
+
+
+# --- [[peer]] -----------------------------------------------------------------
+
+_PEER_KEYS = (
+    "name", "address", "port", "nat_t_port", "id", "local_id", "auth", "psk_file",
+    "local_subnets", "remote_subnets", "auto", "ike", "esp",
+    "ike_lifetime", "child_lifetime", "rekey_jitter", "child_packet_limit", "child_byte_limit",
+    "dpd_delay", "dpd_action", "delete_delay", "replay_window", "save_keys",
+)  # fmt: skip
+_DAY = 86400.0
+
+
+class _Endpoint(TypedDict):
+    address: IPAddress | None
+    port: int
+    nat_t_port: int
+    auto: Auto
+
+
+class _Auth(TypedDict):
+    id: Identity
+    local_id: Identity
+    auth: AuthMethod
+    psk: Psk | None
+
+
+class _Limits(TypedDict):
+    ike_lifetime: float
+    child_lifetime: float
+    rekey_jitter: float
+    child_packet_limit: int
+    child_byte_limit: int
+    dpd_delay: float
+    dpd_action: DpdAction
+    delete_delay: float
+    replay_window: int
+    save_keys: bool
+
+
+def _read_peer(file: Path, index: int, data: object, me: IdentityConfig) -> PeerConfig:
+    s = Section(file, f"peer[{index}]", data, _PEER_KEYS)
+    return PeerConfig(
+        name=_name(s, "name"),
+        **_peer_endpoint(s),
+        **_peer_auth(s, file, me),
+        local_subnets=s.items("local_subnets", parse_network),
+        remote_subnets=s.items("remote_subnets", parse_network),
+        ike=s.items("ike", parse_ike_proposal, list(DEFAULT_IKE)),
+        esp=s.items("esp", parse_esp_proposal, list(DEFAULT_ESP)),
+        **_peer_limits(s),
+    )
+
+
+def _peer_endpoint(s: Section) -> _Endpoint:
+    address = (
+        s.convert("address", lambda v: parse_address(_string(v)), None)
+        if s.has("address")
+        else None
+    )
+    auto = cast(Auto, s.choice("auto", get_args(Auto), "start" if address else "listen"))
+    if auto == "start" and address is None:
+        raise s.error("address", 'required with auto = "start" (or set auto = "listen")')
+    return {
+        "address": address,
+        "port": s.integer("port", 500, 1, 65535),
+        "nat_t_port": s.integer("nat_t_port", 4500, 1, 65535),
+        "auto": auto,
+    }
+
+
+def _peer_auth(s: Section, file: Path, me: IdentityConfig) -> _Auth:
+    default = "psk" if s.has("psk_file") else "pubkey"
+    auth = cast(AuthMethod, s.choice("auth", get_args(AuthMethod), default))
+    local_id = s.convert("local_id", _identity) if s.has("local_id") else me.id
+    psk = None
+    if auth == "pubkey":
+        if me.certificate is None:
+            raise s.error(
+                "auth",
+                "certificate auth needs identity.certificate, identity.private_key "
+                'and identity.ca (or use auth = "psk" with a psk_file)',
+            )
+        if s.has("psk_file"):
+            raise s.error("psk_file", 'only used with auth = "psk"')
+        local_id = _own_identity(s, "local_id", local_id, me.certificate)
+    else:
+        if not s.has("psk_file"):
+            raise s.error("psk_file", 'required with auth = "psk"')
+        try:
+            psk = cred.load_psk(cast(Path, s.file_path("psk_file", file.parent)))
+        except CredentialError as exc:
+            raise s.error("psk_file", str(exc)) from None
+    return {"id": s.convert("id", _identity), "local_id": local_id, "auth": auth, "psk": psk}
+
+
+def _peer_limits(s: Section) -> _Limits:
+    def duration(key: str, default: str, lo: float, hi: float) -> float:
+        return s.ranged(key, s.convert(key, parse_duration, default), lo, hi, "s")
+
+    dpd = duration("dpd_delay", "30s", 0, _DAY)
+    if 0 < dpd < 1:
+        raise s.error("dpd_delay", "must be 0 (off) or at least 1s")
+    return {
+        "ike_lifetime": duration("ike_lifetime", "4h", 5, 30 * _DAY),
+        "child_lifetime": duration("child_lifetime", "1h", 5, 30 * _DAY),
+        "rekey_jitter": s.number("rekey_jitter", 0.1, 0.0, 0.5),
+        "child_packet_limit": s.integer(
+            "child_packet_limit", DEFAULT_CHILD_PACKETS, 1000, MAX_CHILD_PACKETS
+        ),
+        "child_byte_limit": s.ranged(
+            "child_byte_limit",
+            s.convert("child_byte_limit", parse_size, DEFAULT_CHILD_BYTES),
+            1 << 20,
+            1 << 40,
+        ),
+        "dpd_delay": dpd,
+        "dpd_action": cast(DpdAction, s.choice("dpd_action", get_args(DpdAction), "restart")),
+        "delete_delay": duration("delete_delay", "5s", 0, 300),
+        "replay_window": s.integer("replay_window", 1024, 32, MAX_REPLAY_WINDOW),
+        "save_keys": s.typed("save_keys", bool, False),
+    }
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_kind(value)}")
+    return value
+
+
+# --- the whole file -------------------------------------------------------------
+
+_TOP_KEYS = ("gateway", "identity", "peer")
+
+
+def load_config(path: str | Path, *, now: datetime | None = None) -> Config:
+    """Read, validate and load one gateway's configuration; :class:`ConfigError` on any problem.
+
+    ``now`` (default: the current UTC time) is when certificates must be valid.
+    """
+    file = Path(path).absolute()
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(file, "", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"invalid TOML: {exc}") from None
+    top = Section(file, "", data, _TOP_KEYS)
+    for key in ("gateway", "identity"):
+        top.raw(key)  # "required key is missing" names the table
+    gateway = _read_gateway(file, data["gateway"])
+    identity = _read_identity(file, data["identity"], now or datetime.now(UTC))
+    raw_peers = top.raw("peer")
+    if not isinstance(raw_peers, list):
+        raise top.error("peer", "write peers as [[peer]] tables (an array of tables)")
+    if not raw_peers:
+        raise top.error("peer", "at least one [[peer]] is required")
+    peers = tuple(_read_peer(file, i, p, identity) for i, p in enumerate(raw_peers))
+    _check_peers(file, peers)
+    _check_mtu(file, gateway, peers)
+    return Config(file, gateway, identity, peers)
+
+
+def _check_peers(file: Path, peers: tuple[PeerConfig, ...]) -> None:
+    for i, peer in enumerate(peers):
+        for j, other in enumerate(peers[:i]):
+            if peer.name == other.name:
+                raise ConfigError(file, f"peer[{i}].name", f"'{peer.name}' is also peer[{j}]")
+            if peer.id.matches(other.id):
+                raise ConfigError(file, f"peer[{i}].id", f"'{peer.id}' is also peer '{other.name}'")
+        for k, net in enumerate(peer.remote_subnets):
+            where = f"peer[{i}].remote_subnets[{k}]"
+            for local in peer.local_subnets:
+                if net.version == local.version and net.overlaps(local):
+                    raise ConfigError(file, where, f"{net} overlaps local subnet {local}")
+            for other in peers[:i]:
+                for theirs in other.remote_subnets:
+                    if net.version == theirs.version and net.overlaps(theirs):
+                        raise ConfigError(
+                            file, where, f"{net} overlaps {theirs} of peer '{other.name}'"
+                        )
+
+
+def _check_mtu(file: Path, gateway: GatewayConfig, peers: tuple[PeerConfig, ...]) -> None:
+    ipv6 = any(n.version == 6 for p in peers for n in (*p.local_subnets, *p.remote_subnets))
+    if ipv6 and gateway.mtu < 1280:
+        raise ConfigError(
+            file, "gateway.mtu", f"{gateway.mtu} < 1280, the IPv6 minimum (RFC 8200 §5)"
+        )
+
+
+def describe(config: Config) -> str:
+    """A short summary for ``tunneld check`` (no secrets)."""
+    g, ident = config.gateway, config.identity
+    lines = [
+        f"gateway {g.name}: tun {g.tun} mtu {g.mtu}, listen "
+        + ", ".join(str(a) for a in g.listen)
+        + f" (udp {g.port}/{g.nat_t_port}), control {g.control_socket}",
+        f"identity {ident.id}"
+        + (
+            f", certificate {ident.certificate.subject.rfc4514_string()}"
+            if ident.certificate
+            else ""
+        )
+        + (f", {ident.private_key.kind} key" if ident.private_key else ""),
+    ]
+    for p in config.peers:
+        where = f"{p.address}:{p.port}" if p.address else "any address"
+        lines.append(
+            f"peer {p.name}: {p.auth}, id {p.id}, {where}, auto={p.auto}, "
+            + " ".join(map(str, p.local_subnets))
+            + " <=> "
+            + " ".join(map(str, p.remote_subnets))
+        )
+    return "\n".join(lines)
+
+
+# --- `tunneld check` ----------------------------------------------------------
+
+
+def add_check_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``check -c FILE``; the parser's ``func(args) -> int`` runs it."""
+    p = subparsers.add_parser("check", help="validate a configuration file and its credentials")
+    p.add_argument("-c", "--config", required=True, type=Path, help="configuration file (TOML)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when it is valid")
+    p.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not getattr(args, "quiet", False):
+        print(f"{config.path}: OK")
+        print(describe(config))
+    return 0
