@@ -1,0 +1,1 @@
+"""tunneld test suite."""

@@ -1,0 +1,1 @@
+"""Test tools: namespace harnesses and traffic probes (not part of the product)."""

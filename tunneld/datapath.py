@@ -1,0 +1,230 @@
+"""The packet pumps: trio tasks moving packets between the TUN and UDP sockets.
+
+Pipeline, outbound (one task):
+  1. wait until the TUN is readable, read every queued packet (a batch);
+  2. ``sadb.encapsulate`` each (selector lookup, ESP, AES-GCM);
+  3. group consecutive packets toward the same peer and ``send_many`` each
+     group (one GSO ``sendmsg`` per run of equal-size packets).
+
+Inbound (one task per UDP socket):
+  1. wait until the socket is readable, read every queued datagram;
+  2. demultiplex (RFC 3948 §2.2 on the NAT-T port): four zero bytes, the
+     non-ESP marker, start an IKE message (marker stripped, put on the IKE
+     inbox); a single 0xFF byte is a NAT keepalive (RFC 3948 §2.3, counted);
+     anything else is ESP. On port 500 every datagram is IKE (RFC 7296 §2.23);
+  3. ``sadb.decapsulate`` each ESP packet (SPI lookup, replay, AES-GCM,
+     selector check) and write the inner packet to the TUN.
+
+A packet the data plane refuses raises :class:`EspDrop`; the pumps count it
+by reason and go on. Nothing is logged per packet. The IKE inbox is a bounded
+trio channel: when the IKE task lags, datagrams are counted and dropped (the
+peer retransmits), so the data plane never blocks on IKE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, Protocol
+
+import trio
+
+from ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
+from tunneld.dataplane.drops import EspDrop
+from tunneld.dataplane.udpencap import UdpKind, classify
+from tunneld.io.udp import Address, Buffer, Datagram
+
+DEFAULT_BATCH = 64  # packets per wakeup: one full GSO run (UDP_MAX_SEGMENTS)
+IKE_INBOX_FULL = "ike_inbox_full"
+
+
+class Tun(Protocol):
+    async def wait_readable(self) -> None: ...
+    def read_batch(self, max_packets: int = ...) -> list[bytes]: ...
+    def write(self, packet: Buffer) -> None: ...
+
+
+class Udp(Protocol):
+    local_address: Address
+
+    async def wait_readable(self) -> None: ...
+    def recv_batch(self, max_datagrams: int = ...) -> list[Datagram]: ...
+    def sendto(self, data: Buffer, addr: Address) -> None: ...
+    def send_many(self, addr: Address, packets: Sequence[Buffer]) -> None: ...
+
+
+class Sadb(Protocol):
+    """What the pumps need from :class:`tunneld.dataplane.sadb.SADatabase`."""
+
+    def encapsulate(self, inner: bytes) -> tuple[bytes, Any]: ...
+    def decapsulate(self, esp: Buffer) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IkeDatagram:
+    """One IKE message for the IKE task: marker already stripped."""
+
+    data: bytes
+    remote: Address  # the peer's (host, port)
+    local: Address  # our (host, port) it arrived on
+
+
+@dataclass
+class PumpStats:
+    """Counters of one direction; ``drops`` is keyed by DropReason value."""
+
+    packets: int = 0
+    batches: int = 0
+    largest_batch: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+    ike_datagrams: int = 0  # inbound only
+    keepalives: int = 0  # inbound only
+
+    def batch(self, n: int) -> None:
+        self.packets += n
+        self.batches += 1
+        if n > self.largest_batch:
+            self.largest_batch = n
+
+    def drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+
+class DataPath:
+    """Two-way packet pumps between one TUN and the gateway's UDP sockets."""
+
+    def __init__(
+        self,
+        sadb: Sadb,
+        tun: Tun,
+        udp_by_port: Mapping[int, Udp],
+        ike_inbox: trio.MemorySendChannel[IkeDatagram] | None,
+        *,
+        esp_port: int = NAT_T_PORT,
+        ike_port: int = IKE_PORT,
+        batch: int = DEFAULT_BATCH,
+    ) -> None:
+        if esp_port not in udp_by_port:
+            raise ValueError(f"no UDP socket for the ESP port {esp_port}")
+        self._sadb = sadb
+        self._tun = tun
+        self._udp = dict(udp_by_port)
+        self._esp_udp = self._udp[esp_port]
+        self._inbox = ike_inbox
+        self._esp_port = esp_port
+        self._ike_port = ike_port
+        self._batch = batch
+        self._dest_cache: dict[Any, Address] = {}
+        self.outbound = PumpStats()
+        self.inbound = PumpStats()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run both directions until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_out)
+            for port, udp in self._udp.items():
+                nursery.start_soon(self._pump_in, port, udp)
+            task_status.started()
+
+    def send_ike(self, data: bytes, src_port: int, dst_addr: Address) -> None:
+        """Send one IKE message from our ``src_port``; the NAT-T port adds the marker."""
+        udp = self._udp[src_port]
+        udp.sendto(data if src_port == self._ike_port else NON_ESP_MARKER + data, dst_addr)
+
+    def send_keepalive(self, dst_addr: Address) -> None:
+        """A NAT keepalive (RFC 3948 §2.3) from the ESP port."""
+        self._esp_udp.sendto(NAT_KEEPALIVE, dst_addr)
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-ready counters of the pumps and the devices under them."""
+        return {
+            "outbound": asdict(self.outbound),
+            "inbound": asdict(self.inbound),
+            "tun": _device_stats(self._tun),
+            "udp": {str(port): _device_stats(udp) for port, udp in self._udp.items()},
+        }
+
+    # -- outbound: TUN -> ESP -> UDP ------------------------------------------------
+
+    async def _pump_out(self) -> None:
+        tun = self._tun
+        while True:
+            await tun.wait_readable()
+            batch = tun.read_batch(self._batch)
+            if batch:
+                self.outbound.batch(len(batch))
+                self._encrypt_and_send(batch)
+
+    def _encrypt_and_send(self, batch: list[bytes]) -> None:
+        encapsulate, send_many = self._sadb.encapsulate, self._esp_udp.send_many
+        run: list[bytes] = []
+        run_dest: Address | None = None
+        for inner in batch:
+            try:
+                esp, peer = encapsulate(inner)
+            except EspDrop as drop:
+                self.outbound.drop(drop.reason.value)
+                continue
+            dest = self._dest_cache.get(peer) or self._learn_dest(peer)
+            if dest != run_dest:
+                if run_dest is not None:
+                    send_many(run_dest, run)
+                run, run_dest = [], dest
+            run.append(esp)
+        if run_dest is not None:
+            send_many(run_dest, run)
+
+    def _learn_dest(self, peer: Any) -> Address:
+        """The UDP destination of a tunnel's peer: an address (port 4500) or (host, port)."""
+        dest = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else (str(peer), NAT_T_PORT)
+        if len(self._dest_cache) > 4096:  # peers come and go; keep it bounded
+            self._dest_cache.clear()
+        self._dest_cache[peer] = dest
+        return dest
+
+    # -- inbound: UDP -> demux -> ESP -> TUN ------------------------------------------
+
+    async def _pump_in(self, port: int, udp: Udp) -> None:
+        nat_t = port != self._ike_port
+        while True:
+            await udp.wait_readable()
+            batch = udp.recv_batch(self._batch)
+            if not batch:
+                continue
+            self.inbound.batch(len(batch))
+            if nat_t:
+                self._demux(batch, udp)
+            else:
+                for data, src in batch:
+                    self._to_ike(data, src, udp)
+
+    def _demux(self, batch: list[Datagram], udp: Udp) -> None:
+        decapsulate, write, stats = self._sadb.decapsulate, self._tun.write, self.inbound
+        for data, src in batch:
+            try:
+                kind, payload = classify(data)
+                if kind is UdpKind.ESP:
+                    write(decapsulate(payload))
+                elif kind is UdpKind.IKE:
+                    self._to_ike(payload, src, udp)
+                else:
+                    stats.keepalives += 1
+            except EspDrop as drop:
+                stats.drop(drop.reason.value)
+
+    def _to_ike(self, data: Buffer, src: Address, udp: Udp) -> None:
+        self.inbound.ike_datagrams += 1
+        if self._inbox is None:
+            self.inbound.drop(IKE_INBOX_FULL)
+            return
+        try:
+            self._inbox.send_nowait(IkeDatagram(bytes(data), src, udp.local_address))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.inbound.drop(IKE_INBOX_FULL)
+
+
+def _device_stats(device: object) -> dict[str, Any]:
+    stats = getattr(device, "stats", None)
+    if stats is not None and is_dataclass(stats) and not isinstance(stats, type):
+        return asdict(stats)
+    return {}

@@ -1,0 +1,201 @@
+"""TUN devices: the kernel one (python-pytun) and an in-memory twin.
+
+Both offer the interface the packet pumps use (docs/architecture.md, "I/O"):
+``async wait_readable()``, ``read_batch(max) -> list[bytes]``, ``write(packet)``,
+``close()``. A batch is whatever is queued when the pump wakes up: draining the
+fd until ``EAGAIN`` per wakeup is the first performance lever (DESIGN.md §5).
+
+Buffer reuse was measured for the kernel device (``os.readv`` into one
+preallocated bytearray, then copying each packet out): it is not faster than
+``os.read`` allocating a fresh ``bytes`` per packet, because the packet must be
+copied out of the shared buffer anyway before the next read, so ``os.read`` it
+is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections import deque
+from dataclasses import dataclass
+
+import pytun
+import trio
+
+# Enough for any inner packet the MTU lets through, plus slack: a read larger
+# than the MTU can only come from a misconfigured MTU, and is truncated.
+_READ_SIZE = 65535
+
+
+@dataclass
+class TunStats:
+    """Counters of one TUN device (exported in the status output)."""
+
+    read_packets: int = 0
+    written_packets: int = 0
+    write_drops: int = 0  # kernel refused (queue full, malformed packet)
+
+
+class TunDevice:
+    """A kernel TUN device (``IFF_TUN | IFF_NO_PI``), non-blocking."""
+
+    def __init__(self, dev: pytun.TunTapDevice) -> None:
+        self._dev = dev  # keeps the fd alive: pytun closes it on deallocation
+        self._fd: int = dev.fileno()
+        self._closed = False
+        self.name: str = dev.name
+        self.stats = TunStats()
+
+    @classmethod
+    def open(cls, name: str, mtu: int) -> TunDevice:
+        """Create (or attach to) TUN ``name``, set its MTU and bring it up."""
+        dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+        try:
+            dev.mtu = mtu
+            dev.up()
+            os.set_blocking(dev.fileno(), False)
+        except BaseException:
+            dev.close()
+            raise
+        return cls(dev)
+
+    @property
+    def mtu(self) -> int:
+        return int(self._dev.mtu)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    async def wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self._fd)
+
+    def read_batch(self, max_packets: int = 64) -> list[bytes]:
+        """Every packet queued right now (up to ``max_packets``); may be empty."""
+        out: list[bytes] = []
+        read = os.read
+        fd = self._fd
+        try:
+            while len(out) < max_packets:
+                out.append(read(fd, _READ_SIZE))
+        except BlockingIOError:
+            pass
+        self.stats.read_packets += len(out)
+        return out
+
+    def write(self, packet: bytes | bytearray | memoryview) -> None:
+        """Hand one inner IP packet to the kernel; a refusal is counted, not raised."""
+        try:
+            os.write(self._fd, packet)
+        except BlockingIOError:
+            self.stats.write_drops += 1
+        except OSError as exc:
+            # EINVAL/EIO: the kernel did not like the packet (bad version nibble,
+            # truncated header); it came out of a verified SA, so count it.
+            if exc.errno not in (errno.EINVAL, errno.EIO, errno.EFAULT, errno.ENOBUFS):
+                raise
+            self.stats.write_drops += 1
+        else:
+            self.stats.written_packets += 1
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(RuntimeError):  # outside trio.run: nobody waits on it
+            trio.lowlevel.notify_closing(self._fd)
+        self._dev.close()
+
+    def __enter__(self) -> TunDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TunDevice(name={self.name!r}, fd={self._fd}, closed={self._closed})"
+
+
+class MemoryTun:
+    """In-memory twin of :class:`TunDevice` for tests and demos.
+
+    The daemon side uses the same methods as on a kernel TUN. The "host" side
+    (what the kernel's IP stack would do) is :meth:`host_send` (a packet routed
+    into the tunnel) and :meth:`host_recv` (a packet the daemon delivered).
+    Both directions are bounded like a kernel queue: beyond ``queue_limit``
+    packets are dropped and counted.
+    """
+
+    def __init__(self, name: str = "mem0", mtu: int = 1400, queue_limit: int = 1024) -> None:
+        self.name = name
+        self.mtu = mtu
+        self.queue_limit = queue_limit
+        self.stats = TunStats()
+        self.host_drops = 0  # host_send beyond queue_limit
+        self._to_daemon: deque[bytes] = deque()
+        self._to_host: deque[bytes] = deque()
+        self._daemon_lot = trio.lowlevel.ParkingLot()
+        self._host_lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+
+    # -- daemon side (the TunDevice interface) --------------------------------
+
+    async def wait_readable(self) -> None:
+        while not self._to_daemon:
+            self._check_open()
+            await self._daemon_lot.park()
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+
+    def read_batch(self, max_packets: int = 64) -> list[bytes]:
+        self._check_open()
+        n = min(max_packets, len(self._to_daemon))
+        out = [self._to_daemon.popleft() for _ in range(n)]
+        self.stats.read_packets += n
+        return out
+
+    def write(self, packet: bytes | bytearray | memoryview) -> None:
+        self._check_open()
+        if len(self._to_host) >= self.queue_limit:
+            self.stats.write_drops += 1
+            return
+        self._to_host.append(bytes(packet))
+        self.stats.written_packets += 1
+        self._host_lot.unpark_all()
+
+    def close(self) -> None:
+        self._closed = True
+        self._daemon_lot.unpark_all()
+        self._host_lot.unpark_all()
+
+    # -- host side --------------------------------------------------------------
+
+    def host_send(self, packet: bytes) -> None:
+        """The host routes ``packet`` into the tunnel (the daemon will read it)."""
+        self._check_open()
+        if len(self._to_daemon) >= self.queue_limit:
+            self.host_drops += 1
+            return
+        self._to_daemon.append(bytes(packet))
+        self._daemon_lot.unpark_all()
+
+    async def host_recv(self) -> bytes:
+        """Wait for the next packet the daemon wrote toward the host."""
+        while not self._to_host:
+            self._check_open()
+            await self._host_lot.park()
+        await trio.lowlevel.checkpoint()
+        return self._to_host.popleft()
+
+    def host_recv_nowait(self) -> list[bytes]:
+        """Every packet the daemon wrote so far and the host has not taken."""
+        out = list(self._to_host)
+        self._to_host.clear()
+        return out
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"{self.name} is closed")
+
+    def __repr__(self) -> str:
+        return f"MemoryTun(name={self.name!r}, mtu={self.mtu}, closed={self._closed})"
