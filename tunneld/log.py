@@ -28,7 +28,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+                out[key] = (
+                    value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+                )
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, sort_keys=False)

@@ -1,0 +1,165 @@
+"""The ``tunneld`` command line.
+
+    tunneld run -c FILE [--log-format text|json] [--log-level info]
+    tunneld check -c FILE
+    tunneld status (-c FILE | -s SOCKET) [--json]
+    tunneld up|down PEER (-c FILE | -s SOCKET)
+    tunneld pki init-ca ... | tunneld pki issue ...
+
+Exit codes: 0 success, 1 runtime failure (daemon unreachable, command
+refused), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tunneld import __version__, control, pki
+from tunneld.config import ConfigError, load_config
+
+log = logging.getLogger("tunneld")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"tunneld: {exc}", file=sys.stderr)
+        return 2
+    except control.ControlError as exc:
+        print(f"tunneld: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunneld", description="userspace IPsec (IKEv2 + ESP) VPN")
+    p.add_argument("--version", action="version", version=f"tunneld {__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("-c", "--config", required=True, type=Path)
+    run.add_argument("--log-format", choices=["text", "json"])
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check", help="validate a configuration file and exit")
+    check.add_argument("-c", "--config", required=True, type=Path)
+    check.set_defaults(func=_cmd_check)
+
+    status = sub.add_parser("status", help="show peers, SAs and counters of a running daemon")
+    _add_target(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_cmd_status)
+
+    for name, text in (("up", "bring a peer's tunnel up"), ("down", "delete a peer's SAs")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("peer")
+        _add_target(cmd)
+        cmd.set_defaults(func=_cmd_peer, cmd=name)
+
+    pki.add_pki_subcommands(sub)
+    return p
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("-c", "--config", type=Path, help="the daemon's configuration file")
+    group.add_argument("-s", "--socket", type=Path, help="the daemon's control socket")
+
+
+def _socket_of(args: argparse.Namespace) -> str:
+    if args.socket is not None:
+        return str(args.socket)
+    return str(load_config(args.config).gateway.control_socket)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from tunneld.daemon import Daemon
+    from tunneld.log import setup_logging
+
+    config = load_config(args.config)
+    setup_logging(
+        args.log_format or config.gateway.log_format, args.log_level or config.gateway.log_level
+    )
+
+    async def main() -> None:
+        await Daemon(config, handle_signals=True).run()
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    peers = ", ".join(p.name for p in config.peers) or "none"
+    print(f"{args.config}: ok (gateway {config.gateway.name}, peers: {peers})")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    response = control.request(_socket_of(args), {"cmd": "status"})
+    if not response.get("ok"):
+        print(f"tunneld: {response.get('error')}", file=sys.stderr)
+        return 1
+    response.pop("ok")
+    if args.json:
+        print(json.dumps(response, indent=2))
+    else:
+        print(format_status(response))
+    return 0
+
+
+def _cmd_peer(args: argparse.Namespace) -> int:
+    response = control.request(_socket_of(args), {"cmd": args.cmd, "peer": args.peer})
+    if not response.get("ok"):
+        print(f"tunneld: {response.get('error')}", file=sys.stderr)
+        return 1
+    print(f"{args.cmd} {args.peer}: ok")
+    return 0
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """Human-readable status, one block per peer."""
+    lines = [f"gateway {st['gateway']} (tun {st['tun']}, up {st['uptime']:.0f}s)"]
+    for peer in st["peers"]:
+        err = f", last error: {peer['last_error']}" if peer.get("last_error") else ""
+        lines.append(f"  peer {peer['name']} [{peer['state']}] remote {peer['remote']}{err}")
+        for ike in peer["ike_sas"]:
+            lines.append(
+                "    IKE SA {spi_i}_i {spi_r}_r {state} {algorithms} id {remote_id}".format(**ike)
+            )
+        for ch in peer["child_sas"]:
+            lines.append(
+                f"    Child SA {ch['spi_in']}_in {ch['spi_out']}_out {ch['algorithms']} "
+                f"age {ch['age']:.0f}s  {','.join(ch['local_ts'])} === {','.join(ch['remote_ts'])}"
+            )
+            lines.append(
+                f"      in {ch['in']['packets']} pkts {ch['in']['bytes']} B, "
+                f"out {ch['out']['packets']} pkts {ch['out']['bytes']} B"
+                + (f", drops {ch['drops']}" if ch["drops"] else "")
+            )
+    drops = st["dataplane"]["drops"]
+    lines.append(f"  data plane drops: {drops if drops else 'none'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""The daemon: one trio nursery holding the data path, the IKE dispatcher, one
+task per peer and the control socket.
+
+Theory of operation:
+
+1. ``Daemon.run`` opens the devices (TUN, UDP on the IKE and NAT-T ports) and
+   starts, in one nursery: the packet pumps (:class:`DataPath`), the IKE
+   dispatcher, one :class:`Peer` task per configured peer and the control
+   server. ``task_status.started()`` is called when all of them are ready.
+2. The dispatcher parses only the IKE header of each datagram and hands it to
+   the peer that owns the SPI it names; a new IKE_SA_INIT (SPIr = 0) goes to
+   the peer configured for its source address (or a peer without an address).
+   Anything else is counted and dropped: the dispatcher never raises.
+3. The SA database and the routes change only in ``install_child``,
+   ``retire_outbound`` and ``remove_inbound``, called by peer tasks.
+4. Shutdown (SIGTERM/SIGINT or cancellation): every peer sends DELETE for its
+   IKE SAs, the daemon waits briefly for the answers, then removes routes,
+   closes the TUN device and the sockets. Nothing is written to disk, so a
+   restart never reuses keys, SPIs or counters.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, cast
+
+import trio
+
+from ike.auth import PrivateKey as SigningKey
+from ike.entropy import Entropy
+from ike.errors import ParseError
+from ike.events import ChildSaUp
+from ike.identity import Identity as IkeIdentity
+from ike.session import IkeSession
+from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
+from ike.wire import parse_header
+from tunneld import control
+from tunneld.config import Config, PeerConfig
+from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
+from tunneld.dataplane.sa import InboundSA, OutboundSA
+from tunneld.dataplane.sadb import SADatabase
+from tunneld.entropy import SystemEntropy
+from tunneld.io.tun import MemoryTun
+from tunneld.io.udp import MemoryNetwork
+from tunneld.peer import ChildRecord, Peer
+from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
+
+log = logging.getLogger("tunneld.daemon")
+
+IKE_INBOX = 256  # datagrams between the pumps and the dispatcher
+SHUTDOWN_GRACE = 1.0  # seconds to wait for DELETE answers at exit
+
+
+class Devices(Protocol):
+    """Where the daemon gets its file descriptors from (real, or in-memory for tests)."""
+
+    def open_tun(self, name: str, mtu: int) -> Tun: ...
+    def bind_udp(self, host: str, port: int) -> Udp: ...
+    def routes(self, tun_name: str) -> RouteTable: ...
+
+
+class KernelDevices:
+    def open_tun(self, name: str, mtu: int) -> Tun:
+        from tunneld.io.tun import TunDevice
+
+        return TunDevice.open(name, mtu)
+
+    def bind_udp(self, host: str, port: int) -> Udp:
+        from tunneld.io.udp import UdpSocket
+
+        return UdpSocket.bind(host, port)
+
+    def routes(self, tun_name: str) -> RouteTable:
+        return KernelRoutes(tun_name)
+
+
+class MemoryDevices:
+    """In-memory twins: daemons in one process joined by a :class:`MemoryNetwork`."""
+
+    def __init__(self, network: MemoryNetwork) -> None:
+        self.network = network
+        self.tun: MemoryTun | None = None
+        self.route_table = MemoryRoutes()
+
+    def open_tun(self, name: str, mtu: int) -> Tun:
+        self.tun = MemoryTun(name, mtu)
+        return self.tun
+
+    def bind_udp(self, host: str, port: int) -> Udp:
+        return self.network.bind(host, port)
+
+    def routes(self, tun_name: str) -> RouteTable:
+        return self.route_table
+
+
+@dataclass
+class DispatchStats:
+    unparsable: int = 0
+    unknown_spi: int = 0
+    no_peer: int = 0
+
+
+def session_config(
+    cfg: Config, peer: PeerConfig, spi_in_use: Callable[[int], bool]
+) -> SessionConfig:
+    """The pure IKE core's view of one configured peer."""
+    ident = cfg.identity
+    auth: PubkeyAuth | PskAuth
+    if peer.auth == "psk":
+        assert peer.psk is not None
+        auth = PskAuth(Secret(peer.psk.reveal()))
+    else:
+        assert ident.private_key is not None and ident.certificate is not None
+        auth = PubkeyAuth(
+            private_key=cast(SigningKey, ident.private_key.reveal()),
+            certificate=ident.certificate,
+            trust_anchors=tuple(ident.ca),
+            intermediates=tuple(ident.intermediates),
+        )
+    return SessionConfig(
+        local_id=IkeIdentity.from_payload(int(peer.local_id.id_type), peer.local_id.data),
+        remote_id=IkeIdentity.from_payload(int(peer.id.id_type), peer.id.data),
+        auth=auth,
+        ike_proposals=tuple(peer.ike),
+        esp_proposals=tuple(peer.esp),
+        local_ts=tuple(peer.local_subnets),
+        remote_ts=tuple(peer.remote_subnets),
+        wall_clock=_wall_clock(),
+        spi_in_use=spi_in_use,
+        name=peer.name,
+    )
+
+
+def _wall_clock() -> Callable[[float], datetime]:
+    """Map trio's clock to wall time for certificate validity (read once, at start)."""
+    offset = datetime.now(UTC).timestamp() - trio.current_time()
+    return lambda now: datetime.fromtimestamp(now + offset, UTC)
+
+
+class Daemon:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        devices: Devices | None = None,
+        entropy: Entropy | None = None,
+        handle_signals: bool = False,
+    ) -> None:
+        self.config = config
+        self.devices = devices or KernelDevices()
+        self.entropy = entropy or SystemEntropy()
+        self.handle_signals = handle_signals
+        self.sadb = SADatabase()
+        self.peers: dict[str, Peer] = {}
+        self.dispatch = DispatchStats()
+        self._by_spi: dict[bytes, Peer] = {}
+        self._datapath: DataPath | None = None
+        self._routes: RouteTable | None = None
+        self._udp: dict[int, Udp] = {}
+        self._local_host = ""
+        self._started_at = 0.0
+        self._cancel = trio.CancelScope()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        gw = self.config.gateway
+        tun = self.devices.open_tun(gw.tun, gw.mtu)
+        try:
+            self._routes = self.devices.routes(gw.tun)
+            self._local_host = str(gw.listen[0])
+            self._udp = {
+                gw.port: self.devices.bind_udp(self._local_host, gw.port),
+                gw.nat_t_port: self.devices.bind_udp(self._local_host, gw.nat_t_port),
+            }
+            await self._run_tasks(tun, task_status)
+        finally:
+            self._close_devices(tun)
+
+    async def _run_tasks(self, tun: Tun, task_status: trio.TaskStatus[None]) -> None:
+        gw = self.config.gateway
+        send, recv = trio.open_memory_channel[IkeDatagram](IKE_INBOX)
+        self._datapath = DataPath(
+            self.sadb, tun, self._udp, send, esp_port=gw.nat_t_port, ike_port=gw.port
+        )
+        self._started_at = trio.current_time()
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._datapath.run)
+                nursery.start_soon(self._dispatch_loop, recv)
+                for pc in self.config.peers:
+                    peer = self._make_peer(pc)
+                    self.peers[pc.name] = peer
+                    nursery.start_soon(peer.run)
+                await nursery.start(control.serve, str(gw.control_socket), self._control)
+                if self.handle_signals:
+                    nursery.start_soon(self._signal_watcher)
+                log.info(
+                    "tunneld running",
+                    extra={"gateway": gw.name, "tun": gw.tun, "peers": len(self.peers)},
+                )
+                task_status.started()
+        await self._graceful_close()
+
+    def _make_peer(self, pc: PeerConfig) -> Peer:
+        remote = None if pc.address is None else (str(pc.address), pc.port)
+        return Peer(
+            self,
+            pc.name,
+            session_config(self.config, pc, self._spi_in_use),
+            remote=remote,
+            auto=pc.auto,
+            delete_delay=pc.delete_delay,
+            replay_window=pc.replay_window,
+            local_addr=lambda: (self._local_host, self.config.gateway.port),
+        )
+
+    def stop(self) -> None:
+        """Leave ``run`` gracefully (DELETE to peers, then teardown)."""
+        self._cancel.cancel()
+
+    async def _signal_watcher(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal received, shutting down", extra={"signal": signum})
+                self.stop()
+                return
+
+    async def _graceful_close(self) -> None:
+        """Rule 4: DELETE every IKE SA and give the answers a moment to arrive."""
+        with trio.CancelScope(shield=True):
+            now = trio.current_time()
+            for peer in self.peers.values():
+                for session in peer.sessions:
+                    if session.established:
+                        session.close(now)
+                for session in peer.sessions:
+                    for data, src, dst in session.datagrams_to_send():
+                        self.send_ike(data, src, dst)
+            if any(p.sessions for p in self.peers.values()):
+                await trio.sleep(min(SHUTDOWN_GRACE, 0.2))
+            for peer in self.peers.values():
+                peer.shutdown_now()
+
+    def _close_devices(self, tun: Tun) -> None:
+        if self._routes is not None:
+            self._routes.close()
+        for udp in self._udp.values():
+            udp.close()  # type: ignore[attr-defined]
+        tun.close()  # type: ignore[attr-defined]
+        log.info("tunneld stopped", extra={"gateway": self.config.gateway.name})
+
+    # -- IKE datagrams ------------------------------------------------------------
+
+    async def _dispatch_loop(self, recv: trio.MemoryReceiveChannel[IkeDatagram]) -> None:
+        async for dgram in recv:
+            self._dispatch(dgram)
+
+    def _dispatch(self, dgram: IkeDatagram) -> None:
+        """Rule 2: route one IKE datagram to its peer; never raises."""
+        try:
+            header = parse_header(dgram.data)
+        except ParseError:
+            self.dispatch.unparsable += 1
+            return
+        own_spi = header.spi_r if header.is_initiator else header.spi_i
+        peer = self._by_spi.get(own_spi)
+        if peer is None and not any(header.spi_r) and not header.is_response:
+            peer = self._peer_for_address(dgram.remote[0])
+            if peer is None:
+                self.dispatch.no_peer += 1
+                log.info("IKE_SA_INIT from unknown address", extra={"remote": dgram.remote[0]})
+                return
+        if peer is None:
+            self.dispatch.unknown_spi += 1
+            return
+        peer.deliver(dgram, header)
+
+    def _peer_for_address(self, host: str) -> Peer | None:
+        addr = ipaddress.ip_address(host)
+        wildcard = None
+        for peer in self.peers.values():
+            if peer.remote is None:
+                wildcard = wildcard or peer
+            elif ipaddress.ip_address(peer.remote[0]) == addr:
+                return peer
+        return wildcard
+
+    def register_session(self, session: IkeSession, peer: Peer) -> None:
+        self._by_spi[session.local_spi] = peer
+
+    def unregister_session(self, session: IkeSession) -> None:
+        self._by_spi.pop(session.local_spi, None)
+
+    def send_ike(self, data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
+        if self._datapath is None:
+            return
+        port = src[1] if src[1] in self._udp else self.config.gateway.port
+        try:
+            self._datapath.send_ike(data, port, dst)
+        except OSError as exc:  # unreachable network, peer's port closed: IKE retransmits
+            log.debug("IKE send failed", extra={"dst": dst[0], "error": str(exc)})
+
+    def _spi_in_use(self, spi: int) -> bool:
+        return self.sadb.inbound(spi) is not None
+
+    # -- the SA database and routes (rule 3) ----------------------------------------
+
+    def install_child(
+        self, peer: Peer, inbound: InboundSA, outbound: OutboundSA, event: ChildSaUp
+    ) -> None:
+        """Make-before-break: inbound first, then outbound becomes current, then the route."""
+        name = peer.name
+        try:
+            tunnel = self.sadb.tunnel(name)
+        except KeyError:
+            tunnel = self.sadb.add_tunnel(name, event.remote_addr, event.local_ts, event.remote_ts)
+        if tunnel.peer != event.remote_addr:
+            self.sadb.set_peer(name, event.remote_addr)
+        self.sadb.add_inbound(name, inbound)
+        self.sadb.install_next(name, outbound)
+        self.sadb.promote(name)
+        assert self._routes is not None
+        for net in event.remote_ts:
+            self._routes.add(net)
+
+    def retire_outbound(self, peer: Peer, gone: ChildRecord, successor: ChildRecord | None) -> None:
+        """A Child SA went: its outbound SA stops; the newest remaining one takes over."""
+        name = peer.name
+        tunnel = self.sadb.tunnel(name)
+        if tunnel.current is gone.outbound:
+            if successor is not None:
+                self.sadb.install_next(name, successor.outbound)
+                self.sadb.promote(name)
+            else:
+                self.sadb.demote(name)
+                self.sadb.retire_previous(name)
+        if successor is None and self._routes is not None:
+            for net in gone.event.remote_ts:
+                self._routes.remove(net)
+
+    def remove_inbound(self, peer: Peer, spi: int) -> None:
+        if self.sadb.inbound(spi) is not None:
+            self.sadb.remove_inbound(spi)
+        tunnel = self.sadb.tunnel(peer.name) if peer.name in self._tunnel_names() else None
+        if tunnel is not None and not tunnel.inbound_spis and tunnel.current is None:
+            self.sadb.remove_tunnel(peer.name)
+
+    def _tunnel_names(self) -> set[str]:
+        return {t.name for t in self.sadb.tunnels}
+
+    # -- control socket -------------------------------------------------------------
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return {"ok": True, **self.status()}
+        if cmd in ("up", "down"):
+            peer = self.peers.get(str(request.get("peer")))
+            if peer is None:
+                return {"ok": False, "error": f"no peer named {request.get('peer')!r}"}
+            peer.up() if cmd == "up" else peer.down()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def status(self) -> dict[str, Any]:
+        now = trio.current_time()
+        gw = self.config.gateway
+        dp = self._datapath
+        return {
+            "gateway": gw.name,
+            "tun": gw.tun,
+            "uptime": round(now - self._started_at, 3),
+            "peers": [peer.snapshot(now) for peer in self.peers.values()],
+            "dataplane": {
+                "drops": {k.value: v for k, v in self.sadb.drops.items() if v},
+                "pumps": dp.stats() if dp is not None else {},
+            },
+            "ike_dispatch": vars(self.dispatch).copy(),
+        }

@@ -1,0 +1,374 @@
+"""One configured peer: the trio task that drives its IKE sessions.
+
+Theory of operation:
+
+1. A :class:`Peer` owns every :class:`ike.session.IkeSession` with one
+   configured peer (usually one; two while a duplicate or a restart is being
+   resolved). Only this task calls into those sessions, so a session is never
+   touched concurrently.
+2. The dispatcher in :mod:`tunneld.daemon` routes each IKE datagram to the
+   peer's inbox; the peer feeds it to the session whose SPI it names (or
+   creates a responder session for a new IKE_SA_INIT), then flushes:
+   datagrams out through the data path, events into the SA database.
+3. The task sleeps until the earliest deadline of its sessions or its own
+   retry timer (``trio.move_on_at``) and then calls ``handle_timer(now)``.
+   Time is ``trio.current_time()`` only, so tests run it on a virtual clock.
+4. Child SAs reach the data plane make-before-break: the inbound SA is
+   installed first, then the outbound one becomes current, then the route is
+   added. When a Child SA goes, its inbound SA stays for ``delete_delay`` so
+   packets in flight still decrypt.
+5. Two IKE SAs with one peer (both sides initiated at once, or the peer
+   restarted) resolve deterministically: the one with the larger
+   (SPIi, SPIr) pair survives on both sides, the other is deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp
+from ike.session import IkeSession
+from ike.sessionconfig import SessionConfig
+from ike.states import IkeState
+from ike.wire import IkeHeader
+from tunneld.datapath import IkeDatagram
+from tunneld.dataplane.sa import InboundSA, OutboundSA
+
+if TYPE_CHECKING:
+    from tunneld.daemon import Daemon
+
+log = logging.getLogger("tunneld.peer")
+
+INBOX_SIZE = 64  # IKE datagrams queued per peer; beyond this they are dropped (peer retransmits)
+RETRY_INITIAL = 2.0  # seconds before re-initiating after a failed IKE SA (auto = start)
+RETRY_MAX = 60.0
+
+
+_Input = tuple[IkeDatagram, IkeHeader]
+
+
+@dataclass
+class ChildRecord:
+    """A Child SA installed in the data plane."""
+
+    session: IkeSession
+    inbound: InboundSA
+    outbound: OutboundSA
+    event: ChildSaUp
+    installed_at: float
+
+
+@dataclass
+class PeerStatus:
+    last_error: str | None = None
+    established_at: float | None = None
+    ike_sas_established: int = 0
+    child_sas_installed: int = 0
+
+
+@dataclass
+class _Retiring:
+    spi: int
+    at: float
+
+
+class Peer:
+    """Drives the IKE sessions with one configured peer (see the module docstring)."""
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        name: str,
+        session_config: SessionConfig,
+        *,
+        remote: tuple[str, int] | None,
+        auto: str,
+        delete_delay: float,
+        replay_window: int,
+        local_addr: Callable[[], tuple[str, int]],
+    ) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.session_config = session_config
+        self.remote = remote
+        self.auto = auto
+        self.delete_delay = delete_delay
+        self.replay_window = replay_window
+        self._local_addr = local_addr
+        self.sessions: list[IkeSession] = []
+        self.children: dict[int, ChildRecord] = {}
+        self.status = PeerStatus()
+        self._retiring: list[_Retiring] = []
+        self._send, self._recv = trio.open_memory_channel[_Input | None](INBOX_SIZE)
+        self._want_up = auto == "start"
+        self._retry_at = math.inf
+        self._retry_delay = RETRY_INITIAL
+        self.inbox_drops = 0
+
+    # -- called by the daemon (same trio thread, never concurrently with run) -------
+
+    def deliver(self, dgram: IkeDatagram, header: IkeHeader) -> None:
+        try:
+            self._send.send_nowait((dgram, header))
+        except trio.WouldBlock:
+            self.inbox_drops += 1
+
+    def owns_spi(self, spi: bytes) -> bool:
+        return any(s.local_spi == spi for s in self.sessions)
+
+    def up(self) -> None:
+        """Operator asked for the tunnel: initiate now if no IKE SA is in progress."""
+        self._want_up = True
+        self._retry_at = trio.current_time()
+        self._poke()
+
+    def down(self) -> None:
+        """Operator asked to take the tunnel down: DELETE every IKE SA, stay down."""
+        self._want_up = False
+        self._retry_at = math.inf
+        now = trio.current_time()
+        for session in self.sessions:
+            session.close(now)
+        self._poke()
+
+    # -- the task ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self._want_up and self.remote is not None:
+            self._retry_at = trio.current_time()
+        while True:
+            deadline = self._next_deadline()
+            with trio.move_on_at(deadline):
+                item = await self._next_input()
+                if item is not None:
+                    self._receive(*item)
+                self._after_io()
+                continue
+            self._on_timer(trio.current_time())
+            self._after_io()
+
+    async def _next_input(self) -> _Input | None:
+        """The next datagram, or None when woken by ``up``/``down``."""
+        item: _Input | None = await self._recv.receive()
+        return item
+
+    def _poke(self) -> None:
+        with contextlib.suppress(trio.WouldBlock):  # a full inbox wakes the task anyway
+            self._send.send_nowait(None)
+
+    def _next_deadline(self) -> float:
+        deadlines = [self._retry_at]
+        deadlines += [r.at for r in self._retiring]
+        for session in self.sessions:
+            d = session.next_deadline()
+            if d is not None:
+                deadlines.append(d)
+        return min(deadlines)
+
+    def _on_timer(self, now: float) -> None:
+        for session in list(self.sessions):
+            d = session.next_deadline()
+            if d is not None and d <= now:
+                session.handle_timer(now)
+        for r in [r for r in self._retiring if r.at <= now]:
+            self._retiring.remove(r)
+            self._remove_inbound(r.spi)
+        if self._retry_at <= now:
+            self._retry_at = math.inf
+            if self._want_up and not self._live_sessions():
+                self._initiate(now)
+
+    def _live_sessions(self) -> list[IkeSession]:
+        return [s for s in self.sessions if s.state is not IkeState.CLOSED]
+
+    @property
+    def state(self) -> str:
+        """established | connecting | deleting | down, from the sessions' states."""
+        states = {s.state for s in self.sessions}
+        if IkeState.ESTABLISHED in states:
+            return "established"
+        if states - {IkeState.DELETING, IkeState.CLOSED}:
+            return "connecting"
+        return "deleting" if IkeState.DELETING in states else "down"
+
+    def _initiate(self, now: float) -> None:
+        assert self.remote is not None
+        session = IkeSession.initiator(
+            self.session_config,
+            self.daemon.entropy,
+            now,
+            local_addr=self._local_addr(),
+            remote_addr=self.remote,
+        )
+        session.initiate(now)  # picks our SPI
+        self.sessions.append(session)
+        self.daemon.register_session(session, self)
+        log.info("initiating IKE SA", extra={"peer": self.name, "remote": self.remote[0]})
+
+    def _receive(self, dgram: IkeDatagram, header: IkeHeader) -> None:
+        now = trio.current_time()
+        session = self._session_for(header, dgram, now)
+        if session is None:
+            return
+        session.receive_datagram(dgram.data, dgram.remote, dgram.local, now)
+
+    def _session_for(self, header: IkeHeader, dgram: IkeDatagram, now: float) -> IkeSession | None:
+        for session in self.sessions:
+            if session.matches(header):
+                return session
+        if not any(header.spi_r) and not header.is_response and header.is_initiator:
+            session = IkeSession.responder(
+                self.session_config, self.daemon.entropy, now, dgram.local, dgram.remote
+            )
+            self.sessions.append(session)
+            self.daemon.register_session(session, self)
+            return session
+        return None
+
+    # -- after every input: send, apply events, forget dead sessions --------------
+
+    def _after_io(self) -> None:
+        for session in list(self.sessions):
+            for data, src, dst in session.datagrams_to_send():
+                self.daemon.send_ike(data, src, dst)
+            while (event := session.next_event()) is not None:
+                self._apply(session, event)
+        for session in [s for s in self.sessions if s.finished]:
+            self.sessions.remove(session)
+            self.daemon.unregister_session(session)
+        if (
+            not self._live_sessions()
+            and self._want_up
+            and self.remote is not None
+            and self._retry_at == math.inf
+        ):
+            self._retry_at = trio.current_time() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+
+    def _apply(self, session: IkeSession, event: object) -> None:
+        now = trio.current_time()
+        if isinstance(event, IkeSaUp):
+            self.status.established_at = now
+            self.status.ike_sas_established += 1
+            self.status.last_error = None
+            self._retry_delay = RETRY_INITIAL
+            log.info(
+                "IKE SA established",
+                extra={"peer": self.name, "remote_id": event.remote_id, "alg": event.algorithms},
+            )
+            self._resolve_duplicates(now)
+        elif isinstance(event, ChildSaUp):
+            self._install_child(session, event, now)
+        elif isinstance(event, ChildSaDown):
+            self._remove_child(event.inbound_spi, now, event.reason)
+        elif isinstance(event, IkeSaDown):
+            self._ike_down(session, event, now)
+
+    def _resolve_duplicates(self, now: float) -> None:
+        """Rule 5: of several established IKE SAs keep the one with the larger SPI pair."""
+        up = [s for s in self.sessions if s.established]
+        if len(up) < 2:
+            return
+        keep = max(up, key=lambda s: (s.spi_i, s.spi_r))
+        for session in up:
+            if session is not keep:
+                log.info("deleting duplicate IKE SA", extra={"peer": self.name})
+                session.close(now)
+
+    def _ike_down(self, session: IkeSession, event: IkeSaDown, now: float) -> None:
+        for spi, record in list(self.children.items()):
+            if record.session is session:
+                self._remove_child(spi, now, event.reason)
+        reason = event.reason + (f" ({event.notify.name})" if event.notify is not None else "")
+        if event.notify is not None or not session.established:
+            self.status.last_error = reason
+        log.info("IKE SA down", extra={"peer": self.name, "reason": reason})
+
+    # -- the data plane side (rule 4) ---------------------------------------------
+
+    def _install_child(self, session: IkeSession, event: ChildSaUp, now: float) -> None:
+        keys = event.keys
+        inbound = InboundSA(
+            event.inbound_spi,
+            keys.inbound_key,
+            keys.inbound_salt,
+            esn=event.esn,
+            replay_window=self.replay_window,
+        )
+        outbound = OutboundSA(
+            event.outbound_spi, keys.outbound_key, keys.outbound_salt, esn=event.esn
+        )
+        self.daemon.install_child(self, inbound, outbound, event)
+        self.children[event.inbound_spi] = ChildRecord(session, inbound, outbound, event, now)
+        self.status.child_sas_installed += 1
+        log.info(
+            "Child SA installed",
+            extra={
+                "peer": self.name,
+                "spi_in": f"{event.inbound_spi:08x}",
+                "spi_out": f"{event.outbound_spi:08x}",
+                "alg": event.algorithms,
+                "local_ts": ",".join(map(str, event.local_ts)),
+                "remote_ts": ",".join(map(str, event.remote_ts)),
+            },
+        )
+
+    def _remove_child(self, inbound_spi: int, now: float, reason: str) -> None:
+        record = self.children.pop(inbound_spi, None)
+        if record is None:
+            return
+        remaining = list(self.children.values())
+        self.daemon.retire_outbound(self, record, remaining[-1] if remaining else None)
+        self._retiring.append(_Retiring(inbound_spi, now + self.delete_delay))
+        log.info(
+            "Child SA removed",
+            extra={"peer": self.name, "spi_in": f"{inbound_spi:08x}", "reason": reason},
+        )
+
+    def _remove_inbound(self, spi: int) -> None:
+        self.daemon.remove_inbound(self, spi)
+
+    def shutdown_now(self) -> None:
+        """At daemon exit: drop every inbound SA at once (no delete delay)."""
+        for r in self._retiring:
+            self._remove_inbound(r.spi)
+        self._retiring.clear()
+
+    # -- status ----------------------------------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "remote": None if self.remote is None else f"{self.remote[0]}:{self.remote[1]}",
+            "auto": self.auto,
+            "state": self.state,
+            "last_error": self.status.last_error,
+            "ike_sas": [s.status(now) for s in self.sessions],
+            "child_sas": [self._child_snapshot(r, now) for r in self.children.values()],
+            "counters": {
+                "ike_sas_established": self.status.ike_sas_established,
+                "child_sas_installed": self.status.child_sas_installed,
+                "inbox_drops": self.inbox_drops,
+            },
+        }
+
+    def _child_snapshot(self, r: ChildRecord, now: float) -> dict[str, Any]:
+        return {
+            "spi_in": f"{r.inbound.spi:08x}",
+            "spi_out": f"{r.outbound.spi:08x}",
+            "algorithms": r.event.algorithms,
+            "esn": r.event.esn,
+            "local_ts": [str(n) for n in r.event.local_ts],
+            "remote_ts": [str(n) for n in r.event.remote_ts],
+            "age": round(now - r.installed_at, 3),
+            "in": {"packets": r.inbound.packets, "bytes": r.inbound.bytes},
+            "out": {"packets": r.outbound.packets, "bytes": r.outbound.bytes},
+            "drops": {k.value: v for k, v in r.inbound.drops.items() if v},
+        }
