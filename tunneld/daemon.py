@@ -167,6 +167,7 @@ class Daemon:
         self._local_host = ""
         self._started_at = 0.0
         self._cancel = trio.CancelScope()
+        self._stopping = trio.Event()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -200,6 +201,7 @@ class Daemon:
                     self.peers[pc.name] = peer
                     nursery.start_soon(peer.run)
                 await nursery.start(control.serve, str(gw.control_socket), self._control)
+                nursery.start_soon(self._shutdown_watcher)
                 if self.handle_signals:
                     nursery.start_soon(self._signal_watcher)
                 log.info(
@@ -207,7 +209,6 @@ class Daemon:
                     extra={"gateway": gw.name, "tun": gw.tun, "peers": len(self.peers)},
                 )
                 task_status.started()
-        await self._graceful_close()
 
     def _make_peer(self, pc: PeerConfig) -> Peer:
         remote = None if pc.address is None else (str(pc.address), pc.port)
@@ -223,8 +224,8 @@ class Daemon:
         )
 
     def stop(self) -> None:
-        """Leave ``run`` gracefully (DELETE to peers, then teardown)."""
-        self._cancel.cancel()
+        """Leave ``run`` gracefully: DELETE to every peer, then teardown (rule 4)."""
+        self._stopping.set()
 
     async def _signal_watcher(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -233,21 +234,18 @@ class Daemon:
                 self.stop()
                 return
 
-    async def _graceful_close(self) -> None:
-        """Rule 4: DELETE every IKE SA and give the answers a moment to arrive."""
-        with trio.CancelScope(shield=True):
-            now = trio.current_time()
-            for peer in self.peers.values():
-                for session in peer.sessions:
-                    if session.established:
-                        session.close(now)
-                for session in peer.sessions:
-                    for data, src, dst in session.datagrams_to_send():
-                        self.send_ike(data, src, dst)
-            if any(p.sessions for p in self.peers.values()):
-                await trio.sleep(min(SHUTDOWN_GRACE, 0.2))
-            for peer in self.peers.values():
-                peer.shutdown_now()
+    async def _shutdown_watcher(self) -> None:
+        """Rule 4: on stop, DELETE every IKE SA while the pumps and peers still run,
+        wait (bounded) for the answers, then cancel everything."""
+        await self._stopping.wait()
+        for peer in self.peers.values():
+            peer.down()
+        with trio.move_on_after(SHUTDOWN_GRACE):
+            while any(p.state in ("established", "deleting") for p in self.peers.values()):
+                await trio.sleep(0.02)
+        for peer in self.peers.values():
+            peer.shutdown_now()
+        self._cancel.cancel()
 
     def _close_devices(self, tun: Tun) -> None:
         if self._routes is not None:
