@@ -118,10 +118,17 @@ ADDR_R: Address = ("192.0.2.2", 500)
 FAST = RetransmitPolicy(initial=1.0, factor=1.8, tries=5)
 
 
-def pubkey(fqdn: str, kind: KeyType = "ecdsa", ca: Ca | None = None, **leaf: Any) -> PubkeyAuth:
+def pubkey(
+    fqdn: str,
+    kind: KeyType = "ecdsa",
+    ca: Ca | None = None,
+    trust: Ca | None = None,
+    **leaf: Any,
+) -> PubkeyAuth:
+    """Our key and certificate issued by ``ca``; we trust ``trust`` (default: ``ca``)."""
     ca = ca or make_ca(kind=kind)
     key, cert = make_leaf(ca, fqdn, kind, seed=sum(map(ord, fqdn)), **leaf)
-    return PubkeyAuth(private_key=key, certificate=cert, trust_anchors=(ca.cert,))
+    return PubkeyAuth(private_key=key, certificate=cert, trust_anchors=((trust or ca).cert,))
 
 
 def psk(secret: bytes = b"correct horse battery staple") -> PskAuth:
@@ -294,6 +301,7 @@ class SessionPair:
 
     def step(self) -> bool:
         """Advance to the next delivery or deadline and act on it; False when idle."""
+        self.flush()  # whatever a test made a session do directly goes out now
         at = self.next_time()
         if at is None:
             return False
@@ -312,6 +320,7 @@ class SessionPair:
 
     def run(self, until: float | None = None, max_steps: int = 10_000) -> None:
         """Step until idle (or ``until``, absolute time)."""
+        self.flush()
         for _ in range(max_steps):
             at = self.next_time()
             if at is None or (until is not None and at > until):

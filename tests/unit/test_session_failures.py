@@ -1,0 +1,239 @@
+"""IkeSession: negotiations that must fail, and fail the way RFC 7296 says.
+
+Each case checks both ends: the notify on the wire, IkeSaDown with the
+reason and notify, and that no ChildSaUp was emitted where nothing may be
+installed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sessionpair import (
+    ADDR_I,
+    ADDR_R,
+    GW_I,
+    GW_R,
+    SITE_I,
+    SITE_R,
+    T0,
+    SessionPair,
+    config_pair,
+    make_ca,
+    make_config,
+    psk,
+    pubkey,
+    with_,
+)
+
+from ike.auth import Identity
+from ike.constants import DhGroup, ExchangeType, HeaderFlag, NotifyType
+from ike.entropy import DeterministicEntropy
+from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp
+from ike.payloads import KePayload, NotifyPayload
+from ike.proposals import parse_esp_proposal, parse_ike_proposal
+from ike.session import IkeSession
+from ike.states import IkeState
+from ike.wire import Message, parse_message
+
+
+def run(pair: SessionPair) -> SessionPair:
+    pair.start()
+    pair.run()
+    return pair
+
+
+def wire_notifies(pair: SessionPair, sender: str) -> list[int]:
+    """Notify types in the sender's cleartext (IKE_SA_INIT) messages."""
+    out: list[int] = []
+    for sent in pair.sent_by(sender):
+        if sent.header.exchange_type == ExchangeType.IKE_SA_INIT:
+            out += [n.notify_type for n in parse_message(sent.data).find_all(NotifyPayload)]
+    return out
+
+
+# -- IKE_SA_INIT ------------------------------------------------------------------
+
+
+def test_invalid_ke_retry_with_the_group_the_responder_wants() -> None:
+    """Initiator offers [x25519, ecp256] with KE for x25519; responder takes only ecp256."""
+    i_cfg, r_cfg = config_pair(ike=("aes256gcm16-prfsha256-x25519-ecp256",))
+    r_cfg = with_(r_cfg, ike_proposals=(parse_ike_proposal("aes256gcm16-prfsha256-ecp256"),))
+    pair = run(SessionPair(i_cfg, r_cfg))
+
+    init_requests = [
+        parse_message(s.data) for s in pair.sent_by("i")
+        if s.header.exchange_type == ExchangeType.IKE_SA_INIT
+    ]  # fmt: skip
+    groups = [m.find(KePayload).group for m in init_requests]  # type: ignore[union-attr]
+    assert groups == [DhGroup.CURVE25519, DhGroup.ECP_256]
+    assert all(m.message_id == 0 for m in init_requests)  # §1.2: start over with ID 0
+    refusal = parse_message(pair.sent_by("r")[0].data)
+    (invalid_ke,) = refusal.notifies(NotifyType.INVALID_KE_PAYLOAD)
+    assert invalid_ke.data == (19).to_bytes(2, "big")
+    assert refusal.spi_r == bytes(8)  # a stateless refusal
+
+    assert pair.of("i", IkeSaUp)[0].algorithms == "aes256gcm16-prfsha256-ecp256"
+    assert pair.established()
+    # The first responder session refused statelessly and is gone; the second one lives.
+    assert len(pair.responders) == 2
+    assert pair.responders[0].finished and not pair.responders[1].finished
+    assert pair.responders[0].next_event() is None
+
+
+def test_invalid_ke_for_a_group_we_did_not_offer_fails() -> None:
+    """A (broken) responder asking for a group outside our offer ends the attempt."""
+    i_cfg, _ = config_pair()
+    session = IkeSession.initiator(i_cfg, DeterministicEntropy(1), T0, ADDR_I, ADDR_R)
+    session.initiate(T0)
+    ((request, _src, _dst),) = session.datagrams_to_send()
+    spi_i = parse_message(request).spi_i
+    answer = Message(
+        spi_i=spi_i,
+        exchange_type=ExchangeType.IKE_SA_INIT,
+        flags=HeaderFlag.RESPONSE,
+        message_id=0,
+        payloads=[NotifyPayload(NotifyType.INVALID_KE_PAYLOAD, (20).to_bytes(2, "big"))],
+    )
+    session.receive_datagram(answer.build(), ADDR_R, ADDR_I, T0 + 0.1)
+    down = session.next_event()
+    assert isinstance(down, IkeSaDown)
+    assert down.notify is NotifyType.INVALID_KE_PAYLOAD
+    assert session.finished and session.datagrams_to_send() == []
+
+
+def test_no_proposal_chosen_for_the_ike_sa() -> None:
+    i_cfg, r_cfg = config_pair(ike=("aes128gcm16-prfsha256-x25519",))
+    r_cfg = with_(r_cfg, ike_proposals=(parse_ike_proposal("aes256gcm16-prfsha384-x25519"),))
+    pair = run(SessionPair(i_cfg, r_cfg))
+    assert NotifyType.NO_PROPOSAL_CHOSEN in wire_notifies(pair, "r")
+    assert pair.down("i").notify is NotifyType.NO_PROPOSAL_CHOSEN
+    assert pair.down("r").notify is NotifyType.NO_PROPOSAL_CHOSEN
+    assert not pair.of("i", IkeSaUp) and not pair.of("r", IkeSaUp)
+    assert pair.initiator.finished and all(r.finished for r in pair.responders)
+    assert len(pair.wire) == 2  # request, refusal: nothing retransmitted
+
+
+def test_no_proposal_chosen_for_the_child_sa_deletes_the_ike_sa() -> None:
+    """§1.2: IKE_AUTH succeeds, its Child SA does not; the initiator deletes the IKE SA."""
+    i_cfg, r_cfg = config_pair(esp=("aes128gcm16",))
+    r_cfg = with_(r_cfg, esp_proposals=(parse_esp_proposal("aes256gcm16"),))
+    pair = run(SessionPair(i_cfg, r_cfg))
+    assert pair.of("i", IkeSaUp) and pair.of("r", IkeSaUp)
+    assert not pair.of("i", ChildSaUp) and not pair.of("r", ChildSaUp)
+    assert pair.down("i").notify is NotifyType.NO_PROPOSAL_CHOSEN
+    assert "Child SA failed" in pair.down("i").reason
+    assert pair.down("r").reason == "deleted by peer"
+
+
+def test_ts_unacceptable() -> None:
+    i_cfg, r_cfg = config_pair()
+    r_cfg = with_(r_cfg, remote_ts=(ipaddress.ip_network("192.0.2.128/25"),))
+    pair = run(SessionPair(i_cfg, r_cfg))
+    assert not pair.of("i", ChildSaUp) and not pair.of("r", ChildSaUp)
+    assert pair.down("i").notify is NotifyType.TS_UNACCEPTABLE
+    assert pair.initiator.finished and pair.responder.finished
+
+
+def test_responder_narrows_wider_selectors_to_its_configuration() -> None:
+    """§2.9: the initiator proposes 198.51.100.0/24; the responder allows only the /25."""
+    i_cfg, r_cfg = config_pair()
+    half = ipaddress.ip_network("198.51.100.0/25")
+    r_cfg = with_(r_cfg, remote_ts=(half,))
+    pair = run(SessionPair(i_cfg, r_cfg))
+    assert pair.child_up("i").local_ts == (half,)
+    assert pair.child_up("r").remote_ts == (half,)
+    assert pair.child_up("i").remote_ts == (SITE_R,)
+
+
+# -- authentication -----------------------------------------------------------------
+
+
+def assert_auth_failed_before_anything_installed(pair: SessionPair) -> None:
+    for side in "ir":
+        assert not pair.of(side, IkeSaUp)
+        assert not pair.of(side, ChildSaUp)
+        assert pair.down(side).notify is NotifyType.AUTHENTICATION_FAILED
+    assert pair.initiator.finished
+
+
+def test_wrong_ca_at_the_responder() -> None:
+    i_cfg, r_cfg = config_pair()
+    other_ca = make_ca("Other CA", seed=99)
+    r_cfg = with_(r_cfg, auth=pubkey(GW_R, trust=other_ca))
+    pair = run(SessionPair(i_cfg, r_cfg))
+    assert_auth_failed_before_anything_installed(pair)
+    assert "no trusted CA" in pair.down("r").reason
+    assert pair.down("i").reason == "IKE_AUTH failed: peer refused IKE_AUTH: AUTHENTICATION_FAILED"
+
+
+def test_wrong_identity_expected_by_the_responder() -> None:
+    i_cfg, r_cfg = config_pair()
+    r_cfg = with_(r_cfg, remote_id=Identity.parse("someone-else.example.org"))
+    pair = run(SessionPair(i_cfg, r_cfg))
+    assert_auth_failed_before_anything_installed(pair)
+    assert GW_I in pair.down("r").reason
+
+
+def test_identity_not_in_the_certificate() -> None:
+    """IDi equals the configured peer ID, but the certificate is for another name."""
+    i_cfg, r_cfg = config_pair()
+    i_cfg = with_(i_cfg, auth=pubkey("impostor.example.org"))
+    pair = run(SessionPair(i_cfg, r_cfg))
+    assert_auth_failed_before_anything_installed(pair)
+    assert "not in its certificate" in pair.down("r").reason
+
+
+def test_expired_certificate() -> None:
+    i_cfg, r_cfg = config_pair()
+    i_cfg = with_(i_cfg, auth=pubkey(GW_I, expired=True))
+    pair = run(SessionPair(i_cfg, r_cfg))
+    assert_auth_failed_before_anything_installed(pair)
+
+
+def test_wrong_psk() -> None:
+    i_cfg = make_config(GW_I, GW_R, psk(b"one secret"), local_ts=[str(SITE_I)],
+                        remote_ts=[str(SITE_R)])  # fmt: skip
+    r_cfg = make_config(GW_R, GW_I, psk(b"another secret"), local_ts=[str(SITE_R)],
+                        remote_ts=[str(SITE_I)])  # fmt: skip
+    pair = run(SessionPair(i_cfg, r_cfg))
+    assert_auth_failed_before_anything_installed(pair)
+
+
+def test_psk_peer_against_certificate_configuration() -> None:
+    i_cfg, r_cfg = config_pair()
+    i_cfg = with_(i_cfg, auth=psk())
+    pair = run(SessionPair(i_cfg, r_cfg))
+    assert_auth_failed_before_anything_installed(pair)
+
+
+def test_initiator_rejects_the_responder_and_says_so() -> None:
+    """§2.21.2: the initiator reports AUTHENTICATION_FAILED in an INFORMATIONAL.
+
+    The responder had verified the initiator and installed its Child SA with
+    its IKE_AUTH response (it cannot know yet); the report takes both down.
+    """
+    i_cfg, r_cfg = config_pair()
+    # The responder's certificate comes from a CA the initiator does not trust;
+    # the responder trusts the initiator's CA.
+    r_cfg = with_(r_cfg, auth=pubkey(GW_R, ca=make_ca("Other CA", seed=99), trust=make_ca()))
+    pair = run(SessionPair(i_cfg, r_cfg))
+
+    assert not pair.of("i", IkeSaUp) and not pair.of("i", ChildSaUp)
+    assert pair.down("i").notify is NotifyType.AUTHENTICATION_FAILED
+    last = pair.sent_by("i")[-1]
+    assert last.header.exchange_type == ExchangeType.INFORMATIONAL
+    assert [type(e) for e in pair.events["r"]] == [IkeSaUp, ChildSaUp, ChildSaDown, IkeSaDown]
+    assert pair.down("r").notify is NotifyType.AUTHENTICATION_FAILED
+
+
+def test_responder_refusal_is_encrypted_and_ends_its_sa() -> None:
+    i_cfg, r_cfg = config_pair()
+    r_cfg = with_(r_cfg, remote_id=Identity.parse("someone-else.example.org"))
+    pair = run(SessionPair(i_cfg, r_cfg))
+    refusal = pair.sent_by("r")[-1]
+    assert refusal.header.exchange_type == ExchangeType.IKE_AUTH
+    assert refusal.header.is_response
+    assert NotifyType.AUTHENTICATION_FAILED not in wire_notifies(pair, "r")  # not in clear
+    assert pair.responder.state is IkeState.CLOSED
+    assert "IKE_AUTH failed" in pair.down("r").reason
