@@ -21,12 +21,14 @@ Theory of operation:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import trio
@@ -45,8 +47,8 @@ from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
 from tunneld.dataplane.sa import InboundSA, OutboundSA
 from tunneld.dataplane.sadb import SADatabase
 from tunneld.entropy import SystemEntropy
-from tunneld.io.tun import MemoryTun
-from tunneld.io.udp import MemoryNetwork
+from tunneld.io.tun import MemoryTun, TunDevice
+from tunneld.io.udp import MemoryNetwork, UdpSocket
 from tunneld.peer import ChildRecord, Peer
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
 
@@ -65,14 +67,19 @@ class Devices(Protocol):
 
 
 class KernelDevices:
-    def open_tun(self, name: str, mtu: int) -> Tun:
-        from tunneld.io.tun import TunDevice
+    def __init__(self, *, ipv6: bool = True) -> None:
+        self.ipv6 = ipv6
 
-        return TunDevice.open(name, mtu)
+    def open_tun(self, name: str, mtu: int) -> Tun:
+        tun = TunDevice.open(name, mtu)
+        if not self.ipv6:
+            # No IPv6 selectors: keep the kernel from sending router solicitations
+            # and MLD reports into the tunnel (they would only be dropped, NO_POLICY).
+            with contextlib.suppress(OSError):
+                Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
+        return tun
 
     def bind_udp(self, host: str, port: int) -> Udp:
-        from tunneld.io.udp import UdpSocket
-
         return UdpSocket.bind(host, port)
 
     def routes(self, tun_name: str) -> RouteTable:
@@ -136,6 +143,12 @@ def session_config(
     )
 
 
+def _uses_ipv6(config: Config) -> bool:
+    return any(
+        net.version == 6 for p in config.peers for net in (*p.local_subnets, *p.remote_subnets)
+    )
+
+
 def _wall_clock() -> Callable[[float], datetime]:
     """Map trio's clock to wall time for certificate validity (read once, at start)."""
     offset = datetime.now(UTC).timestamp() - trio.current_time()
@@ -154,7 +167,7 @@ class Daemon:
         handle_signals: bool = False,
     ) -> None:
         self.config = config
-        self.devices = devices or KernelDevices()
+        self.devices = devices or KernelDevices(ipv6=_uses_ipv6(config))
         self.entropy = entropy or SystemEntropy()
         self.handle_signals = handle_signals
         self.sadb = SADatabase()
