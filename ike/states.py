@@ -94,4 +94,3 @@ RESPONSE_INPUT: dict[int, Input] = {
 def allowed(state: IkeState, inp: Input) -> frozenset[IkeState]:
     """The states ``inp`` may lead to from ``state`` (empty: not allowed)."""
     return TRANSITIONS.get((state, inp), frozenset())
-

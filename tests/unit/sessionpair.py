@@ -235,6 +235,7 @@ class SessionPair:
         )
         self.responders: list[IkeSession] = []  # every one ever created
         self.events: dict[str, list[Event]] = {"i": [], "r": []}
+        self.events_of: dict[int, list[Event]] = {}  # by id(session)
         self.wire: list[Sent] = []
         self._queue: list[tuple[float, int, str, Sent]] = []  # (due, order, receiver, sent)
         self._order = 0
@@ -263,6 +264,7 @@ class SessionPair:
         for side, session in self.sessions():
             while (event := session.next_event()) is not None:
                 self.events[side].append(event)
+                self.events_of.setdefault(id(session), []).append(event)
             for data, src, dst in session.datagrams_to_send():
                 self._send(side, data, src, dst)
 
