@@ -340,6 +340,9 @@ class IkeSession:
         self, header: IkeHeader, data: bytes, src: Address, dst: Address, now: float
     ) -> None:
         kind = self._tm.classify(header.message_id)
+        late_init = header.exchange_type == ExchangeType.IKE_SA_INIT and (
+            self._state is not IkeState.INIT_WAIT
+        )
         if kind is RequestKind.OUT_OF_WINDOW:
             self._drop(f"request with message ID {header.message_id} out of window")
         elif kind is RequestKind.RETRANSMIT:
@@ -350,6 +353,8 @@ class IkeSession:
                 self._drop("a different request under an answered message ID")
         elif self._state is IkeState.CLOSED:
             self._drop("new request after the IKE SA was closed")
+        elif late_init:  # unauthenticated: it must not move the window of an existing SA
+            self._drop("IKE_SA_INIT request for an existing IKE SA")
         else:
             self._answer(header, data, src, dst, now)
 
@@ -362,13 +367,14 @@ class IkeSession:
         tasks: list[ResponderTask] = []
         payloads: list[Payload] = []
         try:
+            # Authenticate first (invariant 3): a forged message must not move the window.
+            received = Received(decode_message(self._ctx, header, data), src, dst, now)
             if inp is None or not expected:
                 raise PeerError(
                     f"unexpected {exchange_name(header.exchange_type)} request in state "
                     f"{self._state.name}",
                     NotifyType.INVALID_SYNTAX,
                 )
-            received = Received(decode_message(self._ctx, header, data), src, dst, now)
             self._adopt_path(header, src, dst)
             tasks = self._responder_tasks(inp)
             failures: dict[int, PeerError] = {}

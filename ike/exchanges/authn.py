@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ike.auth import (
     Identity,
     PublicKey,
+    choose_algorithm,
     identity_matches,
     sign_auth,
     verify_auth,
@@ -32,7 +33,7 @@ from ike.auth import (
 from ike.certs import certreq_data
 from ike.constants import AuthMethod, CertEncoding, PayloadType
 from ike.crypto import auth_octets, psk_auth
-from ike.errors import AuthenticationFailed, ParseError
+from ike.errors import AuthenticationFailed, LocalError, ParseError
 from ike.exchanges.base import Received
 from ike.exchanges.context import SaContext
 from ike.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, Payload
@@ -84,8 +85,24 @@ def build_auth(ctx: SaContext, our_id: IdPayload) -> AuthPayload:
     if isinstance(auth, PskAuth):
         prf, _keys = ctx.require_keys()
         return AuthPayload(AuthMethod.SHARED_KEY_MIC, psk_auth(prf, auth.secret.reveal(), octets))
-    data = sign_auth(auth.private_key, octets, ctx.peer_hashes)
-    return AuthPayload(AuthMethod.DIGITAL_SIGNATURE, data)
+    return AuthPayload(AuthMethod.DIGITAL_SIGNATURE, _sign(ctx, auth, octets))
+
+
+def _sign(ctx: SaContext, auth: PubkeyAuth, octets: bytes) -> bytes:
+    try:
+        return sign_auth(auth.private_key, octets, ctx.peer_hashes)
+    except LocalError as err:  # RFC 7427 §4: the peer accepts no hash our key can use
+        raise AuthenticationFailed(f"cannot sign for this peer: {err}") from None
+
+
+def check_can_sign(ctx: SaContext) -> None:
+    """Fail IKE_SA_INIT early if the peer's SIGNATURE_HASH_ALGORITHMS exclude our key."""
+    auth = ctx.config.auth
+    if isinstance(auth, PubkeyAuth):
+        try:
+            choose_algorithm(auth.private_key, ctx.peer_hashes)
+        except LocalError as err:
+            raise AuthenticationFailed(f"cannot sign for this peer: {err}") from None
 
 
 def peer_identity(received: Received, payload_type: PayloadType) -> tuple[IdPayload, Identity]:

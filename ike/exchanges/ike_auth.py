@@ -78,15 +78,21 @@ class IkeAuthResponder:
 
     critical = True
 
+    def __init__(self) -> None:
+        self._answer: list[Payload] = []
+
     def process_r(self, ctx: SaContext, request: Received) -> None:
         idi, identity = peer_identity(request, PayloadType.IDi)
         auth = request.message.find(AuthPayload)
         method = auth.method if auth is not None else 0
         ctx.configs = (choose_config(ctx, identity, method),)
         verify_peer(ctx, request, idi, identity)
+        # Our AUTH is computed here, before the Child SA task installs anything:
+        # if we cannot sign for this peer, nothing is up yet.
+        idr = id_payload(ctx.config.local_id, PayloadType.IDr)
+        self._answer = [idr, *cert_payloads(ctx.config), build_auth(ctx, idr)]
         ctx.remote_identity = identity
         ctx.emit(ike_sa_up(ctx))
 
     def build_r(self, ctx: SaContext) -> list[Payload]:
-        idr = id_payload(ctx.config.local_id, PayloadType.IDr)
-        return [idr, *cert_payloads(ctx.config), build_auth(ctx, idr)]
+        return self._answer

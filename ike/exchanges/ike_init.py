@@ -32,6 +32,7 @@ from ike.constants import CertEncoding, DhGroup, EncrId, NotifyType, PrfId
 from ike.crypto import DhPrivate, Prf, SkCipher, derive_ike_keys
 from ike.errors import InvalidKePayload, LocalError, ParseError, PeerError
 from ike.events import Address
+from ike.exchanges.authn import check_can_sign
 from ike.exchanges.base import Outcome, Received
 from ike.exchanges.context import (
     SPI_LEN,
@@ -206,6 +207,7 @@ class IkeInitInitiator:
         establish_keys(ctx, selected, g_ir)
         detect_nat(ctx, response)
         read_peer_capabilities(ctx, msg)
+        check_can_sign(ctx)
         return Outcome.DONE
 
     def _retry_requested(self, ctx: SaContext, msg: Message) -> bool:

@@ -237,3 +237,25 @@ def test_responder_refusal_is_encrypted_and_ends_its_sa() -> None:
     assert NotifyType.AUTHENTICATION_FAILED not in wire_notifies(pair, "r")  # not in clear
     assert pair.responder.state is IkeState.CLOSED
     assert "IKE_AUTH failed" in pair.down("r").reason
+
+
+def test_peer_hash_algorithms_that_exclude_our_key_fail_cleanly() -> None:
+    """RFC 7427 §4: a responder announcing only SHA2-256 cannot take an Ed25519 signature."""
+    i_cfg, r_cfg = config_pair("ed25519")
+    pair = SessionPair(i_cfg, r_cfg)
+    pair.start()
+    pair.step()  # the IKE_SA_INIT request reaches the responder
+    answer = pair.sent_by("r")[0]
+    message = parse_message(answer.data)
+    message.payloads = [
+        NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, (2).to_bytes(2, "big"))
+        if isinstance(p, NotifyPayload) and p.notify_type == NotifyType.SIGNATURE_HASH_ALGORITHMS
+        else p
+        for p in message.payloads
+    ]
+    pair.link.rules.append(lambda s: 0)  # from now on, we deliver by hand
+    pair.initiator.receive_datagram(message.build(), answer.src, answer.dst, pair.now + 0.01)
+    pair.flush()
+    down = pair.down("i")
+    assert down.notify is NotifyType.AUTHENTICATION_FAILED
+    assert "cannot sign for this peer" in down.reason

@@ -14,7 +14,7 @@ from ike.exchanges.context import decode_message, encode_message
 from ike.policy import HALF_OPEN_TIMEOUT, RetransmitPolicy
 from ike.session import IkeSession
 from ike.states import IkeState
-from ike.wire import parse_header
+from ike.wire import parse_header, parse_message
 
 SCHEDULE = [0.0, 1.0, 2.8, 6.04, 11.872, 22.3696]  # initial 1 s, factor 1.8, 5 retransmissions
 GIVE_UP = 41.26528  # the last wait is 1.8**5 = 18.89568 s
@@ -265,3 +265,26 @@ def test_any_link_behaviour_keeps_the_sessions_consistent(
         assert i.keys.outbound_key == r.keys.inbound_key
     for session in [pair.initiator, *pair.responders]:
         assert session.finished or session.state in (IkeState.ESTABLISHED, IkeState.CLOSED)
+
+
+def test_unauthenticated_messages_do_not_move_a_half_open_window() -> None:
+    """A forged IKE_AUTH and a late IKE_SA_INIT (ID 1) must not consume message ID 1."""
+    link = Link()
+    link.rules.append(lambda s: 0 if s.header.exchange_type == ExchangeType.IKE_AUTH else None)
+    pair = SessionPair(*config_pair(), link=link)
+    pair.start()
+    pair.run(until=T0 + 0.5)  # IKE_SA_INIT done, the IKE_AUTH request lost
+    responder = pair.responder
+    assert responder.state is IkeState.AUTH_WAIT
+    genuine = pair.sent_by("i")[-1]
+    assert genuine.header.exchange_type == ExchangeType.IKE_AUTH
+    forged = genuine.data[:-1] + bytes([genuine.data[-1] ^ 0x80])
+    responder.receive_datagram(forged, genuine.src, genuine.dst, pair.now)
+    init = parse_message(pair.sent_by("i")[0].data)
+    init.message_id = 1
+    responder.receive_datagram(init.build(), ADDR_I, ADDR_R, pair.now)
+    assert responder.datagrams_to_send() == []
+    assert responder.state is IkeState.AUTH_WAIT
+    link.rules.clear()
+    pair.run()
+    assert pair.established()  # the retransmitted genuine IKE_AUTH still gets through
