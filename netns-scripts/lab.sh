@@ -79,13 +79,16 @@ lab_up() {
     ip netns add "$p-$node"
     nx "$p-$node" ip link set lo up
   done
+  # The wan node itself stays silent (no IPv6, no multicast snooping reports),
+  # so that a capture on the bridge shows only what the gateways send.
+  nx "$p-wan" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
   veth "$p-a" "$p-a0" "$p-gwa" "$p-ga1"
   veth "$p-gwa" "$p-ga0" "$p-wan" "$p-wa"
   veth "$p-gwb" "$p-gb0" "$p-wan" "$p-wb"
   veth "$p-b" "$p-b0" "$p-gwb" "$p-gb1"
 
-  # the underlay: one bridge, both gateways on 192.0.2.0/24
-  nx "$p-wan" ip link add "$p-br" type bridge stp_state 0 forward_delay 0
+  # The underlay: one bridge, both gateways on 192.0.2.0/24.
+  nx "$p-wan" ip link add "$p-br" type bridge stp_state 0 forward_delay 0 mcast_snooping 0
   nx "$p-wan" ip link set "$p-wa" master "$p-br"
   nx "$p-wan" ip link set "$p-wb" master "$p-br"
   for ifname in "$p-wa" "$p-wb" "$p-br"; do nx "$p-wan" ip link set "$ifname" up; done
