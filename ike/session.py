@@ -370,11 +370,7 @@ class IkeSession:
             # Authenticate first (invariant 3): a forged message must not move the window.
             received = Received(decode_message(self._ctx, header, data), src, dst, now)
             if inp is None or not expected:
-                raise PeerError(
-                    f"unexpected {exchange_name(header.exchange_type)} request in state "
-                    f"{self._state.name}",
-                    NotifyType.INVALID_SYNTAX,
-                )
+                raise self._unexpected(header)
             self._adopt_path(header, src, dst)
             tasks = self._responder_tasks(inp)
             failures: dict[int, PeerError] = {}
@@ -402,6 +398,12 @@ class IkeSession:
         self._respond(header, payloads, src, dst, data)
         if inp is not None:
             self._request_done(inp, tasks, now)
+
+    def _unexpected(self, header: IkeHeader) -> PeerError:
+        name = exchange_name(header.exchange_type)
+        return PeerError(
+            f"unexpected {name} request in state {self._state.name}", NotifyType.INVALID_SYNTAX
+        )
 
     def _respond(
         self,

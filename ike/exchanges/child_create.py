@@ -25,7 +25,7 @@ from collections.abc import Callable
 from ike.constants import NotifyType, PayloadType
 from ike.crypto import AEAD_SALT_LEN, derive_child_keys
 from ike.errors import ParseError, PeerError
-from ike.events import ChildSaKeys, ChildSaUp
+from ike.events import Address, ChildSaKeys, ChildSaUp
 from ike.exchanges import selectors
 from ike.exchanges.base import Outcome, Received
 from ike.exchanges.context import (
@@ -99,18 +99,23 @@ def install(
         esn=selected.esn,
     )
     ctx.children[child.inbound_spi] = child
-    ctx.emit(
-        ChildSaUp(
-            inbound_spi=child.inbound_spi,
-            outbound_spi=child.outbound_spi,
-            keys=ChildSaKeys(in_key, in_salt, out_key, out_salt),
-            esn=child.esn,
-            local_ts=child.local_ts,
-            remote_ts=child.remote_ts,
-            algorithms=child.algorithms,
-            remote_addr=ctx.remote_addr,
-            rekey_of=rekey_of,
-        )
+    sa_keys = ChildSaKeys(in_key, in_salt, out_key, out_salt)
+    ctx.emit(child_sa_up(child, sa_keys, ctx.remote_addr, rekey_of))
+
+
+def child_sa_up(
+    child: ChildSa, keys: ChildSaKeys, remote_addr: Address, rekey_of: int | None
+) -> ChildSaUp:
+    return ChildSaUp(
+        inbound_spi=child.inbound_spi,
+        outbound_spi=child.outbound_spi,
+        keys=keys,
+        esn=child.esn,
+        local_ts=child.local_ts,
+        remote_ts=child.remote_ts,
+        algorithms=child.algorithms,
+        remote_addr=remote_addr,
+        rekey_of=rekey_of,
     )
 
 
