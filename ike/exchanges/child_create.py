@@ -33,13 +33,11 @@ from ike.exchanges.context import (
     SaContext,
     esp_spi_bytes,
     refuse_on_error_notify,
-    selected_to_wire,
     spi_int,
-    to_wire_proposals,
 )
 from ike.exchanges.ike_init import encr_key_len
 from ike.payloads import Payload, SaPayload, TrafficSelector, TsPayload
-from ike.proposals import Proposal, SelectedProposal, select_proposal, verify_reply
+from ike.proposals import Proposal, SelectedProposal, make_offer, select_proposal, verify_reply
 from ike.wire import Message
 
 Nonces = Callable[[SaContext], tuple[bytes, bytes]]
@@ -136,7 +134,7 @@ class ChildCreateInitiator:
         self._tsr = selectors.from_networks(ctx.config.remote_ts)
         spi = esp_spi_bytes(self._spi)
         return [
-            SaPayload(to_wire_proposals(esp_proposals(ctx), spi)),
+            SaPayload(make_offer(esp_proposals(ctx), spi)),
             TsPayload(PayloadType.TSi, self._tsi),
             TsPayload(PayloadType.TSr, self._tsr),
         ]
@@ -184,7 +182,7 @@ class ChildCreateResponder:
         spis = (spi, spi_int(selected.peer_spi))
         install(ctx, selected, spis, narrowed_r, narrowed_i, (ni, nr, False))
         self._answer = [
-            SaPayload((selected_to_wire(selected, esp_spi_bytes(spi)),)),
+            SaPayload((selected.to_wire(esp_spi_bytes(spi)),)),
             TsPayload(PayloadType.TSi, narrowed_i),
             TsPayload(PayloadType.TSr, narrowed_r),
         ]

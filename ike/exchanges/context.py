@@ -22,9 +22,8 @@ from ike.crypto import IkeKeys, Prf, SkCipher
 from ike.entropy import Entropy
 from ike.errors import IntegrityError, LocalError, PeerError
 from ike.events import Address, ChildSaDown, Event, IPNetwork
-from ike.payloads import NotifyPayload, Payload, Transform
-from ike.payloads import Proposal as WireProposal
-from ike.proposals import Proposal, SelectedProposal
+from ike.payloads import NotifyPayload, Payload
+from ike.proposals import SelectedProposal
 from ike.sessionconfig import SessionConfig
 from ike.wire import IkeHeader, Message, decrypt_message, encrypt_message, parse_message
 
@@ -188,29 +187,6 @@ class SaContext:
 
 
 # -- payload helpers shared by the exchanges --------------------------------
-
-
-def to_wire_proposals(proposals: Sequence[Proposal], spi: bytes = b"") -> tuple[WireProposal, ...]:
-    """Our configured proposals as an SA payload's proposals, numbered 1.. (§3.3.1)."""
-    return tuple(
-        WireProposal(
-            number=i + 1,
-            protocol=p.protocol,
-            transforms=tuple(Transform(t.type, t.id, t.key_length) for t in p.transforms),
-            spi=spi,
-        )
-        for i, p in enumerate(proposals)
-    )
-
-
-def selected_to_wire(selected: SelectedProposal, spi: bytes = b"") -> WireProposal:
-    """The single proposal a responder answers with, under the offer's number (§3.3.1)."""
-    return WireProposal(
-        number=selected.number,
-        protocol=selected.protocol,
-        transforms=tuple(Transform(t.type, t.id, t.key_length) for t in selected.transforms),
-        spi=spi,
-    )
 
 
 def notify(notify_type: NotifyType, data: bytes = b"") -> NotifyPayload:

@@ -39,8 +39,6 @@ from ike.exchanges.context import (
     SaContext,
     notify,
     refuse_on_error_notify,
-    selected_to_wire,
-    to_wire_proposals,
 )
 from ike.payloads import CertReqPayload, KePayload, NoncePayload, Payload, SaPayload
 from ike.policy import NONCE_SIZE
@@ -49,6 +47,7 @@ from ike.proposals import (
     TransformSpec,
     accepts_dh_group,
     first_dh_group,
+    make_offer,
     select_proposal,
     verify_reply,
 )
@@ -178,7 +177,7 @@ class IkeInitInitiator:
         cookie = [notify(NotifyType.COOKIE, self.cookie)] if self.cookie is not None else []
         return [
             *cookie,  # §2.6: the COOKIE notify comes first
-            SaPayload(to_wire_proposals(ctx.config.ike_proposals)),
+            SaPayload(make_offer(ctx.config.ike_proposals)),
             KePayload(self.group, self._dh.public_bytes()),
             NoncePayload(ctx.nonce_i),
             *natd_payloads(ctx, bytes(SPI_LEN), ctx.local_addr, ctx.remote_addr),
@@ -268,7 +267,7 @@ class IkeInitResponder:
             raise ParseError("IKE_SA_INIT response without a processed request")
         group = DhGroup(self._selected.dh_group or 0)
         payloads: list[Payload] = [
-            SaPayload((selected_to_wire(self._selected),)),
+            SaPayload((self._selected.to_wire(),)),
             KePayload(group, self._dh.public_bytes()),
             NoncePayload(ctx.nonce_r),
             *natd_payloads(ctx, ctx.spi_r, ctx.local_addr, ctx.remote_addr),

@@ -318,3 +318,16 @@ def test_misuse_is_a_local_error() -> None:
     responder = IkeSession.responder(r_cfg, pair._entropy_r, pair.now, ADDR_R, ADDR_I)
     with pytest.raises(LocalError):
         responder.check_liveness(pair.now)
+
+
+def test_simultaneous_deletes_end_both_sides_once() -> None:
+    """Both sides send D(IKE) at once; each answers the other's and goes down once."""
+    pair = establish(SessionPair(*config_pair()))
+    pair.initiator.close(pair.now)
+    pair.responder.close(pair.now)
+    pair.run()
+    for side in "ir":
+        assert len(pair.of(side, IkeSaDown)) == 1
+        assert len(pair.of(side, ChildSaDown)) == 1
+    assert pair.initiator.finished
+    assert pair.initiator.state is pair.responder.state is IkeState.CLOSED
