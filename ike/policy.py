@@ -16,6 +16,11 @@ NONCE_SIZE = 32
 # IKE_AUTH yet). strongSwan's default half_open_timeout is 30 s.
 HALF_OPEN_TIMEOUT = 30.0
 
+# Above this many half-open IKE SAs the daemon answers new IKE_SA_INIT requests
+# with a COOKIE first (§2.6): no state and no DH until the initiator proves it
+# receives at its address. strongSwan's default cookie_threshold is 30 (10 in 6.0).
+COOKIE_THRESHOLD = 30
+
 # Supported hash algorithms announced in SIGNATURE_HASH_ALGORITHMS (RFC 7427
 # §4): SHA2-256/384/512 for ECDSA and RSA-PSS, "Identity" (RFC 8420) for Ed25519.
 SIGNATURE_HASHES = (2, 3, 4, 5)

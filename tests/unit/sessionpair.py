@@ -27,13 +27,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from ike.auth import Identity, PrivateKey
+from ike.cookies import CookieJar, cookie_challenge
 from ike.entropy import DeterministicEntropy
 from ike.events import Address, ChildSaUp, Event, IkeSaDown
 from ike.policy import RetransmitPolicy
 from ike.proposals import parse_esp_proposal, parse_ike_proposal
 from ike.session import IkeSession, peek_header
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
-from ike.wire import IkeHeader
+from ike.wire import IkeHeader, parse_message
 
 # -- time ---------------------------------------------------------------------
 
@@ -225,10 +226,12 @@ class SessionPair:
         responder_config: SessionConfig | Sequence[SessionConfig],
         link: Link | None = None,
         seed: int = 0,
+        cookies: CookieJar | None = None,
     ) -> None:
         self.now = T0
         self.link = link or Link(seed)
         self.responder_config = responder_config
+        self.cookies = cookies  # set: the fake daemon demands a cookie (as under load)
         self._entropy_r = DeterministicEntropy(f"responder-{seed}")
         self.initiator = IkeSession.initiator(
             initiator_config, DeterministicEntropy(f"initiator-{seed}"), self.now, ADDR_I, ADDR_R
@@ -286,6 +289,12 @@ class SessionPair:
         session = next((s for s in self.live_responders() if s.matches(header)), None)
         is_init_request = header.is_initiator and not header.is_response
         if session is None and is_init_request and not any(header.spi_r):
+            if self.cookies is not None:  # §2.6: stateless until a valid cookie comes
+                request = parse_message(sent.data)
+                if not self.cookies.valid(request, sent.src[0]):
+                    challenge = cookie_challenge(request, self.cookies.cookie(request, sent.src[0]))
+                    self._send("r", challenge, sent.dst, sent.src)
+                    return
             # the daemon creates a responder for a new IKE_SA_INIT request
             session = IkeSession.responder(
                 self.responder_config, self._entropy_r, self.now, sent.dst, sent.src

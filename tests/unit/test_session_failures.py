@@ -28,6 +28,7 @@ from sessionpair import (
 
 from ike.auth import Identity
 from ike.constants import DhGroup, ExchangeType, HeaderFlag, NotifyType
+from ike.cookies import CookieJar, request_cookie
 from ike.entropy import DeterministicEntropy
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp
 from ike.payloads import KePayload, NotifyPayload
@@ -259,3 +260,39 @@ def test_peer_hash_algorithms_that_exclude_our_key_fail_cleanly() -> None:
     down = pair.down("i")
     assert down.notify is NotifyType.AUTHENTICATION_FAILED
     assert "cannot sign for this peer" in down.reason
+
+
+# -- COOKIE (§2.6) --------------------------------------------------------------------
+
+
+def test_cookie_challenge_then_establishment() -> None:
+    jar = CookieJar(b"0123456789abcdef-cookie-secret")
+    pair = run(SessionPair(*config_pair(), cookies=jar))
+    assert pair.established()
+    assert len(pair.responders) == 1  # no state before the cookie came back
+    requests = [
+        parse_message(s.data) for s in pair.sent_by("i")
+        if s.header.exchange_type == ExchangeType.IKE_SA_INIT
+    ]  # fmt: skip
+    assert len(requests) == 2
+    assert request_cookie(requests[0]) is None
+    assert request_cookie(requests[1]) == jar.cookie(requests[0], ADDR_I[0])
+    assert requests[0].find(KePayload) == requests[1].find(KePayload)  # same KE, same nonce
+
+
+def test_cookies_bind_address_and_survive_one_rotation() -> None:
+    jar = CookieJar(b"first secret, 16+ bytes")
+    pair = SessionPair(*config_pair())
+    pair.start()
+    request = parse_message(pair.sent_by("i")[0].data)
+    cookie = jar.cookie(request, ADDR_I[0])
+    with_cookie = parse_message(request.build())
+    with_cookie.payloads.insert(0, NotifyPayload(NotifyType.COOKIE, cookie))
+    assert jar.valid(with_cookie, ADDR_I[0])
+    assert not jar.valid(with_cookie, "192.0.2.99")  # another source address
+    assert not jar.valid(request, ADDR_I[0])  # no cookie at all
+    jar.rotate(b"second secret, 16+ bytes")
+    assert jar.valid(with_cookie, ADDR_I[0])  # the previous secret still counts
+    jar.rotate(b"third secret, 16+ bytes!")
+    assert not jar.valid(with_cookie, ADDR_I[0])
+    assert "redacted" in repr(jar) and "secret" not in repr(jar).replace("secrets", "")
