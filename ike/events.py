@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ike.constants import NotifyType
+from ike.constants import EncrId, NotifyType
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = tuple[str, int]  # (host, UDP port)
@@ -52,13 +52,16 @@ class ChildSaUp:
     """A Child SA is ready: install the inbound SA, then use the outbound one.
 
     ``inbound_spi`` is ours (the peer puts it in the ESP packets it sends);
-    ``outbound_spi`` is the peer's. ``rekey_of`` names the inbound SPI of the
-    Child SA this one replaces (CREATE_CHILD_SA with REKEY_SA), else None.
+    ``outbound_spi`` is the peer's. ``encr`` is the negotiated ESP cipher the
+    keys belong to: the data plane must build exactly that AEAD. ``rekey_of``
+    names the inbound SPI of the Child SA this one replaces (CREATE_CHILD_SA
+    with REKEY_SA), else None.
     """
 
     inbound_spi: int
     outbound_spi: int
     keys: ChildSaKeys
+    encr: EncrId  # ESP transform ID (§3.3.2): AES_GCM_16 or CHACHA20_POLY1305
     esn: bool
     local_ts: tuple[IPNetwork, ...]
     remote_ts: tuple[IPNetwork, ...]

@@ -79,6 +79,28 @@ class _Retiring:
     at: float
 
 
+def data_plane_sas(event: ChildSaUp, replay_window: int) -> tuple[InboundSA, OutboundSA]:
+    """The ESP SAs of a new Child SA, with the cipher it negotiated (``event.encr``).
+
+    Never a default cipher: an SA that sealed with AES-GCM under a
+    ChaCha20-Poly1305 agreement worked against tunneld and failed against
+    strongSwan (tests/unit/test_interop_regressions.py).
+    """
+    keys = event.keys
+    inbound = InboundSA(
+        event.inbound_spi,
+        keys.inbound_key,
+        keys.inbound_salt,
+        esn=event.esn,
+        replay_window=replay_window,
+        encr=event.encr,
+    )
+    outbound = OutboundSA(
+        event.outbound_spi, keys.outbound_key, keys.outbound_salt, esn=event.esn, encr=event.encr
+    )
+    return inbound, outbound
+
+
 class Peer:
     """Drives the IKE sessions with one configured peer (see the module docstring)."""
 
@@ -294,17 +316,7 @@ class Peer:
     # -- the data plane side (rule 4) ---------------------------------------------
 
     def _install_child(self, session: IkeSession, event: ChildSaUp, now: float) -> None:
-        keys = event.keys
-        inbound = InboundSA(
-            event.inbound_spi,
-            keys.inbound_key,
-            keys.inbound_salt,
-            esn=event.esn,
-            replay_window=self.replay_window,
-        )
-        outbound = OutboundSA(
-            event.outbound_spi, keys.outbound_key, keys.outbound_salt, esn=event.esn
-        )
+        inbound, outbound = data_plane_sas(event, self.replay_window)
         self.daemon.install_child(self, inbound, outbound, event)
         self.children[event.inbound_spi] = ChildRecord(session, inbound, outbound, event, now)
         self.status.child_sas_installed += 1

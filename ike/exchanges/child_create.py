@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ike.constants import NotifyType, PayloadType
+from ike.constants import EncrId, NotifyType, PayloadType
 from ike.crypto import AEAD_SALT_LEN, derive_child_keys
 from ike.errors import ParseError, PeerError
 from ike.events import Address, ChildSaKeys, ChildSaUp
@@ -95,6 +95,7 @@ def install(
         remote_ts=selectors.to_networks(remote_ts),
         algorithms=str(selected),
         esn=selected.esn,
+        encr=EncrId(selected.encr.id),
     )
     ctx.children[child.inbound_spi] = child
     sa_keys = ChildSaKeys(in_key, in_salt, out_key, out_salt)
@@ -108,6 +109,7 @@ def child_sa_up(
         inbound_spi=child.inbound_spi,
         outbound_spi=child.outbound_spi,
         keys=keys,
+        encr=child.encr,
         esn=child.esn,
         local_ts=child.local_ts,
         remote_ts=child.remote_ts,

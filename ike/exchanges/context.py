@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ike.auth import Identity
-from ike.constants import ExchangeType, HashAlgorithm, HeaderFlag, NotifyType, ProtocolId
+from ike.constants import EncrId, ExchangeType, HashAlgorithm, HeaderFlag, NotifyType, ProtocolId
 from ike.crypto import IkeKeys, Prf, SkCipher
 from ike.entropy import Entropy
 from ike.errors import IntegrityError, LocalError, PeerError
@@ -44,6 +44,7 @@ class ChildSa:
     remote_ts: tuple[IPNetwork, ...]
     algorithms: str
     esn: bool
+    encr: EncrId  # the ESP cipher (§3.3.2), handed to the data plane in ChildSaUp
 
     def summary(self) -> dict[str, Any]:
         return {

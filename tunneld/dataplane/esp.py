@@ -1,6 +1,7 @@
-"""ESP packet codec for AES-GCM-16 (RFC 4303 + RFC 4106), no state.
+"""ESP packet codec for AES-GCM-16 (RFC 4303 + RFC 4106) and ChaCha20-Poly1305
+(RFC 7634), no state.
 
-Wire format (RFC 4303 §2, RFC 4106 §3)::
+Wire format (RFC 4303 §2, RFC 4106 §3; RFC 7634 §2 is the same layout)::
 
     SPI(4) | Sequence Number(4) | IV(8) | ciphertext of
     (payload | Padding(0..3) | Pad Length(1) | Next Header(1)) | ICV(16)
@@ -8,13 +9,14 @@ Wire format (RFC 4303 §2, RFC 4106 §3)::
 Rules this module implements (the SA objects in :mod:`tunneld.dataplane.sa`
 own the state: key, salt, sequence counter, replay window):
 
-1. Nonce = salt(4, from KEYMAT) || IV(8) (RFC 4106 §4). We send IV = the
-   64-bit sequence number, which is unique per key (RFC 4106 §3.1); a
-   receiver takes the IV from the wire, whatever it is.
+1. Nonce = salt(4, from KEYMAT) || IV(8) (RFC 4106 §4, RFC 7634 §2). We
+   send IV = the 64-bit sequence number, which is unique per key (RFC 4106
+   §3.1); a receiver takes the IV from the wire, whatever it is.
 2. AAD = SPI || seq (8 bytes), or with ESN SPI || seq-high || seq-low
-   (12 bytes); seq-high is never on the wire (RFC 4106 §5).
-3. Padding: GCM is a stream mode, so we pad only so that payload + padding + 2
-   is a multiple of 4 (RFC 4303 §2.4, RFC 4106 §3.2), with the bytes 1, 2, 3.
+   (12 bytes); seq-high is never on the wire (RFC 4106 §5, RFC 7634 §2.1).
+3. Padding: both ciphers are stream modes, so we pad only so that payload +
+   padding + 2 is a multiple of 4 (RFC 4303 §2.4, RFC 4106 §3.2, RFC 7634
+   §2), with the bytes 1, 2, 3.
 4. On receive the padding bytes *are* checked (RFC 4303 §2.4 says the receiver
    SHOULD inspect them): a packet that authenticates but carries other padding
    comes from a broken sender and is dropped as MALFORMED. The 4-byte
@@ -29,12 +31,20 @@ from __future__ import annotations
 import struct
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from tunneld.dataplane.drops import DropReason, EspDrop
 
 #: What the codec accepts as packet bytes (a bytearray is copied from before it is reused).
 Buffer = bytes | bytearray | memoryview
+#: The AEAD object of one SA; both take (nonce, data, aad) and append a 16-byte tag.
+Aead = AESGCM | ChaCha20Poly1305
+
+# ESP encryption transform IDs (RFC 7296 §3.3.2, IANA "Transform Type 1"): the
+# Child SA's negotiated cipher, which must reach the data plane (an SA that
+# used AES-GCM under a ChaCha20-Poly1305 agreement failed against strongSwan).
+ENCR_AES_GCM_16 = 20  # RFC 4106
+ENCR_CHACHA20_POLY1305 = 28  # RFC 7634
 
 SPI_LEN = 4  # RFC 4303 §2.1
 SEQ_LEN = 4  # RFC 4303 §2.2
@@ -44,6 +54,7 @@ SALT_LEN = 4  # RFC 4106 §4: last 4 octets of the KEYMAT for this key
 ICV_LEN = 16  # ENCR_AES_GCM_16 (RFC 4106 §6)
 TRAILER_MIN = 2  # Pad Length + Next Header (RFC 4303 §2.4-2.6)
 KEY_SIZES = (16, 32)  # AES-128 and AES-256 (RFC 4106 §8.1; 192 is not in our profile)
+CHACHA_KEY_SIZE = 32  # RFC 7634 §2: 256-bit key, then the 4-byte salt in KEYMAT
 #: Smallest byte string that can be an ESP-GCM packet at all.
 MIN_ESP_LEN = ESP_HEADER_LEN + IV_LEN + TRAILER_MIN + ICV_LEN
 #: Bytes ESP adds around a payload, excluding 0..3 padding bytes.
@@ -88,7 +99,7 @@ def aad(spi: int, seq: int, esn: bool) -> bytes:
 
 
 def seal(
-    aead: AESGCM,
+    aead: Aead,
     salt: bytes,
     spi: int,
     seq: int,
@@ -120,7 +131,7 @@ def parse_header(esp: Buffer) -> tuple[int, int]:
     return spi, seq_low
 
 
-def open_ciphertext(aead: AESGCM, salt: bytes, esp: Buffer, associated_data: Buffer) -> bytes:
+def open_ciphertext(aead: Aead, salt: bytes, esp: Buffer, associated_data: Buffer) -> bytes:
     """Verify and decrypt; returns payload | padding | pad length | next header.
 
     ``esp`` must be at least :data:`MIN_ESP_LEN` long (see :func:`parse_header`).
@@ -148,10 +159,20 @@ def split_trailer(plaintext: bytes) -> tuple[int, int]:
     return plaintext[-1], end
 
 
-def new_aead(key: bytes, salt: bytes) -> AESGCM:
-    """Validate key and salt sizes and build the one AESGCM object of an SA."""
-    if len(key) not in KEY_SIZES:
-        raise ValueError(f"AES-GCM key must be {KEY_SIZES} bytes, not {len(key)}")
+def new_aead(key: bytes, salt: bytes, encr: int = ENCR_AES_GCM_16) -> Aead:
+    """Validate key and salt sizes and build the one AEAD object of an SA.
+
+    ``encr`` is the negotiated ESP transform ID; any other raises ValueError
+    rather than falling back to a cipher the peer does not use.
+    """
     if len(salt) != SALT_LEN:
-        raise ValueError(f"AES-GCM salt must be {SALT_LEN} bytes, not {len(salt)}")
-    return AESGCM(key)
+        raise ValueError(f"ESP AEAD salt must be {SALT_LEN} bytes, not {len(salt)}")
+    if encr == ENCR_AES_GCM_16:
+        if len(key) not in KEY_SIZES:
+            raise ValueError(f"AES-GCM key must be {KEY_SIZES} bytes, not {len(key)}")
+        return AESGCM(key)
+    if encr == ENCR_CHACHA20_POLY1305:
+        if len(key) != CHACHA_KEY_SIZE:
+            raise ValueError(f"ChaCha20-Poly1305 key must be 32 bytes, not {len(key)}")
+        return ChaCha20Poly1305(key)
+    raise ValueError(f"ESP encryption transform {encr} is not supported")

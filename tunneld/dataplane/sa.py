@@ -3,7 +3,8 @@
 Outbound (:class:`OutboundSA`): take the next sequence number (it never wraps:
 RFC 4303 §3.3.3), seal with IV = sequence number (RFC 4106 §3.1), count.
 Inbound (:class:`InboundSA`): parse SPI/seq -> replay check (no mutation) ->
-AES-GCM open -> replay update -> trailer check -> count.
+AEAD open -> replay update -> trailer check -> count. The AEAD is the Child
+SA's negotiated ``encr`` (AES-GCM-16 or ChaCha20-Poly1305, :mod:`esp`).
 
 Counters: ``packets``/``bytes`` count the packets an SA sealed or delivered
 and their inner (plaintext payload) bytes, which is what the soft and hard
@@ -52,10 +53,17 @@ class OutboundSA:
     )
 
     def __init__(
-        self, spi: int, key: bytes, salt: bytes, *, esn: bool = False, initial_seq: int = 1
+        self,
+        spi: int,
+        key: bytes,
+        salt: bytes,
+        *,
+        esn: bool = False,
+        initial_seq: int = 1,
+        encr: int = _esp.ENCR_AES_GCM_16,
     ) -> None:
         _check_spi(spi)
-        self._aead = _esp.new_aead(key, salt)
+        self._aead = _esp.new_aead(key, salt, encr)
         self._salt = bytes(salt)
         self.spi = spi
         self._esn = esn
@@ -139,9 +147,10 @@ class InboundSA:
         *,
         esn: bool = False,
         replay_window: int = DEFAULT_WINDOW,
+        encr: int = _esp.ENCR_AES_GCM_16,
     ) -> None:
         _check_spi(spi)
-        self._aead = _esp.new_aead(key, salt)
+        self._aead = _esp.new_aead(key, salt, encr)
         self._salt = bytes(salt)
         self.spi = spi
         self._esn = esn
