@@ -128,6 +128,9 @@ class Peer:
         self.children: dict[int, ChildRecord] = {}
         self.status = PeerStatus()
         self._retiring: list[_Retiring] = []
+        # sessions that reported IkeSaUp: a session is CLOSED by the time its
+        # IkeSaDown is applied, so it can no longer say whether it ever was up
+        self._were_up: set[IkeSession] = set()
         self._send, self._recv = trio.open_memory_channel[_Input | None](INBOX_SIZE)
         self._want_up = auto == "start"
         self._retry_at = math.inf
@@ -281,6 +284,7 @@ class Peer:
             self.status.ike_sas_established += 1
             self.status.last_error = None
             self._retry_delay = RETRY_INITIAL
+            self._were_up.add(session)
             log.info(
                 "IKE SA established",
                 extra={"peer": self.name, "remote_id": event.remote_id, "alg": event.algorithms},
@@ -309,7 +313,9 @@ class Peer:
             if record.session is session:
                 self._remove_child(spi, now, event.reason)
         reason = event.reason + (f" ({event.notify.name})" if event.notify is not None else "")
-        if event.notify is not None or not session.established:
+        was_up = session in self._were_up
+        self._were_up.discard(session)
+        if event.notify is not None or not was_up:  # a clean DELETE is no error
             self.status.last_error = reason
         log.info("IKE SA down", extra={"peer": self.name, "reason": reason})
 
