@@ -151,6 +151,18 @@ class Gateway:
             for ch in p["child_sas"]
         ]
 
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until the control socket answers: TUN open, UDP bound, peers started."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"tunneld on {self.node} exited: {self.tail_log()}")
+            with contextlib.suppress(control.ControlError):
+                if self.status().get("ok"):
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"tunneld on {self.node} not ready after {timeout}s: {self.tail_log()}")
+
     def wait_for_child(self, timeout: float = 20.0, peer: str | None = None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
