@@ -13,7 +13,8 @@ Inbound (one task per UDP socket):
      inbox); a single 0xFF byte is a NAT keepalive (RFC 3948 §2.3, counted);
      anything else is ESP. On port 500 every datagram is IKE (RFC 7296 §2.23);
   3. ``sadb.decapsulate`` each ESP packet (SPI lookup, replay, AES-GCM,
-     selector check) and write the inner packet to the TUN.
+     selector check) and write the batch of inner packets to the TUN in one
+     ``write_batch`` (which may merge TCP segments, tunneld.io.offload).
 
 A packet the data plane refuses raises :class:`EspDrop`; the pumps count it
 by reason and go on. Nothing is logged per packet. The IKE inbox is a bounded
@@ -32,7 +33,7 @@ import trio
 from ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
 from tunneld.dataplane.drops import EspDrop
 from tunneld.dataplane.udpencap import UdpKind, classify
-from tunneld.io.udp import Address, Buffer, Datagram
+from tunneld.io.udp import Address, Buffer, Datagram, Payload
 
 DEFAULT_BATCH = 64  # packets per wakeup: one full GSO run (UDP_MAX_SEGMENTS)
 IKE_INBOX_FULL = "ike_inbox_full"
@@ -40,8 +41,9 @@ IKE_INBOX_FULL = "ike_inbox_full"
 
 class Tun(Protocol):
     async def wait_readable(self) -> None: ...
-    def read_batch(self, max_packets: int = ...) -> list[bytes]: ...
+    def read_batch(self, max_packets: int = ...) -> list[Payload]: ...
     def write(self, packet: Buffer) -> None: ...
+    def write_batch(self, packets: Sequence[Buffer]) -> None: ...
 
 
 class Udp(Protocol):
@@ -56,7 +58,7 @@ class Udp(Protocol):
 class Sadb(Protocol):
     """What the pumps need from :class:`tunneld.dataplane.sadb.SADatabase`."""
 
-    def encapsulate(self, inner: bytes) -> tuple[bytes, Any]: ...
+    def encapsulate(self, inner: Buffer) -> tuple[bytes, Any]: ...
     def decapsulate(self, esp: Buffer) -> bytes: ...
 
 
@@ -155,7 +157,7 @@ class DataPath:
                 self.outbound.batch(len(batch))
                 self._encrypt_and_send(batch)
 
-    def _encrypt_and_send(self, batch: list[bytes]) -> None:
+    def _encrypt_and_send(self, batch: list[Payload]) -> None:
         encapsulate, send_many = self._sadb.encapsulate, self._esp_udp.send_many
         run: list[bytes] = []
         run_dest: Address | None = None
@@ -199,18 +201,21 @@ class DataPath:
                     self._to_ike(data, src, udp)
 
     def _demux(self, batch: list[Datagram], udp: Udp) -> None:
-        decapsulate, write, stats = self._sadb.decapsulate, self._tun.write, self.inbound
+        decapsulate, stats = self._sadb.decapsulate, self.inbound
+        inner: list[bytes] = []
         for data, src in batch:
             try:
                 kind, payload = classify(data)
                 if kind is UdpKind.ESP:
-                    write(decapsulate(payload))
+                    inner.append(decapsulate(payload))
                 elif kind is UdpKind.IKE:
                     self._to_ike(payload, src, udp)
                 else:
                     stats.keepalives += 1
             except EspDrop as drop:
                 stats.drop(drop.reason.value)
+        if inner:  # one call: the TUN may merge TCP segments (tunneld.io.offload)
+            self._tun.write_batch(inner)
 
     def _to_ike(self, data: Buffer, src: Address, udp: Udp) -> None:
         self.inbound.ike_datagrams += 1

@@ -6,7 +6,9 @@
 2. An ESP packet taken from that capture and sent to gateway B again is
    dropped and counted as REPLAY; a forged one (sequence number moved ahead)
    fails the ICV and does not move the replay window.
-3. Stopping the gateways removes the route and the TUN device.
+3. A TCP stream crosses intact while gateway B merges its segments into
+   large TUN writes (tunneld.io.offload).
+4. Stopping the gateways removes the route and the TUN device.
 """
 
 from __future__ import annotations
@@ -225,6 +227,43 @@ def test_replayed_esp_is_dropped_as_replay_and_forgery_as_auth_failed(
     assert drops == {"replay": 1, "auth_failed": 1}
     ping(prefix)
     assert inbound_drops(prefix, "gwb") == {"replay": 1, "auth_failed": 1}
+
+
+def test_tcp_stream_crosses_intact_with_merged_tun_writes(static_pair: str) -> None:
+    prefix = static_pair
+    tool = [sys.executable, "-m", "tests.tools.probe"]
+    sink = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            f"{prefix}-b",
+            *tool,
+            "tcp-sink",
+            "--bind",
+            HOST_B,
+            "--port",
+            "7000",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "READY"
+        size = 8 << 20
+        sent = run(
+            "ip", "netns", "exec", f"{prefix}-a", *tool, "tcp-send", "--to", HOST_B,
+            "--port", "7000", "--bytes", str(size), timeout=60,
+        )  # fmt: skip
+        received = json.loads(sink.stdout.readline())
+    finally:
+        sink.kill()
+        sink.wait(timeout=10)
+    assert received == json.loads(sent.stdout)
+    b = stats(prefix, "gwb")["datapath"]
+    assert b["tun"]["merged_writes"] > 0, b["tun"]
+    assert b["tun"]["write_drops"] == 0 and b["inbound"]["drops"] == {}
 
 
 def test_stopping_the_gateways_removes_route_and_tun(static_pair: str) -> None:

@@ -160,7 +160,7 @@ async def test_tun_reads_routed_packets_and_writes_to_the_stack(inside_netns: st
             with trio.fail_after(5):
                 await tun.wait_readable()
             # one wakeup drains them all (IPv6 link-local chatter may come along)
-            batch = [p for p in tun.read_batch(64) if p[0] >> 4 == 4]
+            batch = [bytes(p) for p in tun.read_batch(64) if p[0] >> 4 == 4]
             assert len(batch) == 8
             first = IP(batch[0])
             assert (first.src, first.dst, first[UDP].dport) == ("192.0.2.1", "192.0.2.7", 6666)

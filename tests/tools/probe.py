@@ -2,6 +2,8 @@
 
     python -m tests.tools.probe echo --bind ADDR --port N
     python -m tests.tools.probe send --to ADDR --port N --count 10000 --marker HEX
+    python -m tests.tools.probe tcp-sink --bind ADDR --port N
+    python -m tests.tools.probe tcp-send --to ADDR --port N --bytes N
 
 ``echo`` prints ``READY`` once bound, sends every probe back to its sender,
 and counts what it saw; a ``FIN`` datagram makes it answer with its counters
@@ -15,6 +17,10 @@ has seen plaintext. Sizes change every 500 probes (64, 512, 1372 bytes: 1372
 is the most that fits the tunnel's 1400-byte MTU in one IPv4/UDP packet) so
 that both small packets and full-size GSO runs are exercised.
 
+``tcp-sink`` accepts one TCP connection and prints ``{"bytes", "sha256"}`` of
+what it received; ``tcp-send`` sends a deterministic stream (SHAKE-128 of the
+size) and prints the same two fields for what it sent.
+
 Pacing: at most ``--window`` probes are in flight (sent, not yet echoed), so
 the sender is clocked by the echoes and socket buffers cannot overflow: a
 loss reported here is a loss on the path, not in the tool. A probe not echoed
@@ -24,6 +30,7 @@ within ``--wait`` seconds stops holding its slot of the window.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import select
 import socket
@@ -163,6 +170,35 @@ def _fin(sock: socket.socket) -> dict[str, int] | None:
     return None
 
 
+def tcp_stream(size: int) -> bytes:
+    return hashlib.shake_128(str(size).encode()).digest(size)
+
+
+def tcp_sink(bind: str, port: int, timeout: float) -> int:
+    with socket.create_server((bind, port)) as server:
+        server.settimeout(timeout)
+        print("READY", flush=True)
+        conn, _ = server.accept()
+        conn.settimeout(timeout)
+        digest, total = hashlib.sha256(), 0
+        with conn:
+            while chunk := conn.recv(1 << 16):
+                digest.update(chunk)
+                total += len(chunk)
+    print(json.dumps({"bytes": total, "sha256": digest.hexdigest()}), flush=True)
+    return 0
+
+
+def tcp_send(to: str, port: int, size: int, timeout: float) -> int:
+    data = tcp_stream(size)
+    with socket.create_connection((to, port), timeout=timeout) as conn:
+        conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+        conn.recv(1)  # wait for the sink to close: everything arrived
+    print(json.dumps({"bytes": size, "sha256": hashlib.sha256(data).hexdigest()}), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.tools.probe", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -178,7 +214,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--count", type=int, default=10000)
     s.add_argument("--window", type=int, default=64, help="probes in flight at most")
     s.add_argument("--wait", type=float, default=2.0, help="seconds to wait for echoes")
+    ts = sub.add_parser("tcp-sink")
+    ts.add_argument("--bind", required=True)
+    ts.add_argument("--port", type=int, required=True)
+    ts.add_argument("--timeout", type=float, default=30.0)
+    tc = sub.add_parser("tcp-send")
+    tc.add_argument("--to", required=True)
+    tc.add_argument("--port", type=int, required=True)
+    tc.add_argument("--bytes", type=int, required=True)
+    tc.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
+    if args.cmd == "tcp-sink":
+        return tcp_sink(args.bind, args.port, args.timeout)
+    if args.cmd == "tcp-send":
+        return tcp_send(args.to, args.port, args.bytes, args.timeout)
     marker = bytes.fromhex(args.marker)
     if len(marker) != MARKER_LEN:
         parser.error(f"--marker must be {MARKER_LEN} bytes")

@@ -6,7 +6,7 @@ IKE. Here every ``up`` draws fresh random keys, salts and SPIs, hands them to
 the two gateway processes on stdin (never argv, never a file) and forgets them.
 
     python -m tests.tools.static_pair up PREFIX [--mtu 1400] [--key-bits 256]
-                                      [--batch 64] [--no-gso] [--no-gro]
+                                      [--batch 64] [--no-gso] [--no-gro] [--no-offload]
     python -m tests.tools.static_pair stats PREFIX gwa|gwb      (JSON counters)
     python -m tests.tools.static_pair down PREFIX
 
@@ -243,8 +243,8 @@ async def _gateway_main(config: dict[str, Any], stats_socket: str) -> None:
     from tunneld.routes import KernelRoutes
 
     sadb = _build_sadb(config)
-    with TunDevice.open(config["tun"], config["mtu"]) as tun:
-        tuning = config["tuning"]
+    tuning = config["tuning"]
+    with TunDevice.open(config["tun"], config["mtu"], offload=tuning["offload"]) as tun:
         udp = UdpSocket.bind(config["local"], 4500, gro=tuning["gro"])
         udp.gso_enabled = tuning["gso"]
         routes = KernelRoutes(config["tun"])
@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="packets per wakeup")
     up.add_argument("--no-gso", action="store_true", help="one sendto per ESP packet")
     up.add_argument("--no-gro", action="store_true", help="no UDP GRO on receive")
+    up.add_argument("--no-offload", action="store_true", help="no TCP merging on TUN writes")
     down = sub.add_parser("down", help="stop both gateways")
     down.add_argument("prefix")
     st = sub.add_parser("stats", help="print one gateway's counters as JSON")
@@ -314,7 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     gw.add_argument("--stats-socket", required=True)
     args = parser.parse_args(argv)
     if args.cmd == "up":
-        tuning = {"batch": args.batch, "gso": not args.no_gso, "gro": not args.no_gro}
+        tuning = {
+            "batch": args.batch,
+            "gso": not args.no_gso,
+            "gro": not args.no_gro,
+            "offload": not args.no_offload,
+        }
         return cmd_up(args.prefix, args.mtu, args.key_bits, tuning)
     if args.cmd == "down":
         return cmd_down(args.prefix)

@@ -18,10 +18,16 @@ import contextlib
 import errno
 import os
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytun
 import trio
+
+from tunneld.io.offload import PLAIN_HDR, VNET_HDR_LEN, Buffer, coalesce
+
+Payload = bytes | memoryview  # what read_batch hands out
+_WRITTEN, _DROPPED, _MERGE_REFUSED = object(), object(), object()
 
 # Enough for any inner packet the MTU lets through, plus slack: a read larger
 # than the MTU can only come from a misconfigured MTU, and is truncated.
@@ -34,23 +40,30 @@ class TunStats:
 
     read_packets: int = 0
     written_packets: int = 0
+    merged_writes: int = 0  # writes that carried several TCP segments (offload)
     write_drops: int = 0  # kernel refused (queue full, malformed packet)
 
 
 class TunDevice:
     """A kernel TUN device (``IFF_TUN | IFF_NO_PI``), non-blocking."""
 
-    def __init__(self, dev: pytun.TunTapDevice) -> None:
+    def __init__(self, dev: pytun.TunTapDevice, *, vnet_hdr: bool = False) -> None:
         self._dev = dev  # keeps the fd alive: pytun closes it on deallocation
         self._fd: int = dev.fileno()
+        self.vnet_hdr = vnet_hdr
         self._closed = False
         self.name: str = dev.name
         self.stats = TunStats()
 
     @classmethod
-    def open(cls, name: str, mtu: int) -> TunDevice:
-        """Create (or attach to) TUN ``name``, set its MTU and bring it up."""
-        dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+    def open(cls, name: str, mtu: int, *, offload: bool = True) -> TunDevice:
+        """Create (or attach to) TUN ``name``, set its MTU and bring it up.
+
+        ``offload``: open with ``IFF_VNET_HDR`` so that :meth:`write_batch` can
+        hand TCP segments to the kernel merged (see :mod:`tunneld.io.offload`).
+        """
+        flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
+        dev = pytun.TunTapDevice(name=name, flags=flags)
         try:
             dev.mtu = mtu
             dev.up()
@@ -58,7 +71,7 @@ class TunDevice:
         except BaseException:
             dev.close()
             raise
-        return cls(dev)
+        return cls(dev, vnet_hdr=offload)
 
     @property
     def mtu(self) -> int:
@@ -70,33 +83,63 @@ class TunDevice:
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self._fd)
 
-    def read_batch(self, max_packets: int = 64) -> list[bytes]:
+    def read_batch(self, max_packets: int = 64) -> list[Payload]:
         """Every packet queued right now (up to ``max_packets``); may be empty."""
-        out: list[bytes] = []
+        out: list[Payload] = []
         read = os.read
         fd = self._fd
         try:
-            while len(out) < max_packets:
-                out.append(read(fd, _READ_SIZE))
+            if self.vnet_hdr:
+                # No offloads are enabled for reading (TUNSETOFFLOAD is never
+                # called), so the header only ever says "complete packet".
+                while len(out) < max_packets:
+                    out.append(memoryview(read(fd, _READ_SIZE))[VNET_HDR_LEN:])
+            else:
+                while len(out) < max_packets:
+                    out.append(read(fd, _READ_SIZE))
         except BlockingIOError:
             pass
         self.stats.read_packets += len(out)
         return out
 
-    def write(self, packet: bytes | bytearray | memoryview) -> None:
+    def write(self, packet: Buffer) -> None:
         """Hand one inner IP packet to the kernel; a refusal is counted, not raised."""
+        if self.vnet_hdr:
+            self._writev([PLAIN_HDR, packet], 1)
+        else:
+            self._writev([packet], 1)
+
+    def write_batch(self, packets: Sequence[Buffer]) -> None:
+        """Hand a batch to the kernel, TCP segments of one flow merged when possible."""
+        if not self.vnet_hdr:
+            for packet in packets:
+                self._writev([packet], 1)
+            return
+        for iov, originals in coalesce(packets):
+            outcome = self._writev(iov, len(originals))
+            if outcome is _MERGE_REFUSED:  # the packets themselves are fine
+                for packet in originals:
+                    self._writev([PLAIN_HDR, packet], 1)
+            elif outcome is _WRITTEN and len(originals) > 1:
+                self.stats.merged_writes += 1
+
+    def _writev(self, iov: list[Buffer], count: int) -> object:
         try:
-            os.write(self._fd, packet)
+            os.writev(self._fd, iov)
         except BlockingIOError:
-            self.stats.write_drops += 1
+            self.stats.write_drops += count
+            return _DROPPED
         except OSError as exc:
-            # EINVAL/EIO: the kernel did not like the packet (bad version nibble,
-            # truncated header); it came out of a verified SA, so count it.
+            # EINVAL/EIO: the kernel did not take the packet (bad version nibble,
+            # truncated header, a merge it cannot do); count, never raise.
             if exc.errno not in (errno.EINVAL, errno.EIO, errno.EFAULT, errno.ENOBUFS):
                 raise
+            if count > 1:
+                return _MERGE_REFUSED
             self.stats.write_drops += 1
-        else:
-            self.stats.written_packets += 1
+            return _DROPPED
+        self.stats.written_packets += count
+        return _WRITTEN
 
     def close(self) -> None:
         if self._closed:
@@ -147,14 +190,18 @@ class MemoryTun:
         self._check_open()
         await trio.lowlevel.checkpoint()
 
-    def read_batch(self, max_packets: int = 64) -> list[bytes]:
+    def read_batch(self, max_packets: int = 64) -> list[Payload]:
         self._check_open()
         n = min(max_packets, len(self._to_daemon))
-        out = [self._to_daemon.popleft() for _ in range(n)]
+        out: list[Payload] = [self._to_daemon.popleft() for _ in range(n)]
         self.stats.read_packets += n
         return out
 
-    def write(self, packet: bytes | bytearray | memoryview) -> None:
+    def write_batch(self, packets: Sequence[Buffer]) -> None:
+        for packet in packets:
+            self.write(packet)
+
+    def write(self, packet: Buffer) -> None:
         self._check_open()
         if len(self._to_host) >= self.queue_limit:
             self.stats.write_drops += 1
