@@ -37,10 +37,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, NoReturn, Protocol
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tunneld.bench_pki import write_openvpn_pki
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "netns-scripts"
@@ -200,68 +197,6 @@ TUNNELD_MODES: dict[str, Callable[[Context], Configuration]] = {
 }
 
 
-def _certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-    eku: x509.ObjectIdentifier | None,
-) -> x509.Certificate:
-    """A one-day EC certificate: a CA when ``issuer`` is None, else a leaf with ``eku``."""
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    issuer_name, signing_key = issuer if issuer else (name, key)
-    ca = issuer is None
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(
-            # OpenVPN's remote-cert-tls requires a key usage extension on the peer's cert.
-            x509.KeyUsage(
-                digital_signature=not ca,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=not ca,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    )
-    if eku is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-    return builder.sign(signing_key, hashes.SHA256())
-
-
-def write_openvpn_pki(directory: Path) -> None:
-    """A throwaway EC CA plus a server and a client certificate with their EKUs."""
-    pem = serialization.Encoding.PEM
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = _certificate("tunneld-bench CA", ca_key, None, None)
-    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
-    for role, eku in (
-        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
-        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
-    ):
-        key = ec.generate_private_key(ec.SECP256R1())
-        leaf = _certificate(f"tunneld-bench {role}", key, (ca_cert.subject, ca_key), eku)
-        (directory / f"{role}.pem").write_bytes(leaf.public_bytes(pem))
-        key_path = directory / f"{role}.key"
-        key_path.touch(mode=0o600)
-        key_bytes = key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        key_path.write_bytes(key_bytes)
-
-
 class OpenVpnP2p:
     """OpenVPN 2.6 in peer-to-peer TLS mode, AES-256-GCM, userspace data channel (no DCO).
 
@@ -342,6 +277,7 @@ class Sample:
     rtts_ms: list[float]
     retransmits: int | None
     cpu_busy_pct: float  # the whole machine during the iperf3 run (other users included)
+    gateway_cpu_pct: float  # the processes in both gateways (% of one core), e.g. the tunnels
     egress: str  # the device gateway A sends site B's traffic to
     mtu: int
 
@@ -385,10 +321,31 @@ def wait_reachable(lab: Lab, config: Configuration) -> None:
     )
 
 
-def _cpu_times() -> tuple[int, int]:
-    """(total, idle) jiffies of the whole machine, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return sum(fields), fields[3] + fields[4]  # idle + iowait
+@dataclass(frozen=True)
+class CpuUsage:
+    """CPU counters at one instant: the whole machine and the processes in the gateways."""
+
+    machine: tuple[int, int]  # (total, idle) jiffies from /proc/stat
+    gateways: dict[int, int]  # pid -> utime + stime, in clock ticks
+    at: float
+
+    @classmethod
+    def now(cls, lab: Lab) -> CpuUsage:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        ticks = {}
+        for gateway in ("gwa", "gwb"):
+            for pid in run(["ip", "netns", "pids", lab.ns(gateway)], timeout=5).split():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    ticks[int(pid)] = int(stat[11]) + int(stat[12])  # utime, stime
+        return cls((sum(fields), fields[3] + fields[4]), ticks, time.monotonic())
+
+    def since(self, before: CpuUsage) -> tuple[float, float]:
+        """(machine busy %, gateway processes' % of one core) between two instants."""
+        total, idle = (now - then for now, then in zip(self.machine, before.machine, strict=True))
+        spent = sum(t - before.gateways.get(pid, 0) for pid, t in self.gateways.items())
+        elapsed = max(1e-3, self.at - before.at) * os.sysconf("SC_CLK_TCK")
+        return 100.0 * (1 - idle / max(1, total)), 100.0 * spent / elapsed
 
 
 def _listening(lab: Lab) -> bool:
@@ -396,8 +353,8 @@ def _listening(lab: Lab) -> bool:
     return bool(out.strip())
 
 
-def iperf(lab: Lab, duration: int) -> tuple[float, int | None, float]:
-    """One TCP stream site A -> site B: (Mbit/s received, retransmits, CPU busy %)."""
+def iperf(lab: Lab, duration: int) -> tuple[float, int | None, tuple[float, float]]:
+    """One TCP stream site A -> site B: (Mbit/s received, retransmits, CPU usage)."""
     server = subprocess.Popen(
         lab.cmd("b", "iperf3", "-s", "-1", "-B", SITE_B_HOST, "-p", str(IPERF_PORT)),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -407,10 +364,10 @@ def iperf(lab: Lab, duration: int) -> tuple[float, int | None, float]:
         wait_until("the iperf3 server", lambda: _listening(lab), 5)
         client = ["iperf3", "-c", SITE_B_HOST, "-p", str(IPERF_PORT), "-t", str(duration)]
         client += ["-J", "--connect-timeout", "3000"]
-        before = _cpu_times()
+        before = CpuUsage.now(lab)
         # iperf3 3.12 can spin forever when the tunnel dies: the timeout kills it.
         out = run(lab.cmd("a", *client), timeout=duration + 20, check=False)
-        after = _cpu_times()
+        usage = CpuUsage.now(lab).since(before)
     finally:
         stop_process(server, grace=2)
     try:
@@ -421,8 +378,7 @@ def iperf(lab: Lab, duration: int) -> tuple[float, int | None, float]:
         received = float(report["end"]["sum_received"]["bits_per_second"])
     except (KeyError, TypeError) as exc:
         raise BenchError(f"iperf3 failed: {report.get('error', 'no result')}") from exc
-    busy = 100.0 * (1 - (after[1] - before[1]) / max(1, after[0] - before[0]))
-    return received / 1e6, report["end"].get("sum_sent", {}).get("retransmits"), busy
+    return received / 1e6, report["end"].get("sum_sent", {}).get("retransmits"), usage
 
 
 @contextlib.contextmanager
@@ -446,11 +402,13 @@ def measure(ctx: Context, config: Configuration, args: argparse.Namespace) -> Sa
         if not rtts:
             raise BenchError(f"{config.name}: no ping answered")
         flush_route_caches(ctx.lab)
-        mbps, retransmits, busy = iperf(ctx.lab, args.duration)
+        mbps, retransmits, (busy, gateways) = iperf(ctx.lab, args.duration)
     finally:
         with uninterrupted():
             config.teardown()
-    return Sample(mbps, rtts, retransmits, busy, egress, mtu)
+    return Sample(
+        round(mbps, 1), rtts, retransmits, round(busy, 1), round(gateways, 1), egress, mtu
+    )
 
 
 # -- rounds, results, report ------------------------------------------------------------
@@ -469,6 +427,9 @@ class Results:
     def rtt_ms(self, name: str) -> float:
         """Median over every ping of every round."""
         return statistics.median(ms for s in self.samples[name] for ms in s.rtts_ms)
+
+    def gateway_cpu(self, name: str) -> float:
+        return statistics.median(s.gateway_cpu_pct for s in self.samples[name])
 
     def ratios(self) -> dict[str, float]:
         pairs = [(n, "plain") for n in self.names if n != "plain"]
@@ -491,6 +452,7 @@ def run_rounds(ctx: Context, args: argparse.Namespace) -> Results:
                 f"round {r + 1}/{args.rounds} {name:8} {sample.mbps:9.1f} Mbit/s"
                 f"  RTT {statistics.median(sample.rtts_ms):.3f} ms"
                 f"  retransmits {sample.retransmits}  CPU {sample.cpu_busy_pct:.0f}% busy"
+                f" (gateway processes {sample.gateway_cpu_pct:.0f}%)"
                 f"  via {sample.egress} (MTU {sample.mtu})",
                 file=sys.stderr,
                 flush=True,
@@ -503,28 +465,35 @@ def format_table(results: Results, args: argparse.Namespace) -> str:
     lines = [
         f"{args.rounds} round(s) x {args.duration} s, one TCP stream site A -> site B, "
         f"{args.pings} pings at {args.ping_interval} s; medians",
-        f"{'configuration':17} {'Mbit/s':>9} {'vs plain':>9} {'RTT ms':>8}   per round (Mbit/s)",
+        f"{'configuration':17} {'Mbit/s':>9} {'vs plain':>9} {'RTT ms':>8} {'gw CPU %':>9}"
+        "   per round (Mbit/s)",
     ]
     for name in results.names:
         mbps = results.mbps(name)
         vs_plain = f"{mbps / results.mbps('plain'):9.2f}" if has_plain else f"{'-':>9}"
         runs = " ".join(f"{s.mbps:.0f}" for s in results.samples[name])
         label = f"{name} ({args.tunneld_mode})" if name == "tunneld" else name
-        lines.append(f"{label:17} {mbps:9.1f} {vs_plain} {results.rtt_ms(name):8.3f}   {runs}")
+        cpu = results.gateway_cpu(name)
+        lines.append(
+            f"{label:17} {mbps:9.1f} {vs_plain} {results.rtt_ms(name):8.3f} {cpu:9.0f}   {runs}"
+        )
     if "tunneld/openvpn" in results.ratios():
         lines.append(f"tunneld/openvpn throughput ratio: {results.ratios()['tunneld/openvpn']:.2f}")
     return "\n".join(lines)
 
 
 def to_json(results: Results, args: argparse.Namespace, load: list[float]) -> dict[str, Any]:
+    per_round = ("mbps", "retransmits", "cpu_busy_pct", "gateway_cpu_pct")
     configs = {
         name: {
             "mbps": round(results.mbps(name), 1),
             "rtt_ms": round(results.rtt_ms(name), 4),
-            "mbps_per_round": [round(s.mbps, 1) for s in results.samples[name]],
-            "retransmits_per_round": [s.retransmits for s in results.samples[name]],
-            "cpu_busy_pct_per_round": [round(s.cpu_busy_pct, 1) for s in results.samples[name]],
+            "gateway_cpu_pct": round(results.gateway_cpu(name), 1),
             "mtu": results.samples[name][0].mtu,
+        }
+        | {
+            f"{key}_per_round": [getattr(s, key) for s in results.samples[name]]
+            for key in per_round
         }
         for name in results.names
     }
