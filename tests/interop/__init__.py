@@ -1,1 +1,1 @@
-"""strongSwan interop tests: the peer wrapper (swan.py), the lab (swanlab.py), a test PKI."""
+"""strongSwan interop tests: the peer (swan.py), the lab (sitelab.py), certificates, UDP probes."""

@@ -1,9 +1,12 @@
-"""Fixtures for interop tests: the lab namespaces and strongSwan gateways.
+"""Fixtures for interop tests: the lab namespaces, strongSwan and tunneld gateways.
 
-`lab` builds the five-namespace topology (swanlab.py) and removes it after the
-test; `strongswan` is a factory `strongswan(role) -> StrongSwan` whose charons
-are all stopped (and checked gone) before the lab is torn down, also when the
-test fails.
+`lab` brings up netns-scripts/lab.sh's five namespaces (sitelab.py) and
+removes them after the test; `strongswan` is a factory
+`strongswan(role) -> StrongSwan` and `tunneld_gateway` a factory
+`tunneld_gateway(role, config) -> tunneld.lab.Gateway`. Every charon and
+tunneld they started is stopped, and checked gone, before the lab is torn
+down, also when the test fails; then no process may still name the test's
+directory and no namespace of the lab may be left.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.interop.sitelab import Lab, lab_topology, processes_mentioning
 from tests.interop.swan import CHARON, StrongSwan, SwanError
-from tests.interop.swanlab import Lab, lab_topology
+from tunneld.lab import Gateway
 
 
 def _require_lab() -> None:
@@ -28,10 +33,12 @@ def _require_lab() -> None:
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
+def lab(tmp_path: Path) -> Iterator[Lab]:
     _require_lab()
     with lab_topology() as topology:
         yield topology
+    left = processes_mentioning(tmp_path)
+    assert not left, f"processes still running from {tmp_path}: {left}"
 
 
 @pytest.fixture
@@ -52,3 +59,23 @@ def strongswan(lab: Lab, tmp_path: Path) -> Iterator[Callable[[str], StrongSwan]
             errors.append(str(exc))
     if errors:
         raise SwanError("; ".join(errors))
+
+
+@pytest.fixture
+def tunneld_gateway(lab: Lab, tmp_path: Path) -> Iterator[Callable[[str, Path], Gateway]]:
+    """`make(role, config)`: a not yet started `tunneld run -c config` in PREFIX-role."""
+    made: list[Gateway] = []
+
+    def make(role: str, config: Path) -> Gateway:
+        socket = Path(tomllib.loads(config.read_text())["gateway"]["control_socket"])
+        gateway = Gateway(lab, role, config, socket, tmp_path / f"tunneld-{role}.log")
+        made.append(gateway)
+        return gateway
+
+    yield make
+    alive = []
+    for gateway in made:
+        gateway.stop(timeout=5)  # SIGTERM (DELETE to the peer), SIGKILL if it hangs
+        if gateway.proc is not None and gateway.proc.poll() is None:
+            alive.append(gateway.proc.pid)
+    assert not alive, f"tunneld still running: {alive}"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.certs import make_ecdsa_pki
+from tests.interop.certs import GW_A, GW_B, lab_pki
+from tests.interop.sitelab import SITE_A_NET, SITE_B_HOST, SITE_B_NET, WAN_A, WAN_B, Lab
 from tests.interop.swan import (
     SCRIPT,
     StrongSwan,
@@ -25,17 +26,14 @@ from tests.interop.swan import (
     charons_using,
     pid_alive,
 )
-from tests.interop.swanlab import SITE_A_NET, SITE_B_HOST, SITE_B_NET, WAN_A, WAN_B, Lab
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
-
-GW_A, GW_B = "gw-a.example.org", "gw-b.example.org"
 
 
 def _pair_configs(auth: str, tmp_path: Path) -> tuple[SwanConfig, SwanConfig]:
     """(gateway A, gateway B): mirrored connections, X25519, AES-256-GCM."""
     if auth == "pubkey":
-        pki = make_ecdsa_pki(tmp_path / "pki", [GW_A, GW_B])
+        pki = lab_pki(tmp_path / "pki")
         cred_a = {"cert": pki[GW_A].cert, "key": pki[GW_A].key, "ca": pki[GW_A].ca}
         cred_b = {"cert": pki[GW_B].cert, "key": pki[GW_B].key, "ca": pki[GW_B].ca}
     else:
