@@ -435,7 +435,7 @@ class Results:
         pairs = [(n, "plain") for n in self.names if n != "plain"]
         pairs.append(("tunneld", "openvpn"))
         return {
-            f"{a}/{b}": round(self.mbps(a) / self.mbps(b), 3)
+            f"{a}/{b}": float(f"{self.mbps(a) / self.mbps(b):.4g}")  # 4 significant digits
             for a, b in pairs
             if a in self.names and b in self.names
         }
