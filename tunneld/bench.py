@@ -175,12 +175,13 @@ class StaticPairTunneld:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
-    def _static_pair(self, action: str, check: bool) -> None:
-        argv = [sys.executable, "-m", "tests.tools.static_pair", action, self._ctx.lab.prefix]
+    def _static_pair(self, action: str, *options: str, check: bool) -> None:
+        prefix = self._ctx.lab.prefix
+        argv = [sys.executable, "-m", "tests.tools.static_pair", action, prefix, *options]
         run(argv, timeout=SETUP_TIMEOUT, check=check, cwd=self._ctx.repo)
 
     def setup(self) -> None:
-        self._static_pair("up", check=True)
+        self._static_pair("up", "--mtu", str(TUNNEL_MTU), check=True)
 
     def teardown(self) -> None:
         self._static_pair("down", check=False)
