@@ -17,9 +17,12 @@ Theory of operation:
    installed first, then the outbound one becomes current, then the route is
    added. When a Child SA goes, its inbound SA stays for ``delete_delay`` so
    packets in flight still decrypt.
-5. Two IKE SAs with one peer (both sides initiated at once, or the peer
-   restarted) resolve deterministically: the one with the larger
-   (SPIi, SPIr) pair survives on both sides, the other is deleted.
+5. One IKE SA per peer. An IKE SA that was already established when a new
+   one began is stale: the peer restarted (it says so with INITIAL_CONTACT,
+   RFC 7296 §2.4) or replaced it, so the new one wins, its Child SAs leave
+   the data plane at once and it is deleted. IKE SAs negotiated at the same
+   time (both sides initiated) resolve deterministically: the one with the
+   larger (SPIi, SPIr) pair survives on both sides, the other is deleted.
 """
 
 from __future__ import annotations
@@ -131,6 +134,9 @@ class Peer:
         # sessions that reported IkeSaUp: a session is CLOSED by the time its
         # IkeSaDown is applied, so it can no longer say whether it ever was up
         self._were_up: set[IkeSession] = set()
+        # rule 5: when each session's negotiation began and when it came up
+        self._begun: dict[IkeSession, float] = {}
+        self._up_at: dict[IkeSession, float] = {}
         self._send, self._recv = trio.open_memory_channel[_Input | None](INBOX_SIZE)
         self._want_up = auto == "start"
         self._retry_at = math.inf
@@ -233,8 +239,7 @@ class Peer:
             remote_addr=self.remote,
         )
         session.initiate(now)  # picks our SPI
-        self.sessions.append(session)
-        self.daemon.register_session(session, self)
+        self._adopt(session, now)
         log.info("initiating IKE SA", extra={"peer": self.name, "remote": self.remote[0]})
 
     def _receive(self, dgram: IkeDatagram, header: IkeHeader) -> None:
@@ -252,21 +257,27 @@ class Peer:
             session = IkeSession.responder(
                 self.session_config, self.daemon.entropy, now, dgram.local, dgram.remote
             )
-            self.sessions.append(session)
-            self.daemon.register_session(session, self)
+            self._adopt(session, now)
             return session
         return None
+
+    def _adopt(self, session: IkeSession, now: float) -> None:
+        self.sessions.append(session)
+        self._begun[session] = now
+        self.daemon.register_session(session, self)
 
     # -- after every input: send, apply events, forget dead sessions --------------
 
     def _after_io(self) -> None:
-        for session in list(self.sessions):
-            for data, src, dst in session.datagrams_to_send():
-                self.daemon.send_ike(data, src, dst)
-            while (event := session.next_event()) is not None:
-                self._apply(session, event)
+        came_up = [session for session in list(self.sessions) if self._flush(session)]
+        for session in came_up:  # rule 5, once the new IKE SA's Child SA is installed
+            self._resolve_duplicates(session, trio.current_time())
+        for session in list(self.sessions) if came_up else ():
+            self._flush(session)  # the DELETEs rule 5 queued leave now
         for session in [s for s in self.sessions if s.finished]:
             self.sessions.remove(session)
+            self._begun.pop(session, None)
+            self._up_at.pop(session, None)
             self.daemon.unregister_session(session)
         if (
             not self._live_sessions()
@@ -277,6 +288,16 @@ class Peer:
             self._retry_at = trio.current_time() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
 
+    def _flush(self, session: IkeSession) -> bool:
+        """Send the session's datagrams and apply its events; True if it came up."""
+        for data, src, dst in session.datagrams_to_send():
+            self.daemon.send_ike(data, src, dst)
+        came_up = False
+        while (event := session.next_event()) is not None:
+            self._apply(session, event)
+            came_up = came_up or isinstance(event, IkeSaUp)
+        return came_up
+
     def _apply(self, session: IkeSession, event: object) -> None:
         now = trio.current_time()
         if isinstance(event, IkeSaUp):
@@ -285,11 +306,11 @@ class Peer:
             self.status.last_error = None
             self._retry_delay = RETRY_INITIAL
             self._were_up.add(session)
+            self._up_at[session] = now
             log.info(
                 "IKE SA established",
                 extra={"peer": self.name, "remote_id": event.remote_id, "alg": event.algorithms},
             )
-            self._resolve_duplicates(now)
         elif isinstance(event, ChildSaUp):
             self._install_child(session, event, now)
         elif isinstance(event, ChildSaDown):
@@ -297,9 +318,16 @@ class Peer:
         elif isinstance(event, IkeSaDown):
             self._ike_down(session, event, now)
 
-    def _resolve_duplicates(self, now: float) -> None:
-        """Rule 5: of several established IKE SAs keep the one with the larger SPI pair."""
-        up = [s for s in self.sessions if s.established]
+    def _resolve_duplicates(self, fresh: IkeSession, now: float) -> None:
+        """Rule 5, when ``fresh`` came up: stale IKE SAs go, simultaneous ones by SPI pair.
+
+        Only ESTABLISHED sessions count: one being deleted is already going.
+        """
+        up = [s for s in self.sessions if s.state is IkeState.ESTABLISHED]
+        begun = self._begun.get(fresh, now)
+        for stale in [s for s in up if s is not fresh and self._up_at.get(s, now) <= begun]:
+            self._replace_stale(stale, now)
+            up.remove(stale)
         if len(up) < 2:
             return
         keep = max(up, key=lambda s: (s.spi_i, s.spi_r))
@@ -307,6 +335,15 @@ class Peer:
             if session is not keep:
                 log.info("deleting duplicate IKE SA", extra={"peer": self.name})
                 session.close(now)
+
+    def _replace_stale(self, stale: IkeSession, now: float) -> None:
+        """An IKE SA the peer has most likely forgotten: its Child SAs leave the data
+        plane now; the DELETE we still send may go unanswered (it then times out)."""
+        log.info("replacing stale IKE SA", extra={"peer": self.name, "spi_i": stale.spi_i.hex()})
+        for spi, record in list(self.children.items()):
+            if record.session is stale:
+                self._remove_child(spi, now, "replaced by a newer IKE SA")
+        stale.close(now)
 
     def _ike_down(self, session: IkeSession, event: IkeSaDown, now: float) -> None:
         for spi, record in list(self.children.items()):
