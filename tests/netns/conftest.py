@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -62,6 +63,7 @@ def static_pair(lab: str) -> Iterator[str]:
         yield lab
     finally:
         subprocess.run([*harness, "down", lab], capture_output=True, timeout=60, cwd=REPO)
+        shutil.rmtree(f"/run/tunneld-static-pair/{lab}", ignore_errors=True)  # its logs
 
 
 def _setns(fd: int) -> None:

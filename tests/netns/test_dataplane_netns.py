@@ -270,7 +270,7 @@ def test_stopping_the_gateways_removes_route_and_tun(static_pair: str) -> None:
     prefix = static_pair
     ping(prefix)
     assert "203.0.113.0/24 dev tnd0" in run("ip", "-n", f"{prefix}-gwa", "route").stdout
-    run(sys.executable, "-m", "tests.tools.static_pair", "down", prefix)
+    run(sys.executable, "-m", "tests.tools.static_pair", "down", prefix, "--keep-logs")
     for node, remote in (("gwa", "203.0.113.0/24"), ("gwb", "198.51.100.0/24")):
         assert remote not in run("ip", "-n", f"{prefix}-{node}", "route").stdout
         links = run("ip", "-n", f"{prefix}-{node}", "link").stdout

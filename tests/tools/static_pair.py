@@ -8,7 +8,7 @@ the two gateway processes on stdin (never argv, never a file) and forgets them.
     python -m tests.tools.static_pair up PREFIX [--mtu 1400] [--key-bits 256]
                                       [--batch 64] [--no-gso] [--no-gro] [--no-offload]
     python -m tests.tools.static_pair stats PREFIX gwa|gwb      (JSON counters)
-    python -m tests.tools.static_pair down PREFIX
+    python -m tests.tools.static_pair down PREFIX [--keep-logs]
 
 Each gateway process (``... gateway``, run by ``up`` inside PREFIX-gwX) opens
 TUN ``tnd0``, routes the remote site into it, binds UDP 4500 on its underlay
@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,7 +186,7 @@ def _reaped(pid: int) -> bool:
     return done == pid
 
 
-def cmd_down(prefix: str, quiet: bool = False) -> int:
+def cmd_down(prefix: str, quiet: bool = False, keep_logs: bool = False) -> int:
     state = _state_dir(prefix)
     for node in SITES:
         pidfile = state / f"{node}.pid"
@@ -195,10 +196,13 @@ def cmd_down(prefix: str, quiet: bool = False) -> int:
                 print(f"static_pair: stopping {node} (pid {pid})")
             _stop_pid(pid)
             pidfile.unlink()
-    for leftover in state.glob("*.sock") if state.exists() else ():
-        leftover.unlink()
+    if keep_logs:
+        for leftover in state.glob("*.sock"):
+            leftover.unlink()
+    else:
+        shutil.rmtree(state, ignore_errors=True)
     if not quiet:
-        print(f"static_pair: {prefix} down (logs kept in {state})")
+        print(f"static_pair: {prefix} down" + (f" (logs kept in {state})" if keep_logs else ""))
     return 0
 
 
@@ -308,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-offload", action="store_true", help="no TCP merging on TUN writes")
     down = sub.add_parser("down", help="stop both gateways")
     down.add_argument("prefix")
+    down.add_argument("--keep-logs", action="store_true", help="keep the gateways' logs")
     st = sub.add_parser("stats", help="print one gateway's counters as JSON")
     st.add_argument("prefix")
     st.add_argument("node", choices=sorted(SITES))
@@ -323,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         return cmd_up(args.prefix, args.mtu, args.key_bits, tuning)
     if args.cmd == "down":
-        return cmd_down(args.prefix)
+        return cmd_down(args.prefix, keep_logs=args.keep_logs)
     if args.cmd == "stats":
         print(json.dumps(stats(args.prefix, args.node)))
         return 0
