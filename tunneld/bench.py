@@ -500,10 +500,18 @@ def to_json(results: Results, args: argparse.Namespace, load: list[float]) -> di
     }
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], timeout=5, check=False
+        ).strip(),
         "rounds": args.rounds,
         "duration_s": args.duration,
         "tunneld_mode": args.tunneld_mode,
-        "machine": {"nproc": os.cpu_count(), "kernel": os.uname().release, "loadavg": load},
+        "machine": {
+            "nproc": os.cpu_count(),
+            "kernel": os.uname().release,
+            "loadavg_start": load,  # other users of the machine show up here
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "configs": configs,
         "ratios": results.ratios(),
     }
