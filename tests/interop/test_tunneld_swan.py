@@ -20,7 +20,9 @@ checks that:
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -333,3 +335,44 @@ def _swan_terminates_and_tunneld_sees_delete(pair: Pair) -> None:
     assert SITE_B_NET not in pair.lab.exec("gwa", "ip", "route", "show").stdout
     assert pair.lab.ping("a", SITE_B_HOST, count=1, timeout=0.3) == 0
     assert gw.stop() == 0
+
+
+def test_charon_restart_replaces_the_stale_ike_sa(
+    lab: Lab,
+    tmp_path: Path,
+    strongswan: Callable[[str], StrongSwan],
+    tunneld_gateway: Callable[[str, Path], Gateway],
+) -> None:
+    """charon dies (no DELETE), restarts and initiates with INITIAL_CONTACT: tunneld must
+    keep the new IKE SA, not the stale one (tests/daemon/test_peer_restart.py)."""
+    pair = _start_pair(Variant("swanctl"), lab, tmp_path, strongswan, tunneld_gateway)
+    gw, swan = pair.tunneld, pair.swan
+    (stale,) = _established(gw)
+    assert swan.started_pid is not None and swan.config is not None
+    os.kill(swan.started_pid, signal.SIGKILL)
+    swan.wait_for(lambda: not swan.running(), timeout=5, what="charon gone")
+
+    swan.start(swan.config)
+    swan.initiate()
+    fresh_spi = _only(swan.list_sas_raw())["initiator-spi"]
+    swan.wait_for(
+        lambda: [ike["spi_i"] for ike in _established(gw)] == [fresh_spi],
+        timeout=5,
+        what="tunneld on the new IKE SA only",
+    )
+    assert fresh_spi != stale["spi_i"]
+    assert "N(INIT_CONTACT)" in swan.log_text()
+    assert f"replacing stale IKE SA peer=gw-b spi_i={stale['spi_i']}" in gw.log.read_text()
+    child = _only(_only(gw.status()["peers"])["child_sas"])
+    assert (child["spi_in"], child["spi_out"]) == (
+        swan.child_sas()[0]["spi-out"],
+        swan.child_sas()[0]["spi-in"],
+    )
+    assert lab.ping("a", SITE_B_HOST, count=3) == 3
+    at_b, at_a = _run_probes(lab, 1_000)
+    _assert_clean(at_b, 1_000, "site A -> site B")
+    _assert_clean(at_a, 1_000, "site B -> site A")
+
+
+def _established(gw: Gateway) -> list[dict[str, Any]]:
+    return [ike for ike in _only(gw.status()["peers"])["ike_sas"] if ike["state"] == "established"]
