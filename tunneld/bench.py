@@ -432,6 +432,11 @@ class Results:
     def gateway_cpu(self, name: str) -> float:
         return statistics.median(s.gateway_cpu_pct for s in self.samples[name])
 
+    def per_core(self, name: str) -> float | None:
+        """Mbit/s per core-second of the gateway processes (None without any: plain)."""
+        rounds = [s.mbps * 100 / s.gateway_cpu_pct for s in self.samples[name] if s.gateway_cpu_pct]
+        return round(statistics.median(rounds), 1) if rounds else None
+
     def ratios(self) -> dict[str, float]:
         pairs = [(n, "plain") for n in self.names if n != "plain"]
         pairs.append(("tunneld", "openvpn"))
@@ -467,17 +472,17 @@ def format_table(results: Results, args: argparse.Namespace) -> str:
         f"{args.rounds} round(s) x {args.duration} s, one TCP stream site A -> site B, "
         f"{args.pings} pings at {args.ping_interval} s; medians",
         f"{'configuration':17} {'Mbit/s':>9} {'vs plain':>9} {'RTT ms':>8} {'gw CPU %':>9}"
-        "   per round (Mbit/s)",
+        f" {'Mbit/s/core':>12}   per round (Mbit/s)",
     ]
     for name in results.names:
         mbps = results.mbps(name)
         vs_plain = f"{mbps / results.mbps('plain'):9.2f}" if has_plain else f"{'-':>9}"
         runs = " ".join(f"{s.mbps:.0f}" for s in results.samples[name])
         label = f"{name} ({args.tunneld_mode})" if name == "tunneld" else name
-        cpu = results.gateway_cpu(name)
-        lines.append(
-            f"{label:17} {mbps:9.1f} {vs_plain} {results.rtt_ms(name):8.3f} {cpu:9.0f}   {runs}"
-        )
+        cpu, core = results.gateway_cpu(name), results.per_core(name)
+        per_core = f"{core:12.0f}" if core is not None else f"{'-':>12}"
+        rtt = results.rtt_ms(name)
+        lines.append(f"{label:17} {mbps:9.1f} {vs_plain} {rtt:8.3f} {cpu:9.0f} {per_core}   {runs}")
     if "tunneld/openvpn" in results.ratios():
         lines.append(f"tunneld/openvpn throughput ratio: {results.ratios()['tunneld/openvpn']:.2f}")
     return "\n".join(lines)
@@ -490,6 +495,7 @@ def to_json(results: Results, args: argparse.Namespace, load: list[float]) -> di
             "mbps": round(results.mbps(name), 1),
             "rtt_ms": round(results.rtt_ms(name), 4),
             "gateway_cpu_pct": round(results.gateway_cpu(name), 1),
+            "mbps_per_gateway_core": results.per_core(name),
             "mtu": results.samples[name][0].mtu,
         }
         | {
