@@ -4,6 +4,7 @@
     tunneld check -c FILE
     tunneld status (-c FILE | -s SOCKET) [--json]
     tunneld up|down PEER (-c FILE | -s SOCKET)
+    tunneld rekey PEER [--ike] (-c FILE | -s SOCKET)
     tunneld pki init-ca ... | tunneld pki issue ...
 
 Exit codes: 0 success, 1 runtime failure (daemon unreachable, command
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         _add_target(cmd)
         cmd.set_defaults(func=_cmd_peer, cmd=name)
 
+    rekey = sub.add_parser("rekey", help="rekey a peer's Child SAs now (--ike: its IKE SA)")
+    rekey.add_argument("peer")
+    rekey.add_argument("--ike", action="store_true", help="rekey the IKE SA instead")
+    _add_target(rekey)
+    rekey.set_defaults(func=_cmd_rekey)
+
     pki.add_pki_subcommands(sub)
     return p
 
@@ -133,6 +140,16 @@ def _cmd_peer(args: argparse.Namespace) -> int:
         print(f"tunneld: {response.get('error')}", file=sys.stderr)
         return 1
     print(f"{args.cmd} {args.peer}: ok")
+    return 0
+
+
+def _cmd_rekey(args: argparse.Namespace) -> int:
+    request = {"cmd": "rekey", "peer": args.peer, "ike": args.ike}
+    response = control.request(_socket_of(args), request)
+    if not response.get("ok"):
+        print(f"tunneld: {response.get('error')}", file=sys.stderr)
+        return 1
+    print(f"rekey {'IKE SA' if args.ike else 'Child SAs'} of {args.peer}: started")
     return 0
 
 

@@ -11,8 +11,8 @@ Theory of operation:
    the peer that owns the SPI it names; a new IKE_SA_INIT (SPIr = 0) goes to
    the peer configured for its source address (or a peer without an address).
    Anything else is counted and dropped: the dispatcher never raises.
-3. The SA database and the routes change only in ``install_child``,
-   ``retire_outbound`` and ``remove_inbound``, called by peer tasks.
+3. The SA database and the routes change only through each peer's
+   :class:`tunneld.childsas.ChildSet`, called by that peer's task.
 4. Shutdown (SIGTERM/SIGINT or cancellation): every peer sends DELETE for its
    IKE SAs, the daemon waits briefly for the answers, then removes routes,
    closes the TUN device and the sockets. Nothing is written to disk, so a
@@ -36,20 +36,19 @@ import trio
 from ike.auth import PrivateKey as SigningKey
 from ike.entropy import Entropy
 from ike.errors import ParseError
-from ike.events import ChildSaUp
 from ike.identity import Identity as IkeIdentity
 from ike.session import IkeSession
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
 from tunneld import control
+from tunneld.childsas import ChildSet, Limits
 from tunneld.config import Config, PeerConfig
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
-from tunneld.dataplane.sa import InboundSA, OutboundSA
 from tunneld.dataplane.sadb import SADatabase
 from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
-from tunneld.peer import ChildRecord, Peer
+from tunneld.peer import Peer, PeerPolicy
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
 
 log = logging.getLogger("tunneld.daemon")
@@ -174,6 +173,7 @@ class Daemon:
         self.peers: dict[str, Peer] = {}
         self.dispatch = DispatchStats()
         self._by_spi: dict[bytes, Peer] = {}
+        self._spis_of: dict[IkeSession, tuple[bytes, ...]] = {}
         self._datapath: DataPath | None = None
         self._routes: RouteTable | None = None
         self._udp: dict[int, Udp] = {}
@@ -225,14 +225,27 @@ class Daemon:
 
     def _make_peer(self, pc: PeerConfig) -> Peer:
         remote = None if pc.address is None else (str(pc.address), pc.port)
+        assert self._routes is not None
+        children = ChildSet(
+            pc.name,
+            self.sadb,
+            self._routes,
+            delete_delay=pc.delete_delay,
+            replay_window=pc.replay_window,
+        )
+        limits = Limits(
+            soft_packets=pc.child_packet_limit,
+            soft_bytes=pc.child_byte_limit,
+            hard_packets=pc.child_packet_hard_limit,
+            hard_bytes=pc.child_byte_hard_limit,
+        )
         return Peer(
             self,
             pc.name,
             session_config(self.config, pc, self._spi_in_use),
             remote=remote,
-            auto=pc.auto,
-            delete_delay=pc.delete_delay,
-            replay_window=pc.replay_window,
+            policy=PeerPolicy(auto=pc.auto, dpd_action=pc.dpd_action, limits=limits),
+            children=children,
             local_addr=lambda: (self._local_host, self.config.gateway.port),
         )
 
@@ -305,10 +318,17 @@ class Daemon:
         return wildcard
 
     def register_session(self, session: IkeSession, peer: Peer) -> None:
-        self._by_spi[session.local_spi] = peer
+        """Route every IKE SPI the session answers to (more than one around an IKE rekey)."""
+        for spi in self._spis_of.pop(session, ()):
+            self._by_spi.pop(spi, None)
+        spis = tuple(session.local_spis)
+        self._spis_of[session] = spis
+        for spi in spis:
+            self._by_spi[spi] = peer
 
     def unregister_session(self, session: IkeSession) -> None:
-        self._by_spi.pop(session.local_spi, None)
+        for spi in self._spis_of.pop(session, ()):
+            self._by_spi.pop(spi, None)
 
     def send_ike(self, data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
         if self._datapath is None:
@@ -322,51 +342,6 @@ class Daemon:
     def _spi_in_use(self, spi: int) -> bool:
         return self.sadb.inbound(spi) is not None
 
-    # -- the SA database and routes (rule 3) ----------------------------------------
-
-    def install_child(
-        self, peer: Peer, inbound: InboundSA, outbound: OutboundSA, event: ChildSaUp
-    ) -> None:
-        """Make-before-break: inbound first, then outbound becomes current, then the route."""
-        name = peer.name
-        try:
-            tunnel = self.sadb.tunnel(name)
-        except KeyError:
-            tunnel = self.sadb.add_tunnel(name, event.remote_addr, event.local_ts, event.remote_ts)
-        if tunnel.peer != event.remote_addr:
-            self.sadb.set_peer(name, event.remote_addr)
-        self.sadb.add_inbound(name, inbound)
-        self.sadb.install_next(name, outbound)
-        self.sadb.promote(name)
-        assert self._routes is not None
-        for net in event.remote_ts:
-            self._routes.add(net)
-
-    def retire_outbound(self, peer: Peer, gone: ChildRecord, successor: ChildRecord | None) -> None:
-        """A Child SA went: its outbound SA stops; the newest remaining one takes over."""
-        name = peer.name
-        tunnel = self.sadb.tunnel(name)
-        if tunnel.current is gone.outbound:
-            if successor is not None:
-                self.sadb.install_next(name, successor.outbound)
-                self.sadb.promote(name)
-            else:
-                self.sadb.demote(name)
-                self.sadb.retire_previous(name)
-        if successor is None and self._routes is not None:
-            for net in gone.event.remote_ts:
-                self._routes.remove(net)
-
-    def remove_inbound(self, peer: Peer, spi: int) -> None:
-        if self.sadb.inbound(spi) is not None:
-            self.sadb.remove_inbound(spi)
-        tunnel = self.sadb.tunnel(peer.name) if peer.name in self._tunnel_names() else None
-        if tunnel is not None and not tunnel.inbound_spis and tunnel.current is None:
-            self.sadb.remove_tunnel(peer.name)
-
-    def _tunnel_names(self) -> set[str]:
-        return {t.name for t in self.sadb.tunnels}
-
     # -- control socket -------------------------------------------------------------
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -378,6 +353,13 @@ class Daemon:
             if peer is None:
                 return {"ok": False, "error": f"no peer named {request.get('peer')!r}"}
             peer.up() if cmd == "up" else peer.down()
+            return {"ok": True}
+        if cmd == "rekey":
+            peer = self.peers.get(str(request.get("peer")))
+            if peer is None:
+                return {"ok": False, "error": f"no peer named {request.get('peer')!r}"}
+            if not peer.rekey(ike=bool(request.get("ike"))):
+                return {"ok": False, "error": f"peer {peer.name} has no established SA to rekey"}
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 

@@ -13,10 +13,15 @@ Theory of operation:
 3. The task sleeps until the earliest deadline of its sessions or its own
    retry timer (``trio.move_on_at``) and then calls ``handle_timer(now)``.
    Time is ``trio.current_time()`` only, so tests run it on a virtual clock.
-4. Child SAs reach the data plane make-before-break: the inbound SA is
-   installed first, then the outbound one becomes current, then the route is
-   added. When a Child SA goes, its inbound SA stays for ``delete_delay`` so
-   packets in flight still decrypt.
+4. Child SAs reach the data plane through :class:`tunneld.childsas.ChildSet`
+   (make-before-break; see there). About once a second the peer task lets it
+   look at the SA counters: authenticated inbound ESP is reported to the
+   session (liveness), soft packet/byte/sequence limits start a Child SA
+   rekey, hard limits delete the Child SA. Time limits are the session's.
+6. A peer declared dead (liveness checks unanswered) is handled by
+   ``dpd_action``: ``restart`` initiates again at once (if the peer's address
+   is known), ``clear`` leaves the tunnel down until an operator or the peer
+   brings it up.
 5. One IKE SA per peer. An IKE SA that was already established when a new
    one began is stale: the peer restarted (it says so with INITIAL_CONTACT,
    RFC 7296 §2.4) or replaced it, so the new one wins, its Child SAs leave
@@ -36,13 +41,21 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp
+from ike.events import (
+    ChildSaDown,
+    ChildSaOutboundActive,
+    ChildSaUp,
+    IkeSaDown,
+    IkeSaRekeyed,
+    IkeSaUp,
+    InitialContact,
+)
 from ike.session import IkeSession
 from ike.sessionconfig import SessionConfig
 from ike.states import IkeState
 from ike.wire import IkeHeader
+from tunneld.childsas import ChildSet, Limits
 from tunneld.datapath import IkeDatagram
-from tunneld.dataplane.sa import InboundSA, OutboundSA
 
 if TYPE_CHECKING:
     from tunneld.daemon import Daemon
@@ -52,20 +65,10 @@ log = logging.getLogger("tunneld.peer")
 INBOX_SIZE = 64  # IKE datagrams queued per peer; beyond this they are dropped (peer retransmits)
 RETRY_INITIAL = 2.0  # seconds before re-initiating after a failed IKE SA (auto = start)
 RETRY_MAX = 60.0
+WATCH_INTERVAL = 1.0  # seconds between looks at the SA counters (rule 4)
 
 
 _Input = tuple[IkeDatagram, IkeHeader]
-
-
-@dataclass
-class ChildRecord:
-    """A Child SA installed in the data plane."""
-
-    session: IkeSession
-    inbound: InboundSA
-    outbound: OutboundSA
-    event: ChildSaUp
-    installed_at: float
 
 
 @dataclass
@@ -73,35 +76,17 @@ class PeerStatus:
     last_error: str | None = None
     established_at: float | None = None
     ike_sas_established: int = 0
-    child_sas_installed: int = 0
+    ike_rekeys: int = 0
+    dead_peer_detections: int = 0
 
 
-@dataclass
-class _Retiring:
-    spi: int
-    at: float
+@dataclass(frozen=True)
+class PeerPolicy:
+    """What the daemon's configuration says about one peer beyond IKE."""
 
-
-def data_plane_sas(event: ChildSaUp, replay_window: int) -> tuple[InboundSA, OutboundSA]:
-    """The ESP SAs of a new Child SA, with the cipher it negotiated (``event.encr``).
-
-    Never a default cipher: an SA that sealed with AES-GCM under a
-    ChaCha20-Poly1305 agreement worked against tunneld and failed against
-    strongSwan (tests/unit/test_interop_regressions.py).
-    """
-    keys = event.keys
-    inbound = InboundSA(
-        event.inbound_spi,
-        keys.inbound_key,
-        keys.inbound_salt,
-        esn=event.esn,
-        replay_window=replay_window,
-        encr=event.encr,
-    )
-    outbound = OutboundSA(
-        event.outbound_spi, keys.outbound_key, keys.outbound_salt, esn=event.esn, encr=event.encr
-    )
-    return inbound, outbound
+    auto: str  # "start" | "listen"
+    dpd_action: str  # "restart" | "clear"
+    limits: Limits
 
 
 class Peer:
@@ -114,23 +99,21 @@ class Peer:
         session_config: SessionConfig,
         *,
         remote: tuple[str, int] | None,
-        auto: str,
-        delete_delay: float,
-        replay_window: int,
+        policy: PeerPolicy,
+        children: ChildSet,
         local_addr: Callable[[], tuple[str, int]],
     ) -> None:
         self.daemon = daemon
         self.name = name
         self.session_config = session_config
         self.remote = remote
-        self.auto = auto
-        self.delete_delay = delete_delay
-        self.replay_window = replay_window
+        self.policy = policy
+        self.auto = policy.auto
+        self.children = children
         self._local_addr = local_addr
         self.sessions: list[IkeSession] = []
-        self.children: dict[int, ChildRecord] = {}
         self.status = PeerStatus()
-        self._retiring: list[_Retiring] = []
+        self._watch_at = math.inf
         # sessions that reported IkeSaUp: a session is CLOSED by the time its
         # IkeSaDown is applied, so it can no longer say whether it ever was up
         self._were_up: set[IkeSession] = set()
@@ -138,7 +121,7 @@ class Peer:
         self._begun: dict[IkeSession, float] = {}
         self._up_at: dict[IkeSession, float] = {}
         self._send, self._recv = trio.open_memory_channel[_Input | None](INBOX_SIZE)
-        self._want_up = auto == "start"
+        self._want_up = policy.auto == "start"
         self._retry_at = math.inf
         self._retry_delay = RETRY_INITIAL
         self.inbox_drops = 0
@@ -151,8 +134,21 @@ class Peer:
         except trio.WouldBlock:
             self.inbox_drops += 1
 
-    def owns_spi(self, spi: bytes) -> bool:
-        return any(s.local_spi == spi for s in self.sessions)
+    def rekey(self, *, ike: bool) -> bool:
+        """Operator asked for a rekey of the IKE SA or of every Child SA; False if none is up."""
+        now = trio.current_time()
+        started = False
+        for session in self.sessions:
+            if session.state is not IkeState.ESTABLISHED:
+                continue
+            if ike:
+                started = session.rekey_ike(now) or started
+            else:
+                for record in list(self.children.records.values()):
+                    if record.session is session and record.active:
+                        started = session.rekey_child(record.inbound.spi, now) or started
+        self._poke()
+        return started
 
     def up(self) -> None:
         """Operator asked for the tunnel: initiate now if no IKE SA is in progress."""
@@ -174,6 +170,7 @@ class Peer:
     async def run(self) -> None:
         if self._want_up and self.remote is not None:
             self._retry_at = trio.current_time()
+        self._watch_at = trio.current_time() + WATCH_INTERVAL
         while True:
             deadline = self._next_deadline()
             with trio.move_on_at(deadline):
@@ -195,8 +192,10 @@ class Peer:
             self._send.send_nowait(None)
 
     def _next_deadline(self) -> float:
-        deadlines = [self._retry_at]
-        deadlines += [r.at for r in self._retiring]
+        deadlines = [self._retry_at, self._watch_at]
+        expiry = self.children.next_expiry()
+        if expiry is not None:
+            deadlines.append(expiry)
         for session in self.sessions:
             d = session.next_deadline()
             if d is not None:
@@ -208,9 +207,10 @@ class Peer:
             d = session.next_deadline()
             if d is not None and d <= now:
                 session.handle_timer(now)
-        for r in [r for r in self._retiring if r.at <= now]:
-            self._retiring.remove(r)
-            self._remove_inbound(r.spi)
+        self.children.expire(now)
+        if self._watch_at <= now:
+            self._watch_at = now + WATCH_INTERVAL
+            self._watch(now)
         if self._retry_at <= now:
             self._retry_at = math.inf
             if self._want_up and not self._live_sessions():
@@ -313,8 +313,27 @@ class Peer:
             )
         elif isinstance(event, ChildSaUp):
             self._install_child(session, event, now)
+        elif isinstance(event, ChildSaOutboundActive):
+            self.children.activate(event.inbound_spi)
+            log.info(
+                "Child SA outbound active",
+                extra={"peer": self.name, "spi_out": f"{event.outbound_spi:08x}"},
+            )
         elif isinstance(event, ChildSaDown):
             self._remove_child(event.inbound_spi, now, event.reason)
+        elif isinstance(event, IkeSaRekeyed):
+            self.status.ike_rekeys += 1
+            self.daemon.register_session(session, self)
+            log.info(
+                "IKE SA rekeyed",
+                extra={
+                    "peer": self.name,
+                    "old_spi": event.old_local_spi.hex(),
+                    "new_spi": event.new_local_spi.hex(),
+                },
+            )
+        elif isinstance(event, InitialContact):
+            self._initial_contact(session, now)
         elif isinstance(event, IkeSaDown):
             self._ike_down(session, event, now)
 
@@ -340,29 +359,47 @@ class Peer:
         """An IKE SA the peer has most likely forgotten: its Child SAs leave the data
         plane now; the DELETE we still send may go unanswered (it then times out)."""
         log.info("replacing stale IKE SA", extra={"peer": self.name, "spi_i": stale.spi_i.hex()})
-        for spi, record in list(self.children.items()):
+        for spi, record in list(self.children.records.items()):
             if record.session is stale:
                 self._remove_child(spi, now, "replaced by a newer IKE SA")
         stale.close(now)
 
+    def _initial_contact(self, fresh: IkeSession, now: float) -> None:
+        """The peer holds no other IKE SA with us (RFC 7296 §2.4): older ones are stale."""
+        for session in list(self.sessions):
+            if session is not fresh and session.state is IkeState.ESTABLISHED:
+                self._replace_stale(session, now)
+
     def _ike_down(self, session: IkeSession, event: IkeSaDown, now: float) -> None:
-        for spi, record in list(self.children.items()):
+        for spi, record in list(self.children.records.items()):
             if record.session is session:
                 self._remove_child(spi, now, event.reason)
         reason = event.reason + (f" ({event.notify.name})" if event.notify is not None else "")
         was_up = session in self._were_up
         self._were_up.discard(session)
-        if event.notify is not None or not was_up:  # a clean DELETE is no error
+        if event.notify is not None or not was_up or event.peer_dead:  # a clean DELETE is no error
             self.status.last_error = reason
         log.info("IKE SA down", extra={"peer": self.name, "reason": reason})
+        if event.peer_dead:
+            self._dead_peer(now)
+
+    def _dead_peer(self, now: float) -> None:
+        """Rule 6: apply dpd_action."""
+        self.status.dead_peer_detections += 1
+        action = self.policy.dpd_action
+        log.warning("peer dead", extra={"peer": self.name, "action": action})
+        if action == "restart" and self.remote is not None:
+            self._want_up = True
+            self._retry_delay = RETRY_INITIAL
+            self._retry_at = now  # initiate again at once
+        elif action == "clear":
+            self._want_up = False
+            self._retry_at = math.inf
 
     # -- the data plane side (rule 4) ---------------------------------------------
 
     def _install_child(self, session: IkeSession, event: ChildSaUp, now: float) -> None:
-        inbound, outbound = data_plane_sas(event, self.replay_window)
-        self.daemon.install_child(self, inbound, outbound, event)
-        self.children[event.inbound_spi] = ChildRecord(session, inbound, outbound, event, now)
-        self.status.child_sas_installed += 1
+        record = self.children.install(session, event, now)
         log.info(
             "Child SA installed",
             extra={
@@ -370,31 +407,41 @@ class Peer:
                 "spi_in": f"{event.inbound_spi:08x}",
                 "spi_out": f"{event.outbound_spi:08x}",
                 "alg": event.algorithms,
+                "generation": record.generation,
+                "outbound_active": event.outbound_active,
                 "local_ts": ",".join(map(str, event.local_ts)),
                 "remote_ts": ",".join(map(str, event.remote_ts)),
             },
         )
 
     def _remove_child(self, inbound_spi: int, now: float, reason: str) -> None:
-        record = self.children.pop(inbound_spi, None)
-        if record is None:
-            return
-        remaining = list(self.children.values())
-        self.daemon.retire_outbound(self, record, remaining[-1] if remaining else None)
-        self._retiring.append(_Retiring(inbound_spi, now + self.delete_delay))
-        log.info(
-            "Child SA removed",
-            extra={"peer": self.name, "spi_in": f"{inbound_spi:08x}", "reason": reason},
-        )
+        if self.children.remove(inbound_spi, now) is not None:
+            log.info(
+                "Child SA removed",
+                extra={"peer": self.name, "spi_in": f"{inbound_spi:08x}", "reason": reason},
+            )
 
-    def _remove_inbound(self, spi: int) -> None:
-        self.daemon.remove_inbound(self, spi)
+    def _watch(self, now: float) -> None:
+        """Rule 4: liveness notices, soft limits (rekey), hard limits (delete)."""
+        result = self.children.watch(self.policy.limits)
+        for record in result.inbound_seen:
+            record.session.notice_inbound(now, record.inbound.spi)
+        for record in result.rekey:
+            log.info(
+                "Child SA soft limit reached, rekeying",
+                extra={"peer": self.name, "spi_in": f"{record.inbound.spi:08x}"},
+            )
+            record.session.rekey_child(record.inbound.spi, now)
+        for record in result.expire:
+            log.warning(
+                "Child SA hard limit reached, deleting",
+                extra={"peer": self.name, "spi_in": f"{record.inbound.spi:08x}"},
+            )
+            record.session.delete_child(record.inbound.spi, now)
 
     def shutdown_now(self) -> None:
         """At daemon exit: drop every inbound SA at once (no delete delay)."""
-        for r in self._retiring:
-            self._remove_inbound(r.spi)
-        self._retiring.clear()
+        self.children.expire(trio.current_time(), everything=True)
 
     # -- status ----------------------------------------------------------------
 
@@ -406,24 +453,14 @@ class Peer:
             "state": self.state,
             "last_error": self.status.last_error,
             "ike_sas": [s.status(now) for s in self.sessions],
-            "child_sas": [self._child_snapshot(r, now) for r in self.children.values()],
+            "child_sas": self.children.snapshot(now),
+            "retiring_spis": [f"{spi:08x}" for spi in self.children.retiring_spis()],
             "counters": {
                 "ike_sas_established": self.status.ike_sas_established,
-                "child_sas_installed": self.status.child_sas_installed,
+                "ike_rekeys": self.status.ike_rekeys,
+                "child_sas_installed": self.children.installed_total,
+                "child_rekeys": self.children.rekeys_total,
+                "dead_peer_detections": self.status.dead_peer_detections,
                 "inbox_drops": self.inbox_drops,
             },
-        }
-
-    def _child_snapshot(self, r: ChildRecord, now: float) -> dict[str, Any]:
-        return {
-            "spi_in": f"{r.inbound.spi:08x}",
-            "spi_out": f"{r.outbound.spi:08x}",
-            "algorithms": r.event.algorithms,
-            "esn": r.event.esn,
-            "local_ts": [str(n) for n in r.event.local_ts],
-            "remote_ts": [str(n) for n in r.event.remote_ts],
-            "age": round(now - r.installed_at, 3),
-            "in": {"packets": r.inbound.packets, "bytes": r.inbound.bytes},
-            "out": {"packets": r.outbound.packets, "bytes": r.outbound.bytes},
-            "drops": {k.value: v for k, v in r.inbound.drops.items() if v},
         }

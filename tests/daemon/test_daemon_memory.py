@@ -126,7 +126,7 @@ async def test_tunnel_comes_up_and_carries_packets_both_ways(
         got_a = [await tun_a.host_recv() for _ in range(100)]
     assert got_b[42].endswith(b"a->b 42") and got_a[99].endswith(b"b->a 99")
     ca = children(pair.a)[0]
-    assert ca["out"] == {"packets": 100, "bytes": sum(len(p) for p in got_b)}
+    assert ca["out"] == {"packets": 100, "bytes": sum(len(p) for p in got_b), "seq": 100}
     assert ca["in"]["packets"] == 100
 
 
@@ -142,7 +142,7 @@ async def test_status_over_the_control_socket_shows_sas_without_secrets(
     assert ike["role"] == "initiator" and ike["remote_id"] == "gw-b.example.org"
     assert peer["child_sas"][0]["algorithms"].startswith("aes256gcm16")
     text = repr(st)
-    records = list(pair.a.daemon.peers["gw-b"].children.values())
+    records = list(pair.a.daemon.peers["gw-b"].children.records.values())
     assert records
     for record in records:
         keys = record.event.keys
@@ -164,10 +164,10 @@ async def test_down_sends_delete_and_removes_routes_on_both_sides(
     peer_b = pair.b.daemon.status()["peers"][0]
     assert peer_b["state"] == "down"
     # `up` brings it back with fresh SPIs.
-    old = pair.a.daemon.peers["gw-b"].status.child_sas_installed
+    old = pair.a.daemon.peers["gw-b"].children.installed_total
     await pair.a.daemon._control({"cmd": "up", "peer": "gw-b"})
     await wait_for_children(pair.a, pair.b)
-    assert pair.a.daemon.peers["gw-b"].status.child_sas_installed == old + 1
+    assert pair.a.daemon.peers["gw-b"].children.installed_total == old + 1
 
 
 async def test_stopping_a_daemon_deletes_the_peers_sas(

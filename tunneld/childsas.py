@@ -1,0 +1,258 @@
+"""The Child SAs of one peer as the data plane holds them.
+
+Theory of operation:
+
+1. One SA database tunnel per peer, named after it; its selectors come from
+   the first Child SA. Every Child SA of the peer has a :class:`ChildRecord`
+   here, keyed by its inbound SPI.
+2. Make-before-break (DESIGN §4): ``install`` puts the inbound SA into the
+   database first. If the event says the outbound SA is active it becomes the
+   tunnel's current one at once (the previous current is kept as
+   ``previous``); otherwise it waits, unused, until ``activate`` (the rekey
+   responder's side: the peer may not have its inbound SA yet).
+3. ``remove`` stops a Child SA's outbound use at once (the newest remaining
+   active Child SA takes over, else the tunnel stops sending and its routes
+   go), but keeps its inbound SA for ``delete_delay`` seconds so packets in
+   flight still decrypt; ``expire`` drops it when that time has come.
+4. ``watch`` is called about once a second with the peer's limits: it reports
+   Child SAs whose soft packet/byte/sequence limits are reached (rekey), whose
+   hard limits are reached (delete), and which received authenticated ESP
+   since the last look (liveness).
+5. Routes to the remote selectors exist exactly while the tunnel has an
+   active outbound SA.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ike.events import ChildSaUp
+from tunneld.dataplane.sa import InboundSA, OutboundSA
+from tunneld.dataplane.sadb import SADatabase
+from tunneld.routes import RouteTable
+
+if TYPE_CHECKING:
+    from ike.session import IkeSession
+
+log = logging.getLogger("tunneld.childsas")
+
+SEQ32_MAX = (1 << 32) - 1
+# Without ESN a Child SA is rekeyed when fewer than this many sequence numbers
+# are left, whatever the packet limit says (the counter never wraps, RFC 4303 §3.3.3).
+SEQ_HEADROOM = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-peer Child SA volume limits (soft: rekey; hard: delete)."""
+
+    soft_packets: int
+    soft_bytes: int
+    hard_packets: int
+    hard_bytes: int
+
+
+@dataclass
+class ChildRecord:
+    """One Child SA in the data plane."""
+
+    session: IkeSession
+    inbound: InboundSA
+    outbound: OutboundSA
+    event: ChildSaUp
+    installed_at: float
+    generation: int = 0  # how many rekeys led to this Child SA
+    active: bool = False  # its outbound SA is (or was) the tunnel's current one
+    rekey_requested: bool = False
+    seen_inbound: int = 0  # inbound packets at the last watch()
+
+
+@dataclass
+class WatchResult:
+    rekey: list[ChildRecord] = field(default_factory=list)
+    expire: list[ChildRecord] = field(default_factory=list)
+    inbound_seen: list[ChildRecord] = field(default_factory=list)
+
+
+def data_plane_sas(event: ChildSaUp, replay_window: int) -> tuple[InboundSA, OutboundSA]:
+    """The ESP SAs of a new Child SA, with the cipher it negotiated (``event.encr``).
+
+    Never a default cipher: an SA that sealed with AES-GCM under a
+    ChaCha20-Poly1305 agreement worked against tunneld and failed against
+    strongSwan (tests/unit/test_interop_regressions.py).
+    """
+    keys = event.keys
+    inbound = InboundSA(
+        event.inbound_spi,
+        keys.inbound_key,
+        keys.inbound_salt,
+        esn=event.esn,
+        replay_window=replay_window,
+        encr=event.encr,
+    )
+    outbound = OutboundSA(
+        event.outbound_spi, keys.outbound_key, keys.outbound_salt, esn=event.esn, encr=event.encr
+    )
+    return inbound, outbound
+
+
+class ChildSet:
+    """The Child SAs of one peer (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        sadb: SADatabase,
+        routes: RouteTable,
+        *,
+        delete_delay: float,
+        replay_window: int,
+    ) -> None:
+        self.name = name
+        self._sadb = sadb
+        self._routes = routes
+        self.delete_delay = delete_delay
+        self.replay_window = replay_window
+        self.records: dict[int, ChildRecord] = {}
+        self._retiring: dict[int, float] = {}  # inbound SPI -> when to drop it
+        self._routed: set[Any] = set()
+        self.installed_total = 0
+        self.rekeys_total = 0
+
+    # -- rule 2: install, activate ---------------------------------------------------
+
+    def install(self, session: IkeSession, event: ChildSaUp, now: float) -> ChildRecord:
+        inbound, outbound = data_plane_sas(event, self.replay_window)
+        if self.name not in {t.name for t in self._sadb.tunnels}:
+            self._sadb.add_tunnel(self.name, event.remote_addr, event.local_ts, event.remote_ts)
+        elif self._sadb.tunnel(self.name).peer != event.remote_addr:
+            self._sadb.set_peer(self.name, event.remote_addr)
+        self._sadb.add_inbound(self.name, inbound)
+        old = self.records.get(event.rekey_of) if event.rekey_of is not None else None
+        record = ChildRecord(session, inbound, outbound, event, now)
+        record.seen_inbound = 0
+        if old is not None:
+            record.generation = old.generation + 1
+            self.rekeys_total += 1
+        self.records[event.inbound_spi] = record
+        self.installed_total += 1
+        if event.outbound_active:
+            self._make_current(record)
+        return record
+
+    def activate(self, inbound_spi: int) -> None:
+        record = self.records.get(inbound_spi)
+        if record is not None and not record.active:
+            self._make_current(record)
+
+    def _make_current(self, record: ChildRecord) -> None:
+        tunnel = self._sadb.tunnel(self.name)
+        if tunnel.current is not record.outbound:
+            self._sadb.install_next(self.name, record.outbound)
+            self._sadb.promote(self.name)
+        record.active = True
+        for net in record.event.remote_ts:
+            if net not in self._routed:
+                self._routes.add(net)
+                self._routed.add(net)
+
+    # -- rule 3: remove, expire ---------------------------------------------------------
+
+    def remove(self, inbound_spi: int, now: float) -> ChildRecord | None:
+        record = self.records.pop(inbound_spi, None)
+        if record is None:
+            return None
+        tunnel = self._sadb.tunnel(self.name)
+        if tunnel.current is record.outbound:
+            successor = self._newest_active()
+            if successor is not None:
+                self._sadb.install_next(self.name, successor.outbound)
+                self._sadb.promote(self.name)
+            else:
+                self._sadb.demote(self.name)
+                self._unroute()
+        if tunnel.previous is record.outbound:
+            self._sadb.retire_previous(self.name)
+        self._retiring[inbound_spi] = now + self.delete_delay
+        return record
+
+    def _newest_active(self) -> ChildRecord | None:
+        active = [r for r in self.records.values() if r.active]
+        return max(active, key=lambda r: r.installed_at) if active else None
+
+    def _unroute(self) -> None:
+        for net in self._routed:
+            self._routes.remove(net)
+        self._routed.clear()
+
+    def next_expiry(self) -> float | None:
+        return min(self._retiring.values(), default=None)
+
+    def expire(self, now: float, *, everything: bool = False) -> None:
+        """Drop inbound SAs whose delete delay is over (all of them with ``everything``)."""
+        for spi, at in list(self._retiring.items()):
+            if everything or at <= now:
+                del self._retiring[spi]
+                if self._sadb.inbound(spi) is not None:
+                    self._sadb.remove_inbound(spi)
+        self._drop_idle_tunnel()
+
+    def _drop_idle_tunnel(self) -> None:
+        if self.name not in {t.name for t in self._sadb.tunnels}:
+            return
+        tunnel = self._sadb.tunnel(self.name)
+        if not tunnel.inbound_spis and tunnel.current is None and not self.records:
+            self._sadb.remove_tunnel(self.name)
+
+    def retiring_spis(self) -> list[int]:
+        return list(self._retiring)
+
+    # -- rule 4: limits and liveness ------------------------------------------------------
+
+    def watch(self, limits: Limits) -> WatchResult:
+        result = WatchResult()
+        for record in self.records.values():
+            if record.inbound.packets != record.seen_inbound:
+                record.seen_inbound = record.inbound.packets
+                result.inbound_seen.append(record)
+            out, inb = record.outbound, record.inbound
+            packets = max(out.packets, inb.packets)
+            octets = max(out.bytes, inb.bytes)
+            if packets >= limits.hard_packets or octets >= limits.hard_bytes or out.exhausted:
+                result.expire.append(record)
+            elif not record.rekey_requested and (
+                packets >= limits.soft_packets
+                or octets >= limits.soft_bytes
+                or (not record.event.esn and out.seq >= SEQ32_MAX - SEQ_HEADROOM)
+            ):
+                record.rekey_requested = True
+                result.rekey.append(record)
+        return result
+
+    # -- status ------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        return [self._snapshot(r, now) for r in self.records.values()]
+
+    @staticmethod
+    def _snapshot(r: ChildRecord, now: float) -> dict[str, Any]:
+        return {
+            "spi_in": f"{r.inbound.spi:08x}",
+            "spi_out": f"{r.outbound.spi:08x}",
+            "algorithms": r.event.algorithms,
+            "esn": r.event.esn,
+            "local_ts": [str(n) for n in r.event.local_ts],
+            "remote_ts": [str(n) for n in r.event.remote_ts],
+            "age": round(now - r.installed_at, 3),
+            "generation": r.generation,
+            "outbound_active": r.active,
+            "in": {"packets": r.inbound.packets, "bytes": r.inbound.bytes},
+            "out": {
+                "packets": r.outbound.packets,
+                "bytes": r.outbound.bytes,
+                "seq": r.outbound.seq,
+            },
+            "drops": {k.value: v for k, v in r.inbound.drops.items() if v},
+        }
