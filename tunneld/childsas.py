@@ -25,6 +25,7 @@ Theory of operation:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,9 @@ def data_plane_sas(event: ChildSaUp, replay_window: int) -> tuple[InboundSA, Out
     return inbound, outbound
 
 
+SaFactory = Callable[[ChildSaUp, int], tuple[InboundSA, OutboundSA]]
+
+
 class ChildSet:
     """The Child SAs of one peer (see the module docstring)."""
 
@@ -109,6 +113,7 @@ class ChildSet:
         *,
         delete_delay: float,
         replay_window: int,
+        sa_factory: SaFactory = data_plane_sas,
     ) -> None:
         self.name = name
         self._sadb = sadb
@@ -120,11 +125,12 @@ class ChildSet:
         self._routed: set[Any] = set()
         self.installed_total = 0
         self.rekeys_total = 0
+        self._sa_factory = sa_factory
 
     # -- rule 2: install, activate ---------------------------------------------------
 
     def install(self, session: IkeSession, event: ChildSaUp, now: float) -> ChildRecord:
-        inbound, outbound = data_plane_sas(event, self.replay_window)
+        inbound, outbound = self._sa_factory(event, self.replay_window)
         if self.name not in {t.name for t in self._sadb.tunnels}:
             self._sadb.add_tunnel(self.name, event.remote_addr, event.local_ts, event.remote_ts)
         elif self._sadb.tunnel(self.name).peer != event.remote_addr:

@@ -139,6 +139,10 @@ def session_config(
         wall_clock=_wall_clock(),
         spi_in_use=spi_in_use,
         name=peer.name,
+        ike_lifetime=peer.ike_lifetime,
+        child_lifetime=peer.child_lifetime,
+        rekey_jitter=peer.rekey_jitter,
+        dpd_delay=peer.dpd_delay,
     )
 
 
