@@ -37,6 +37,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, NoReturn, Protocol
 
+from tunneld import lab as sitelab
 from tunneld.bench_pki import write_openvpn_pki
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,13 +188,37 @@ class StaticPairTunneld:
         self._static_pair("down", check=False)
 
 
-# How tunneld is run in the bench. To bench the real daemon, add a class shaped like
-# StaticPairTunneld whose setup() writes one config per gateway (certificates from
-# `tunneld pki`, the other gateway as peer, the sites as traffic selectors) into
-# ctx.workdir, starts `ip netns exec PREFIX-gwX tunneld run -c FILE` in each gateway,
-# waits until `tunneld status` reports the Child SA up, and whose teardown() stops both
-# processes; then register it here as "daemon".
+class DaemonTunneld:
+    """The product: ``tunneld run`` in both gateways, ECDSA certificates from ``tunneld
+    pki``, X25519, AES-256-GCM, the IKEv2 handshake before the measurement."""
+
+    name, tunnel = "tunneld", True
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._gateways: tuple[sitelab.Gateway, sitelab.Gateway] | None = None
+
+    def setup(self) -> None:
+        work = self._ctx.workdir / "daemon"
+        lab = sitelab.Lab(self._ctx.lab.prefix)
+        opts = sitelab.SiteOptions(mtu=TUNNEL_MTU, esp=("aes256gcm16",))
+        conf_a, conf_b = sitelab.write_site_configs(work, lab.prefix, opts)
+        self._gateways = sitelab.gateways(lab, work, conf_a, conf_b)
+        for gw in reversed(self._gateways):  # the responder first
+            gw.start()
+        for gw in self._gateways:
+            gw.wait_for_child(SETUP_TIMEOUT)
+
+    def teardown(self) -> None:
+        for gw in self._gateways or ():
+            gw.stop()
+        self._gateways = None
+
+
+# How tunneld is run in the bench: the daemon (default), or the data plane alone with
+# static test keys (tests/tools/static_pair.py) to separate data-plane from daemon cost.
 TUNNELD_MODES: dict[str, Callable[[Context], Configuration]] = {
+    "daemon": DaemonTunneld,
     "static": StaticPairTunneld,
 }
 
@@ -532,7 +557,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, help="seconds per iperf3 run (default 10)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 round of 3 s")
     p.add_argument("--configs", default="plain,tunneld,openvpn", help="comma-separated subset")
-    p.add_argument("--tunneld-mode", choices=sorted(TUNNELD_MODES), default="static")
+    p.add_argument("--tunneld-mode", choices=sorted(TUNNELD_MODES), default="daemon")
     p.add_argument("--pings", type=int, default=20, help="pings per measurement")
     p.add_argument("--ping-interval", type=float, default=0.1)
     p.add_argument("--prefix", default=f"bn{secrets.token_hex(3)}", help="namespace prefix")
