@@ -21,6 +21,32 @@ HALF_OPEN_TIMEOUT = 30.0
 # receives at its address. strongSwan's default cookie_threshold is 30 (10 in 6.0).
 COOKIE_THRESHOLD = 30
 
+# Lifetimes (DESIGN §4). The soft lifetime starts a rekey, moved earlier by a
+# random fraction in [0, rekey_jitter] so that two peers with the same policy
+# rarely rekey at once (RFC 7296 §2.8.1: "SHOULD be jittered"). An SA not
+# rekeyed by soft x HARD_LIFETIME_FACTOR is deleted: strongSwan's life_time
+# defaults to 110% of rekey_time as well (tunneld.config uses the same factor).
+DEFAULT_IKE_LIFETIME = 4 * 3600.0
+DEFAULT_CHILD_LIFETIME = 3600.0
+DEFAULT_REKEY_JITTER = 0.1
+MAX_REKEY_JITTER = 0.5  # tunneld.config accepts 0-0.5; more would halve the lifetime
+HARD_LIFETIME_FACTOR = 1.1
+
+# §2.25: after TEMPORARY_FAILURE we "MUST NOT immediately retry" but wait for
+# the peer to finish what it is doing (one exchange: a round trip, or the
+# retransmissions of one). A random delay in this range (seconds) also keeps
+# two peers from colliding again. strongSwan waits 5-15 s.
+TEMPORARY_FAILURE_RETRY = (5.0, 15.0)
+# §2.25: TEMPORARY_FAILURE for "several minutes" means the peers are out of
+# sync: the IKE SA is closed.
+TEMPORARY_FAILURE_GIVE_UP = 300.0
+# A rekey the peer refused outright (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE, ...)
+# is tried again after this random delay, until the hard lifetime ends the SA.
+REKEY_RETRY = (30.0, 60.0)
+# A rekey collision loser (§2.8.1, §2.8.2) waits this long for the winner's
+# DELETE of a redundant IKE SA before forgetting it on its own.
+REDUNDANT_SA_TIMEOUT = 120.0
+
 # Supported hash algorithms announced in SIGNATURE_HASH_ALGORITHMS (RFC 7427
 # §4): SHA2-256/384/512 for ECDSA and RSA-PSS, "Identity" (RFC 8420) for Ed25519.
 SIGNATURE_HASHES = (2, 3, 4, 5)

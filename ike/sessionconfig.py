@@ -14,8 +14,17 @@ from datetime import datetime
 from cryptography import x509
 
 from ike.auth import Identity, PrivateKey
+from ike.errors import LocalError
 from ike.events import IPNetwork
-from ike.policy import DEFAULT_RETRANSMIT, RetransmitPolicy
+from ike.policy import (
+    DEFAULT_CHILD_LIFETIME,
+    DEFAULT_IKE_LIFETIME,
+    DEFAULT_REKEY_JITTER,
+    DEFAULT_RETRANSMIT,
+    HARD_LIFETIME_FACTOR,
+    MAX_REKEY_JITTER,
+    RetransmitPolicy,
+)
 from ike.proposals import Proposal
 
 
@@ -84,6 +93,13 @@ class SessionConfig:
     daemon veto inbound ESP SPIs already installed in its data plane.
     ``force_encap`` fakes NAT detection (like strongSwan's ``encap = yes``)
     so that both sides move to UDP 4500 and ESP-in-UDP (RFC 3948).
+
+    Lifetimes (seconds, DESIGN §4): both peers rekey an SA at its soft
+    lifetime less a random fraction in [0, ``rekey_jitter``] of it; an SA not
+    rekeyed by ``lifetime x 1.1`` (``*_hard_lifetime``) is deleted. Packet and
+    byte limits are the daemon's (it calls ``IkeSession.rekey_child``).
+    ``dpd_delay`` > 0: after that long without an authenticated message or
+    ESP from the peer, send a liveness check (RFC 7296 §2.4); 0 turns it off.
     """
 
     local_id: Identity
@@ -99,3 +115,23 @@ class SessionConfig:
     send_initial_contact: bool = True
     force_encap: bool = True
     name: str = ""
+    ike_lifetime: float = DEFAULT_IKE_LIFETIME
+    child_lifetime: float = DEFAULT_CHILD_LIFETIME
+    rekey_jitter: float = DEFAULT_REKEY_JITTER
+    dpd_delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.ike_lifetime <= 0 or self.child_lifetime <= 0:
+            raise LocalError("lifetimes must be positive")
+        if not 0.0 <= self.rekey_jitter <= MAX_REKEY_JITTER:
+            raise LocalError(f"rekey_jitter must be within 0..{MAX_REKEY_JITTER}")
+        if self.dpd_delay < 0:
+            raise LocalError("dpd_delay must be 0 (off) or positive")
+
+    @property
+    def ike_hard_lifetime(self) -> float:
+        return self.ike_lifetime * HARD_LIFETIME_FACTOR
+
+    @property
+    def child_hard_lifetime(self) -> float:
+        return self.child_lifetime * HARD_LIFETIME_FACTOR

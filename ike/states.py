@@ -1,11 +1,18 @@
 """The states of an IKE SA and the table of allowed transitions (h2 style).
 
 An input is a method call on the session (INITIATE, CLOSE), a timer
-(TIMEOUT: retransmissions exhausted; HALF_OPEN_EXPIRED) or a message,
+(TIMEOUT: retransmissions exhausted; HALF_OPEN_EXPIRED; EXPIRED: the hard
+lifetime of the IKE SA ran out without a rekey) or a message,
 classified by exchange type and direction. :data:`TRANSITIONS` lists every
 (state, input) pair the session accepts and the states it may lead to;
 anything not in the table is a protocol error (a message) or a misuse (a
 call). The session changes state only through this table.
+
+The states describe the session's *current* IKE SA. Rekeying (Child SAs or
+the IKE SA itself, RFC 7296 §1.3) happens inside ESTABLISHED: an IKE SA
+rekey replaces the current SA without leaving it (see :mod:`ike.ikesa`).
+Messages on a retiring or successor IKE SA are judged by :mod:`ike.dispatch`,
+not by this table.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ class Input(Enum):
     CLOSE = auto()
     TIMEOUT = auto()  # retransmissions exhausted
     HALF_OPEN_EXPIRED = auto()
+    EXPIRED = auto()  # hard lifetime of the IKE SA
     IKE_SA_INIT_REQUEST = auto()
     IKE_SA_INIT_RESPONSE = auto()
     IKE_AUTH_REQUEST = auto()
@@ -65,12 +73,16 @@ TRANSITIONS: dict[tuple[IkeState, Input], frozenset[IkeState]] = {
         (S.ESTABLISHED, I.INFORMATIONAL_REQUEST): {S.ESTABLISHED, S.CLOSED},
         (S.ESTABLISHED, I.INFORMATIONAL_RESPONSE): {S.ESTABLISHED},
         (S.ESTABLISHED, I.CREATE_CHILD_SA_REQUEST): {S.ESTABLISHED},
+        (S.ESTABLISHED, I.CREATE_CHILD_SA_RESPONSE): {S.ESTABLISHED},
         (S.ESTABLISHED, I.TIMEOUT): {S.CLOSED},
+        (S.ESTABLISHED, I.EXPIRED): {S.CLOSED},
         (S.ESTABLISHED, I.CLOSE): {S.DELETING},
         (S.DELETING, I.INFORMATIONAL_REQUEST): {S.DELETING, S.CLOSED},
         (S.DELETING, I.INFORMATIONAL_RESPONSE): {S.DELETING, S.CLOSED},
         (S.DELETING, I.CREATE_CHILD_SA_REQUEST): {S.DELETING},
+        (S.DELETING, I.CREATE_CHILD_SA_RESPONSE): {S.DELETING},
         (S.DELETING, I.TIMEOUT): {S.CLOSED},
+        (S.DELETING, I.EXPIRED): {S.CLOSED},
         (S.DELETING, I.CLOSE): {S.DELETING},
         (S.CLOSED, I.CLOSE): {S.CLOSED},
     }.items()

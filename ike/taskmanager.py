@@ -21,7 +21,7 @@ Rules (window size 1, §2.3):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import TYPE_CHECKING
@@ -33,6 +33,7 @@ from ike.policy import RetransmitPolicy
 
 if TYPE_CHECKING:
     from ike.exchanges.base import InitiatorTask
+    from ike.exchanges.context import SaContext
 
 MESSAGE_ID_MAX = 0xFFFFFFFF  # §2.2: 32 bits, never wraps within one IKE SA
 
@@ -44,6 +45,9 @@ class Exchange:
     exchange_type: ExchangeType
     tasks: Sequence[InitiatorTask]
     retransmit: bool = True  # False: send once and forget (a last word before dying)
+    # Asked just before the exchange is started: False drops it unsent (it became
+    # moot while queued, e.g. the peer rekeyed the Child SA first, §2.8.1).
+    wanted: Callable[[SaContext], bool] | None = None
 
     @property
     def name(self) -> str:
@@ -107,6 +111,25 @@ class TaskManager:
         if self.in_flight is not None or not self.queue:
             return None
         return self.queue.popleft()
+
+    def take_queue(self) -> list[Exchange]:
+        """Remove and return the exchanges not started yet (they move to a new IKE SA)."""
+        queued = list(self.queue)
+        self.queue.clear()
+        return queued
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight and nothing queued."""
+        return self.in_flight is None and not self.queue
+
+    def pending_tasks(self) -> list[InitiatorTask]:
+        """Tasks of the exchange in flight and of the queued ones, in order."""
+        exchanges = ([self.in_flight.exchange] if self.in_flight else []) + list(self.queue)
+        return [task for exchange in exchanges for task in exchange.tasks]
+
+    def in_flight_tasks(self) -> Sequence[InitiatorTask]:
+        return () if self.in_flight is None else self.in_flight.exchange.tasks
 
     def send(
         self, exchange: Exchange, datagram: bytes, src: Address, dst: Address, now: float

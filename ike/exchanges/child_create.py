@@ -21,6 +21,7 @@ secret already feeds SK_d); configured PFS groups apply to CREATE_CHILD_SA.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ike.constants import EncrId, NotifyType, PayloadType
 from ike.crypto import AEAD_SALT_LEN, derive_child_keys
@@ -36,6 +37,7 @@ from ike.exchanges.context import (
     spi_int,
 )
 from ike.exchanges.ike_init import encr_key_len
+from ike.lifetimes import Lifetime
 from ike.payloads import Payload, SaPayload, TrafficSelector, TsPayload
 from ike.proposals import Proposal, SelectedProposal, make_offer, select_proposal, verify_reply
 from ike.wire import Message
@@ -52,7 +54,7 @@ def esp_proposals(ctx: SaContext) -> tuple[Proposal, ...]:
     return tuple(p.without_dh() for p in ctx.config.esp_proposals)
 
 
-def _ts_payloads(msg: Message) -> tuple[TsPayload, TsPayload]:
+def ts_payloads(msg: Message) -> tuple[TsPayload, TsPayload]:
     found = {p.payload_type: p for p in msg.find_all(TsPayload)}
     tsi, tsr = found.get(PayloadType.TSi), found.get(PayloadType.TSr)
     if tsi is None or tsr is None:
@@ -60,51 +62,71 @@ def _ts_payloads(msg: Message) -> tuple[TsPayload, TsPayload]:
     return tsi, tsr
 
 
-def _sa_payload(msg: Message) -> SaPayload:
+def sa_payload(msg: Message) -> SaPayload:
     sa = msg.find(SaPayload)
     if sa is None:
         raise ParseError("Child SA without SA payload")
     return sa
 
 
+@dataclass(frozen=True)
+class NewChild:
+    """What one exchange negotiated for a Child SA, before KEYMAT.
+
+    ``spis`` is (inbound, outbound); ``nonces`` is (Ni, Nr) of the exchange
+    and ``we_initiated`` whether we sent its request, which orients the keys
+    (§2.17). ``g_ir`` is the fresh DH secret of a PFS exchange (else empty).
+    """
+
+    selected: SelectedProposal
+    spis: tuple[int, int]
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    nonces: tuple[bytes, bytes] = field(repr=False)
+    we_initiated: bool
+    g_ir: bytes = field(default=b"", repr=False)
+    rekey_of: int | None = None
+
+
 def install(
     ctx: SaContext,
-    selected: SelectedProposal,
-    spis: tuple[int, int],
-    local_ts: tuple[TrafficSelector, ...],
-    remote_ts: tuple[TrafficSelector, ...],
-    keymat_args: tuple[bytes, bytes, bool],
-    rekey_of: int | None = None,
-) -> None:
-    """Derive KEYMAT, remember the Child SA and emit ChildSaUp.
-
-    ``spis`` is (inbound, outbound); ``keymat_args`` is (Ni, Nr, whether we
-    initiated the exchange that creates it), which orients the keys (§2.17).
-    """
+    new: NewChild,
+    now: float,
+    *,
+    outbound_active: bool = True,
+    redundant: bool = False,
+) -> ChildSa:
+    """Derive KEYMAT, remember the Child SA (with its lifetime) and emit ChildSaUp."""
     prf, keys = ctx.require_keys()
-    ni, nr, we_initiated = keymat_args
-    child_keys = derive_child_keys(
-        prf, keys.sk_d, ni, nr, encr_key_len(selected.encr), AEAD_SALT_LEN
-    )
-    in_key, in_salt = child_keys.inbound(we_initiated)
-    out_key, out_salt = child_keys.outbound(we_initiated)
+    ni, nr = new.nonces
+    selected = new.selected
+    key_len = encr_key_len(selected.encr)
+    child_keys = derive_child_keys(prf, keys.sk_d, ni, nr, key_len, AEAD_SALT_LEN, new.g_ir)
+    in_key, in_salt = child_keys.inbound(new.we_initiated)
+    out_key, out_salt = child_keys.outbound(new.we_initiated)
+    config = ctx.config
     child = ChildSa(
-        inbound_spi=spis[0],
-        outbound_spi=spis[1],
-        local_ts=selectors.to_networks(local_ts),
-        remote_ts=selectors.to_networks(remote_ts),
+        inbound_spi=new.spis[0],
+        outbound_spi=new.spis[1],
+        local_ts=selectors.to_networks(new.local_ts),
+        remote_ts=selectors.to_networks(new.remote_ts),
         algorithms=str(selected),
         esn=selected.esn,
         encr=EncrId(selected.encr.id),
+        lifetime=Lifetime.start(now, config.child_lifetime, config.rekey_jitter, ctx.entropy),
+        rekey_of=new.rekey_of,
+        nonces=new.nonces,
+        created_by_us=new.we_initiated,
+        outbound_active=outbound_active and not redundant,
+        redundant=redundant,
     )
     ctx.children[child.inbound_spi] = child
     sa_keys = ChildSaKeys(in_key, in_salt, out_key, out_salt)
-    ctx.emit(child_sa_up(child, sa_keys, ctx.remote_addr, rekey_of))
+    ctx.emit(child_sa_up(child, sa_keys, ctx.remote_addr))
+    return child
 
 
-def child_sa_up(
-    child: ChildSa, keys: ChildSaKeys, remote_addr: Address, rekey_of: int | None
-) -> ChildSaUp:
+def child_sa_up(child: ChildSa, keys: ChildSaKeys, remote_addr: Address) -> ChildSaUp:
     return ChildSaUp(
         inbound_spi=child.inbound_spi,
         outbound_spi=child.outbound_spi,
@@ -115,7 +137,8 @@ def child_sa_up(
         remote_ts=child.remote_ts,
         algorithms=child.algorithms,
         remote_addr=remote_addr,
-        rekey_of=rekey_of,
+        rekey_of=child.rekey_of,
+        outbound_active=child.outbound_active,
     )
 
 
@@ -144,16 +167,16 @@ class ChildCreateInitiator:
     def process_i(self, ctx: SaContext, response: Received) -> Outcome:
         msg = response.message
         refuse_on_error_notify(msg, "the Child SA")
-        sa = _sa_payload(msg)
+        sa = sa_payload(msg)
         selected = verify_reply(sa.proposals, esp_proposals(ctx))
-        tsi, tsr = _ts_payloads(msg)
+        tsi, tsr = ts_payloads(msg)
         selectors.check_subset(tsi.selectors, self._tsi, "TSi")
         selectors.check_subset(tsr.selectors, self._tsr, "TSr")
         if self._spi is None:
             raise ParseError("Child SA response before our request")
-        ni, nr = self._nonces(ctx)
         spis = (self._spi, spi_int(selected.peer_spi))
-        install(ctx, selected, spis, tsi.selectors, tsr.selectors, (ni, nr, True))
+        new = NewChild(selected, spis, tsi.selectors, tsr.selectors, self._nonces(ctx), True)
+        install(ctx, new, response.now)
         return Outcome.DONE
 
 
@@ -168,9 +191,9 @@ class ChildCreateResponder:
 
     def process_r(self, ctx: SaContext, request: Received) -> None:
         msg = request.message
-        sa = _sa_payload(msg)
+        sa = sa_payload(msg)
         selected = select_proposal(sa.proposals, esp_proposals(ctx))
-        tsi, tsr = _ts_payloads(msg)
+        tsi, tsr = ts_payloads(msg)
         config = ctx.config
         # TSi is the initiator's side: our remote networks; TSr is ours.
         narrowed_i = selectors.narrow(
@@ -180,9 +203,9 @@ class ChildCreateResponder:
             tsr.selectors, selectors.from_networks(config.local_ts), "TSr"
         )
         spi = ctx.allocate_esp_spi()
-        ni, nr = self._nonces(ctx)
         spis = (spi, spi_int(selected.peer_spi))
-        install(ctx, selected, spis, narrowed_r, narrowed_i, (ni, nr, False))
+        new = NewChild(selected, spis, narrowed_r, narrowed_i, self._nonces(ctx), False)
+        install(ctx, new, request.now)
         self._answer = [
             SaPayload((selected.to_wire(esp_spi_bytes(spi)),)),
             TsPayload(PayloadType.TSi, narrowed_i),
@@ -194,16 +217,20 @@ class ChildCreateResponder:
 
 
 class RefuseCreateChild:
-    """CREATE_CHILD_SA responder until rekeying lands: refuse politely (§1.3, §3.10.1).
+    """Answer a CREATE_CHILD_SA request with one error notify, changing nothing.
 
-    NO_ADDITIONAL_SAS tells the peer that this IKE SA takes no further
-    Child SAs; the IKE SA itself stays up.
+    TEMPORARY_FAILURE while the IKE SA is busy (§2.25); NO_ADDITIONAL_SAS
+    would tell the peer that this IKE SA takes no further Child SAs (§1.3).
     """
 
     critical = True
 
+    def __init__(self, reason: str, notify_type: NotifyType = NotifyType.NO_ADDITIONAL_SAS) -> None:
+        self._reason = reason
+        self._notify = notify_type
+
     def process_r(self, ctx: SaContext, request: Received) -> None:
-        raise PeerError("CREATE_CHILD_SA is not supported yet", NotifyType.NO_ADDITIONAL_SAS)
+        raise PeerError(self._reason, self._notify)
 
     def build_r(self, ctx: SaContext) -> list[Payload]:
         return []

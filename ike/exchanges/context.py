@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum, auto
 from typing import Any
 
 from ike.auth import Identity
@@ -21,7 +22,8 @@ from ike.constants import EncrId, ExchangeType, HashAlgorithm, HeaderFlag, Notif
 from ike.crypto import IkeKeys, Prf, SkCipher
 from ike.entropy import Entropy
 from ike.errors import IntegrityError, LocalError, PeerError
-from ike.events import Address, ChildSaDown, Event, IPNetwork
+from ike.events import Address, ChildSaDown, ChildSaOutboundActive, Event, IPNetwork
+from ike.lifetimes import Lifetime
 from ike.payloads import NotifyPayload, Payload
 from ike.proposals import SelectedProposal
 from ike.sessionconfig import SessionConfig
@@ -34,9 +36,27 @@ MIN_ESP_SPI = 256
 _MAX_SPI_DRAWS = 64  # a free SPI is found on the first draw unless the table is full
 
 
-@dataclass(frozen=True)
+class ChildStatus(Enum):
+    """Where a Child SA is in its life (rekeying: RFC 7296 §1.3.3, §2.8, §2.25)."""
+
+    INSTALLED = auto()  # carrying traffic; rekeyed at its soft lifetime
+    REKEY_QUEUED = auto()  # our rekey waits for the window
+    REKEY_SENT = auto()  # our rekey request is on the wire
+    REKEYED = auto()  # replaced by the peer's rekey: waiting for its DELETE
+    DELETING = auto()  # our DELETE is queued or on the wire
+
+
+@dataclass(eq=False)
 class ChildSa:
-    """A Child SA as the IKE SA remembers it (status and deletes; no keys)."""
+    """A Child SA as the IKE SA remembers it (status, rekeys, deletes; no keys).
+
+    ``nonces`` are Ni and Nr of the exchange that created it and
+    ``created_by_us`` says whether we initiated that exchange: together they
+    decide a simultaneous rekey (§2.8.1). ``rekey_of`` names the inbound SPI
+    of the Child SA it replaces. ``outbound_active`` is False while the peer
+    may not have installed its inbound SA yet (we answered its rekey) and for
+    a ``redundant`` SA (lost a simultaneous rekey, deleted by its creator).
+    """
 
     inbound_spi: int
     outbound_spi: int
@@ -45,15 +65,35 @@ class ChildSa:
     algorithms: str
     esn: bool
     encr: EncrId  # the ESP cipher (§3.3.2), handed to the data plane in ChildSaUp
+    lifetime: Lifetime
+    status: ChildStatus = ChildStatus.INSTALLED
+    rekey_of: int | None = None
+    nonces: tuple[bytes, bytes] = field(default=(b"", b""), repr=False)
+    created_by_us: bool = True
+    outbound_active: bool = True
+    redundant: bool = False
+    retry_at: float | None = None  # a refused rekey is tried again at this time
+    ke_group: int | None = None  # the DH group the peer asked for (INVALID_KE_PAYLOAD)
 
-    def summary(self) -> dict[str, Any]:
-        return {
+    @property
+    def rekeyable(self) -> bool:
+        """Whether a rekey of ours may start (nothing else is happening to it)."""
+        return self.status is ChildStatus.INSTALLED and not self.redundant
+
+    def summary(self, now: float | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "spi_in": f"{self.inbound_spi:08x}",
             "spi_out": f"{self.outbound_spi:08x}",
             "algorithms": self.algorithms,
             "local_ts": [str(n) for n in self.local_ts],
             "remote_ts": [str(n) for n in self.remote_ts],
+            "state": self.status.name.lower(),
+            "outbound_active": self.outbound_active,
         }
+        if now is not None:
+            out["rekey_in"] = round(self.lifetime.rekey_at - now, 3)
+            out["expires_in"] = round(self.lifetime.expire_at - now, 3)
+        return out
 
 
 @dataclass(eq=False)
@@ -125,7 +165,7 @@ class SaContext:
             return header.is_response if self.is_initiator else not any(header.spi_r)
         return header.spi_r == self.spi_r
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, now: float | None = None) -> dict[str, Any]:
         """Status fields of the IKE SA (public values only)."""
         return {
             "role": "initiator" if self.is_initiator else "responder",
@@ -136,8 +176,32 @@ class SaContext:
             "algorithms": None if self.ike_proposal is None else str(self.ike_proposal),
             "remote_id": None if self.remote_identity is None else str(self.remote_identity),
             "nat_t": self.nat_t,
-            "child_sas": [c.summary() for c in self.children.values()],
+            "child_sas": [c.summary(now) for c in self.children.values()],
         }
+
+    def successor(self, *, is_initiator: bool, spi_i: bytes, spi_r: bytes) -> SaContext:
+        """The context of the IKE SA that replaces this one (§2.18).
+
+        Same peer, configuration and identity; the *same* Child SA table and
+        event queue (the Child SAs move, §1.3.2); new SPIs, roles and, set by
+        the caller, keys. ``is_initiator`` is the role in the rekey exchange:
+        its initiator becomes the "original initiator" of the new SA (§2.18).
+        """
+        return SaContext(
+            configs=self.configs,
+            entropy=self.entropy,
+            is_initiator=is_initiator,
+            local_addr=self.local_addr,
+            remote_addr=self.remote_addr,
+            spi_i=spi_i,
+            spi_r=spi_r,
+            peer_hashes=self.peer_hashes,
+            peer_certreq=self.peer_certreq,
+            nat_t=self.nat_t,
+            remote_identity=self.remote_identity,
+            children=self.children,
+            events=self.events,
+        )
 
     def require_keys(self) -> tuple[Prf, IkeKeys]:
         """PRF and keys, which exist from IKE_SA_INIT on (else it is our bug)."""
@@ -174,10 +238,25 @@ class SaContext:
         self.events.append(event)
 
     def drop_child(self, inbound_spi: int, reason: str) -> None:
-        """Forget a Child SA and tell the daemon to remove it."""
+        """Forget a Child SA and tell the daemon to remove it.
+
+        The peer-made successors of a replaced Child SA may start sending now:
+        whoever deleted it has installed them (§2.8, make-before-break).
+        """
         child = self.children.pop(inbound_spi, None)
-        if child is not None:
-            self.emit(ChildSaDown(child.inbound_spi, child.outbound_spi, reason))
+        if child is None:
+            return
+        self.emit(ChildSaDown(child.inbound_spi, child.outbound_spi, reason))
+        for successor in list(self.children.values()):
+            if successor.rekey_of == inbound_spi:
+                self.activate_outbound(successor)
+
+    def activate_outbound(self, child: ChildSa) -> None:
+        """Let the daemon send on a Child SA the peer has surely installed (not a redundant one)."""
+        if child.outbound_active or child.redundant:
+            return
+        child.outbound_active = True
+        self.emit(ChildSaOutboundActive(child.inbound_spi, child.outbound_spi))
 
     def drop_all_children(self, reason: str) -> None:
         for spi in list(self.children):

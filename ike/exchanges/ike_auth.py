@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ike.constants import NotifyType, PayloadType
 from ike.errors import ParseError
-from ike.events import IkeSaUp
+from ike.events import IkeSaUp, InitialContact
 from ike.exchanges.authn import (
     build_auth,
     cert_payloads,
@@ -42,6 +42,12 @@ def ike_sa_up(ctx: SaContext) -> IkeSaUp:
         local_addr=ctx.local_addr,
         remote_addr=ctx.remote_addr,
     )
+
+
+def note_initial_contact(ctx: SaContext, received: Received) -> None:
+    """§2.4: the authenticated peer holds no other IKE SA with us; tell the daemon."""
+    if received.message.notifies(NotifyType.INITIAL_CONTACT):
+        ctx.emit(InitialContact(str(ctx.remote_identity)))
 
 
 class IkeAuthInitiator:
@@ -70,6 +76,7 @@ class IkeAuthInitiator:
         verify_peer(ctx, response, idr, identity)
         ctx.remote_identity = identity
         ctx.emit(ike_sa_up(ctx))
+        note_initial_contact(ctx, response)
         return Outcome.DONE
 
 
@@ -93,6 +100,7 @@ class IkeAuthResponder:
         self._answer = [idr, *cert_payloads(ctx.config), build_auth(ctx, idr)]
         ctx.remote_identity = identity
         ctx.emit(ike_sa_up(ctx))
+        note_initial_contact(ctx, request)
 
     def build_r(self, ctx: SaContext) -> list[Payload]:
         return self._answer

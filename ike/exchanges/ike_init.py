@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from ike.auth import parse_signature_hash_algorithms, signature_hash_algorithms_data
 from ike.certs import certreq_data
 from ike.constants import CertEncoding, DhGroup, EncrId, NotifyType, PrfId
-from ike.crypto import DhPrivate, Prf, SkCipher, derive_ike_keys
+from ike.crypto import DhPrivate, IkeKeys, Prf, SkCipher, derive_ike_keys
 from ike.errors import InvalidKePayload, LocalError, ParseError, PeerError
 from ike.events import Address
 from ike.exchanges.authn import check_can_sign
@@ -117,18 +117,32 @@ def encr_key_len(encr: TransformSpec) -> int:
     return encr.key_length // 8
 
 
-def establish_keys(ctx: SaContext, selected: SelectedProposal, g_ir: bytes) -> None:
-    """SKEYSEED and the seven SK_* keys (§2.14), then the SK ciphers of both directions."""
+def negotiated_prf(selected: SelectedProposal) -> Prf:
     if selected.prf is None:
         raise ParseError("IKE proposal without a PRF")
-    prf = Prf(PrfId(selected.prf))
-    if (
-        len(ctx.nonce_i) < prf.preferred_key_len // 2
-        or len(ctx.nonce_r) < prf.preferred_key_len // 2
-    ):
+    return Prf(PrfId(selected.prf))
+
+
+def check_nonce_lengths(prf: Prf, ni: bytes, nr: bytes) -> None:
+    """§2.10: each nonce at least half the PRF's key size."""
+    if min(len(ni), len(nr)) < prf.preferred_key_len // 2:
         raise PeerError(
             "nonce shorter than half the PRF key size (§2.10)", NotifyType.INVALID_SYNTAX
         )
+
+
+def install_ike_keys(ctx: SaContext, selected: SelectedProposal, prf: Prf, keys: IkeKeys) -> None:
+    """Remember the IKE SA's algorithms and keys; build the SK ciphers of both directions."""
+    encr = EncrId(selected.encr.id)
+    ctx.ike_proposal, ctx.prf, ctx.keys = selected, prf, keys
+    ctx.cipher_out = SkCipher(encr, keys.outbound_sk_e(ctx.is_initiator))
+    ctx.cipher_in = SkCipher(encr, keys.inbound_sk_e(ctx.is_initiator))
+
+
+def establish_keys(ctx: SaContext, selected: SelectedProposal, g_ir: bytes) -> None:
+    """SKEYSEED and the seven SK_* keys (§2.14), then the SK ciphers of both directions."""
+    prf = negotiated_prf(selected)
+    check_nonce_lengths(prf, ctx.nonce_i, ctx.nonce_r)
     keys = derive_ike_keys(
         prf.prf_id,
         ni=ctx.nonce_i,
@@ -138,10 +152,7 @@ def establish_keys(ctx: SaContext, selected: SelectedProposal, g_ir: bytes) -> N
         spi_r=ctx.spi_r,
         encr_key_len=encr_key_len(selected.encr),
     )
-    encr = EncrId(selected.encr.id)
-    ctx.ike_proposal, ctx.prf, ctx.keys = selected, prf, keys
-    ctx.cipher_out = SkCipher(encr, keys.outbound_sk_e(ctx.is_initiator))
-    ctx.cipher_in = SkCipher(encr, keys.inbound_sk_e(ctx.is_initiator))
+    install_ike_keys(ctx, selected, prf, keys)
 
 
 def _require(msg: Message) -> tuple[SaPayload, KePayload, NoncePayload]:

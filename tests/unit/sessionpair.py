@@ -29,7 +29,14 @@ from cryptography.x509.oid import NameOID
 from ike.auth import Identity, PrivateKey
 from ike.cookies import CookieJar, cookie_challenge
 from ike.entropy import DeterministicEntropy
-from ike.events import Address, ChildSaUp, Event, IkeSaDown
+from ike.events import (
+    Address,
+    ChildSaDown,
+    ChildSaOutboundActive,
+    ChildSaUp,
+    Event,
+    IkeSaDown,
+)
 from ike.policy import RetransmitPolicy
 from ike.proposals import parse_esp_proposal, parse_ike_proposal
 from ike.session import IkeSession, peek_header
@@ -193,15 +200,24 @@ class Sent:
 
 
 Rule = Callable[[Sent], int | None]  # returns the number of copies to deliver, None: default
+DelayRule = Callable[[Sent], float | None]  # extra one-way delay in seconds, None: none
 
 
 class Link:
-    """Deterministic loss and duplication (seeded from DeterministicEntropy)."""
+    """Deterministic loss, duplication and delay (seeded from DeterministicEntropy)."""
 
     def __init__(self, seed: int = 0, loss: float = 0.0, dup: float = 0.0) -> None:
         self._random = random.Random(DeterministicEntropy(seed).random_bytes(16))
         self.loss, self.dup = loss, dup
         self.rules: list[Rule] = []
+        self.delays: list[DelayRule] = []
+
+    def delay(self, sent: Sent) -> float:
+        for rule in self.delays:
+            extra = rule(sent)
+            if extra is not None:
+                return extra
+        return 0.0
 
     def copies(self, sent: Sent) -> int:
         for rule in self.rules:
@@ -214,6 +230,7 @@ class Link:
 
 
 LATENCY = 0.01  # one way
+IDLE_HORIZON = 600.0  # run() stops when nothing is due sooner (default lifetimes are hours)
 DUP_DELAY = 0.003  # a duplicate trails the original
 
 
@@ -276,9 +293,10 @@ class SessionPair:
         sent.copies = self.link.copies(sent)
         self.wire.append(sent)
         receiver = "r" if side == "i" else "i"
+        extra = self.link.delay(sent) if sent.copies else 0.0
         for n in range(sent.copies):
             self._order += 1
-            due = self.now + LATENCY + n * DUP_DELAY
+            due = self.now + LATENCY + extra + n * DUP_DELAY
             self._queue.append((due, self._order, receiver, sent))
 
     def _deliver(self, receiver: str, sent: Sent) -> None:
@@ -310,11 +328,15 @@ class SessionPair:
                 times.append(d)
         return min(times, default=None)
 
-    def step(self) -> bool:
-        """Advance to the next delivery or deadline and act on it; False when idle."""
+    def step(self, horizon: float | None = IDLE_HORIZON) -> bool:
+        """Advance to the next delivery or deadline and act on it.
+
+        False when idle: nothing at all is due, or nothing within ``horizon``
+        seconds (None: no limit, e.g. to jump to a rekey an hour away).
+        """
         self.flush()  # whatever a test made a session do directly goes out now
         at = self.next_time()
-        if at is None:
+        if at is None or (horizon is not None and at > self.now + horizon):
             return False
         self.now = max(self.now, at)
         due = sorted(q for q in self._queue if q[0] <= self.now)
@@ -330,20 +352,27 @@ class SessionPair:
         return True
 
     def run(self, until: float | None = None, max_steps: int = 10_000) -> None:
-        """Step until idle (or ``until``, absolute time)."""
+        """Step until idle (or ``until``, absolute time).
+
+        Idle: nothing is due within :data:`IDLE_HORIZON` (lifetimes keep a
+        session's next deadline in the future forever); ``now`` then stays at
+        the last thing that happened.
+        """
         self.flush()
         for _ in range(max_steps):
             at = self.next_time()
-            if at is None or (until is not None and at > until):
+            horizon = self.now + IDLE_HORIZON if until is None else until
+            if at is None or at > horizon:
                 if until is not None:
                     self.now = max(self.now, until)
                 return
-            self.step()
+            self.step(horizon=None)
         raise AssertionError("SessionPair did not settle")
 
     def run_until(self, predicate: Callable[[], bool], limit: float = 600.0) -> None:
+        """Step until ``predicate()`` holds; fail after ``limit`` seconds from T0."""
         while not predicate():
-            if self.now > T0 + limit or not self.step():
+            if self.now > T0 + limit or not self.step(horizon=None):
                 raise AssertionError("condition never became true")
 
     # -- reading the outcome -------------------------------------------------------
@@ -366,3 +395,46 @@ class SessionPair:
 
     def sent_by(self, side: str) -> list[Sent]:
         return [s for s in self.wire if s.sender == side]
+
+
+# -- the daemon's view of Child SAs, rebuilt from events ------------------------------
+
+
+@dataclass
+class DataPlaneSa:
+    """A Child SA as a daemon applying the events would hold it."""
+
+    up: ChildSaUp
+    sending: bool
+
+
+def data_plane(events: Sequence[Event]) -> dict[int, DataPlaneSa]:
+    """Child SAs up and not down, by inbound SPI, with whether their outbound SA is in use."""
+    live: dict[int, DataPlaneSa] = {}
+    for event in events:
+        if isinstance(event, ChildSaUp):
+            assert event.inbound_spi not in live, "ChildSaUp twice for one SPI"
+            live[event.inbound_spi] = DataPlaneSa(event, event.outbound_active)
+        elif isinstance(event, ChildSaOutboundActive):
+            assert not live[event.inbound_spi].sending, "activated twice"
+            live[event.inbound_spi].sending = True
+        elif isinstance(event, ChildSaDown):
+            live.pop(event.inbound_spi, None)
+    return live
+
+
+def assert_one_pair(pair: SessionPair) -> tuple[ChildSaUp, ChildSaUp]:
+    """Exactly one Child SA on each side, sending, and the two halves match crosswise."""
+    (i,) = data_plane(pair.events["i"]).values()
+    (r,) = data_plane(pair.events["r"]).values()
+    assert i.sending and r.sending
+    ui, ur = i.up, r.up
+    assert (ui.inbound_spi, ui.outbound_spi) == (ur.outbound_spi, ur.inbound_spi)
+    assert ui.keys.outbound_key == ur.keys.inbound_key
+    assert ui.keys.outbound_salt == ur.keys.inbound_salt
+    assert ui.keys.inbound_key == ur.keys.outbound_key
+    assert ui.keys.inbound_salt == ur.keys.outbound_salt
+    # ... and the sessions agree with the daemons' view.
+    assert [c.inbound_spi for c in pair.initiator.children] == [ui.inbound_spi]
+    assert [c.inbound_spi for c in pair.responder.children] == [ur.inbound_spi]
+    return ui, ur

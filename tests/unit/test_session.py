@@ -31,7 +31,7 @@ from sessionpair import (
 
 from ike.constants import ExchangeType, NotifyType, PayloadType
 from ike.crypto import AEAD_SALT_LEN
-from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp
+from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, InitialContact
 from ike.exchanges.context import decode_message
 from ike.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, NotifyPayload
 from ike.proposals import parse_esp_proposal
@@ -73,7 +73,8 @@ def test_certificates_establish_both_ways(kind: str, group: str) -> None:
     pair = establish(SessionPair(i_cfg, r_cfg))
 
     assert [type(e) for e in pair.events["i"]] == [IkeSaUp, ChildSaUp]
-    assert [type(e) for e in pair.events["r"]] == [IkeSaUp, ChildSaUp]
+    # The initiator sent INITIAL_CONTACT (§2.4): the responder reports it after IkeSaUp.
+    assert [type(e) for e in pair.events["r"]] == [IkeSaUp, InitialContact, ChildSaUp]
     up_i, up_r = pair.of("i", IkeSaUp)[0], pair.of("r", IkeSaUp)[0]
     assert up_i.remote_id == GW_R and up_r.remote_id == GW_I
     assert up_i.algorithms == up_r.algorithms == f"aes256gcm16-prfsha256-{group}"
@@ -235,7 +236,9 @@ def test_liveness_check_is_answered_and_keeps_the_sa() -> None:
     exchanged = pair.wire[before:]
     assert [(s.sender, s.header.is_response) for s in exchanged] == [("r", False), ("i", True)]
     assert pair.initiator.state is pair.responder.state is IkeState.ESTABLISHED
-    assert pair.initiator.next_deadline() is None  # nothing outstanding
+    # Nothing outstanding: the next deadline is the Child SA's soft lifetime.
+    (child,) = pair.initiator.children
+    assert pair.initiator.next_deadline() == child.lifetime.rekey_at
 
 
 # -- status and secrecy ------------------------------------------------------------

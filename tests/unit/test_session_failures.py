@@ -30,7 +30,7 @@ from ike.auth import Identity
 from ike.constants import DhGroup, ExchangeType, HeaderFlag, NotifyType
 from ike.cookies import CookieJar, request_cookie
 from ike.entropy import DeterministicEntropy
-from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp
+from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, InitialContact
 from ike.payloads import KePayload, NotifyPayload
 from ike.proposals import parse_esp_proposal, parse_ike_proposal
 from ike.session import IkeSession
@@ -224,7 +224,8 @@ def test_initiator_rejects_the_responder_and_says_so() -> None:
     assert pair.down("i").notify is NotifyType.AUTHENTICATION_FAILED
     last = pair.sent_by("i")[-1]
     assert last.header.exchange_type == ExchangeType.INFORMATIONAL
-    assert [type(e) for e in pair.events["r"]] == [IkeSaUp, ChildSaUp, ChildSaDown, IkeSaDown]
+    kinds = [IkeSaUp, InitialContact, ChildSaUp, ChildSaDown, IkeSaDown]
+    assert [type(e) for e in pair.events["r"]] == kinds
     assert pair.down("r").notify is NotifyType.AUTHENTICATION_FAILED
 
 

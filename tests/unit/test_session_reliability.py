@@ -213,14 +213,17 @@ def test_an_unexpected_exchange_is_answered_invalid_syntax() -> None:
     assert pair.responder.state is IkeState.ESTABLISHED
 
 
-def test_create_child_sa_is_refused_for_now_without_harm() -> None:
+def test_an_empty_create_child_sa_is_refused_without_harm() -> None:
+    """CREATE_CHILD_SA without SA, Nonce or TS payloads: INVALID_SYNTAX, nothing changes."""
     pair = established_pair()
     request = encode_message(pair.initiator._ctx, ExchangeType.CREATE_CHILD_SA, 2, [], False)
     pair.responder.receive_datagram(request, (ADDR_I[0], 4500), (ADDR_R[0], 4500), pair.now)
     ((data, _src, _dst),) = pair.responder.datagrams_to_send()
     answer = decode_message(pair.initiator._ctx, parse_header(data), data)
-    assert [n.notify_type for n in answer.notifies()] == [NotifyType.NO_ADDITIONAL_SAS]
+    assert [n.notify_type for n in answer.notifies()] == [NotifyType.INVALID_SYNTAX]
     assert pair.responder.state is IkeState.ESTABLISHED
+    assert pair.responder.next_event() is None
+    assert len(pair.responder.children) == 1
 
 
 # -- property: whatever the link does, the sessions stay consistent -----------------------
