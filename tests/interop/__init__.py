@@ -1,1 +1,1 @@
-"""strongSwan interop tests: the peer (swan.py), the lab (sitelab.py), certificates, UDP probes."""
+"""strongSwan interop tests: the peer (swan.py), the lab (sitelab.py), certificates."""

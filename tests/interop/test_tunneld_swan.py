@@ -8,7 +8,7 @@ DH group negotiation, PSK, how charon initiates). In every case the test
 checks that:
 
 1. the IKE SA and the Child SA come up on both sides;
-2. ping and sequence-numbered UDP probes (probe_util.py; 10,000 in the main
+2. ping and sequence-numbered UDP probes (tests/tools/probe.py; 10,000 in the main
    pairing) cross from site A to site B and back with nothing lost,
    duplicated or corrupted;
 3. `swanctl --list-sas` and `tunneld status --json` agree: the same IKE
@@ -44,6 +44,7 @@ from tests.interop.sitelab import (
     Lab,
 )
 from tests.interop.swan import StrongSwan, SwanConfig
+from tests.tools.probe import MAX_SIZE, MIN_SIZE
 from tunneld import control
 from tunneld.lab import Gateway, SiteOptions, write_site_configs
 
@@ -208,22 +209,25 @@ def _swan_esp_algorithms(child: dict[str, Any]) -> str:
 
 
 def _probe_cmd(mode: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "tests.interop.probe_util", mode, *args]
+    return [sys.executable, "-m", "tests.tools.probe", mode, *args]
 
 
 def _run_probes(lab: Lab, count: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Probes from site A to the echo server at site B: (B's tally, A's tally of the echoes)."""
-    run_id = secrets.randbits(32)
-    common = ["--port", str(PROBE_PORT), "--count", str(count), "--run-id", str(run_id)]
+    """Probes from site A to the echo at site B and back, at most 32 unanswered, sizes
+    walking 30..1372 bytes (every ESP padding length): (A -> B tally, B -> A tally)."""
+    port = ["--port", str(PROBE_PORT)]
     server = lab.popen(
-        "b", *_probe_cmd("echo", "--bind", SITE_B_HOST, *common, "--idle", "3"),
+        "b", *_probe_cmd("echo", "--bind", SITE_B_HOST, *port, "--idle", "3"),
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         assert server.stdout is not None
-        assert server.stdout.readline().strip() == b"ready"
+        assert server.stdout.readline().strip() == b"READY"
         sender = lab.exec(
-            "a", *_probe_cmd("send", "--bind", SITE_A_HOST, "--dst", SITE_B_HOST, *common),
+            "a", *_probe_cmd(
+                "send", "--bind", SITE_A_HOST, "--to", SITE_B_HOST, *port, "--count", str(count),
+                "--window", "32", "--sizes", f"{MIN_SIZE}-{MAX_SIZE}",
+            ),
             timeout=60,
         )  # fmt: skip
         assert sender.returncode == 0, sender.stderr
@@ -233,12 +237,15 @@ def _run_probes(lab: Lab, count: int) -> tuple[dict[str, Any], dict[str, Any]]:
             server.kill()
             server.wait()
     assert server.returncode == 0, err
-    return json.loads(out), json.loads(sender.stdout)
+    report = json.loads(sender.stdout)
+    assert report["forward"] is not None, report
+    assert report["forward"] == json.loads(out)["forward"]  # what the echo printed itself
+    return report["forward"], report["reverse"]
 
 
 def _assert_clean(tally: dict[str, Any], count: int, direction: str) -> None:
-    counts = {k: tally[k] for k in ("unique", "lost", "duplicates", "corrupt")}
-    assert counts == {"unique": count, "lost": 0, "duplicates": 0, "corrupt": 0}, (
+    counts = {k: tally[k] for k in ("unique", "lost", "duplicated", "corrupt")}
+    assert counts == {"unique": count, "lost": 0, "duplicated": 0, "corrupt": 0}, (
         direction,
         tally,
     )

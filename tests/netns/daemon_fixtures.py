@@ -35,7 +35,7 @@ from tunneld.lab import (
     write_site_configs,
 )
 
-PROBE = Path(__file__).resolve().parent / "probe_util.py"
+PROBE = Path(__file__).resolve().parents[1] / "tools" / "probe.py"  # run as a plain script
 TUN = "tunneld0"  # the name write_site_configs gives both TUN devices
 PROBE_PORT = 9000
 REMOTE_SITE = {"gwa": SITE_B, "gwb": SITE_A}
@@ -123,28 +123,62 @@ class Sites:
         )
 
     def probe(
-        self, count: int, rate: float = 5000.0, sizes: str = "64"
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``count`` probes site A -> site B -> site A; the sender's and the echo's report."""
+        self, count: int, rate: float = 5000.0, sizes: str = "64", window: int = 500
+    ) -> dict[str, Any]:
+        """``count`` probes site A -> site B -> site A: the sender's report (tests/tools/probe.py;
+        ``forward`` is what the echo saw, ``reverse`` what came back)."""
+        with self.probing(count, rate, sizes, window) as run:
+            return run.result(timeout=count / rate + 30)
+
+    @contextlib.contextmanager
+    def probing(
+        self, count: int, rate: float, sizes: str = "64", window: int = 500
+    ) -> Iterator[ProbeRun]:
+        """Probes running in the background while the test does other things."""
         echo = self.lab.popen(
             "b", sys.executable, str(PROBE), "echo", "--bind", HOST_B,
-            "--port", str(PROBE_PORT), "--idle", "0.5", "--timeout", "60",
+            "--port", str(PROBE_PORT), "--idle", "3", "--timeout", str(count / rate + 60),
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
+        sender: subprocess.Popen[Any] | None = None
         try:
-            assert echo.stdout is not None
-            assert json.loads(echo.stdout.readline()) == {"ready": True}
-            sent = self.lab.run(
-                "a", sys.executable, str(PROBE), "send", "--to", HOST_B, "--port", str(PROBE_PORT),
-                "--count", str(count), "--rate", str(rate), "--sizes", sizes,
-                timeout=count / rate + 30,
+            assert echo.stdout is not None and echo.stdout.readline().strip() == "READY"
+            sender = self.lab.popen(
+                "a", sys.executable, str(PROBE), "send", "--to", HOST_B,
+                "--port", str(PROBE_PORT), "--count", str(count), "--rate", str(rate),
+                "--sizes", sizes, "--window", str(window),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            out, _ = echo.communicate(timeout=10)
+            yield ProbeRun(sender, echo)
         finally:
-            if echo.poll() is None:
-                echo.kill()
-                echo.wait()
-        return json.loads(sent.stdout), json.loads(out)
+            for proc in (sender, echo):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+
+@dataclass
+class ProbeRun:
+    """A probe sender (site A) and its echo (site B) running in the background."""
+
+    sender: subprocess.Popen[Any]
+    echo: subprocess.Popen[Any]
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        """The sender's report once it is done."""
+        out, err = self.sender.communicate(timeout=timeout)
+        assert self.sender.returncode == 0, err
+        report: dict[str, Any] = json.loads(out)
+        return report
+
+
+def assert_probes_clean(report: dict[str, Any], count: int) -> None:
+    """Every probe crossed each way exactly once, intact."""
+    assert report["forward"] is not None, f"the echo never reported: {report}"
+    for direction in ("forward", "reverse"):
+        tally = report[direction]
+        counts = [tally[k] for k in ("unique", "lost", "duplicated", "corrupt")]
+        assert counts == [count, 0, 0, 0], (direction, report)
 
 
 def poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

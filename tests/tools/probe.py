@@ -1,173 +1,399 @@
-"""Sequence-numbered UDP probes: count loss, duplicates and reordering end to end.
+"""Sequence-numbered UDP probes through a tunnel, counted per direction; TCP stream checks.
 
-    python -m tests.tools.probe echo --bind ADDR --port N
-    python -m tests.tools.probe send --to ADDR --port N --count 10000 --marker HEX
+    python -m tests.tools.probe echo --bind ADDR --port N [--token HEX] [--idle S] [--timeout S]
+    python -m tests.tools.probe send --to ADDR --port N --count N [--bind ADDR] [--token HEX]
+                                     [--rate PPS] [--window N] [--stall S] [--linger S]
+                                     [--sizes 64,1372 | 30-1372] [--block N]
     python -m tests.tools.probe tcp-sink --bind ADDR --port N
     python -m tests.tools.probe tcp-send --to ADDR --port N --bytes N
 
-``echo`` prints ``READY`` once bound, sends every probe back to its sender,
-and counts what it saw; a ``FIN`` datagram makes it answer with its counters
-(JSON) and exit. ``send`` sends ``count`` probes and prints one JSON report:
-round-trip loss/duplicates/reordering, and the echo's counts for the forward
-direction.
+(Only the standard library: it also runs as a plain script, ``python
+.../tests/tools/probe.py``, inside ``ip netns exec``.)
 
-Probe payload: marker (16 bytes) | sequence number (8 bytes, big endian) |
-the marker repeated up to the probe's size. A capture that finds the marker
-has seen plaintext. Sizes change every 500 probes (64, 512, 1372 bytes: 1372
-is the most that fits the tunnel's 1400-byte MTU in one IPv4/UDP packet) so
-that both small packets and full-size GSO runs are exercised.
+``echo`` (the far site) prints ``READY`` once bound and sends the first intact
+copy of every probe straight back: so the probes cross A -> B (``forward``)
+and the echoes B -> A (``reverse``), one datagram each way per probe. A
+duplicate is counted, never echoed, so each direction's figures are exact:
+a reverse duplicate can only have been made on the way back. The sender ends
+with a FIN probe (carrying the count it sent); the echo answers it with its
+forward tally (JSON, also printed on its stdout) and exits shortly after.
+It also exits after ``--idle`` quiet seconds (once probes came) or at
+``--timeout``.
+
+``send`` (the near site) prints one JSON report::
+
+    {"role": "sender", "count", "send_errors", "stalls", "send_seconds",
+     "total_seconds", "udp_bytes", "lost" (round trip),
+     "forward": {direction} | null (the echo's tally; null if its FIN answer never came),
+     "reverse": {direction}}
+    direction = {"sent", "received", "unique", "lost", "duplicated", "reordered", "corrupt"}
+
+``received`` counts intact probes of this run (duplicates included),
+``corrupt`` everything else that arrived (altered, truncated, another run's),
+``reordered`` first arrivals below the highest sequence number already seen.
+
+Probe: ``MAGIC | token (16) | seq (8) | length (2) | filler`` (big endian), the filler a
+function of the sequence number, so that a datagram altered on the way (a
+data path reusing a buffer too early) is counted corrupt. The token is random
+per run (or ``--token``): a capture of the underlay that contains it has
+seen plaintext. Sizes (UDP payload bytes): ``--sizes 64,512,1372`` in turn,
+or ``--sizes 30-1372`` every size of the range in a fixed order (every ESP
+padding length occurs); ``--block N`` keeps each size for N probes in a row
+(runs of equal sizes: UDP GSO on the gateways). 1372 is the most that fits
+the tunnel's 1400-byte MTU in one IPv4/UDP packet.
+
+Pacing: ``--rate PPS`` sends probe n at ``n / PPS`` seconds (``--rate 1000``:
+one per millisecond; 0: as fast as the window allows), and at most
+``--window`` probes are ever unanswered, so the sender is clocked by the
+echoes and no socket buffer on the path can overflow: a loss reported here
+is the path's, never the tool's. When the window is full and no echo comes
+for ``--stall`` seconds, the probes in flight release their slots (so that
+one loss does not stop the run; they still count as lost unless their echo
+turns up later). At the end the sender waits for late echoes until
+``--linger`` quiet seconds have passed.
 
 ``tcp-sink`` accepts one TCP connection and prints ``{"bytes", "sha256"}`` of
 what it received; ``tcp-send`` sends a deterministic stream (SHAKE-128 of the
 size) and prints the same two fields for what it sent.
-
-Pacing: at most ``--window`` probes are in flight (sent, not yet echoed), so
-the sender is clocked by the echoes and socket buffers cannot overflow: a
-loss reported here is a loss on the path, not in the tool. A probe not echoed
-within ``--wait`` seconds stops holding its slot of the window.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
 import select
 import socket
 import struct
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-_SEQ = struct.Struct("!Q")
-MARKER_LEN = 16
-SIZES = (64, 512, 1372)
-SIZE_BLOCK = 500
-FIN = b"FIN"
+MAGIC = b"PRB2"
+TOKEN_LEN = 16
+HEADER = struct.Struct(f"!4s{TOKEN_LEN}sQH")  # magic, run token, sequence number, length
+FIN_SEQ = (1 << 64) - 1  # a FIN probe: its filler is the count sent (8 bytes)
+_COUNT = struct.Struct("!Q")
+MIN_SIZE = HEADER.size
+MAX_SIZE = 1400 - 20 - 8  # the tunnel's 1400-byte MTU less the IPv4 and UDP headers
+MAX_SEQ = 1 << 24  # per-run bookkeeping is one byte per sequence number
+_PATTERN = bytes(range(256)) * (65536 // 256 + 2)
+SOCKET_BUFFER = 4 << 20
+# Linux <asm-generic/socket.h>; the socket module names them only from Python 3.12
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+FIN_TRIES = 5
+ECHO_AFTER_FIN = 1.0  # seconds the echo keeps answering repeated FINs
+
+
+# --- the probes ---------------------------------------------------------------
+
+
+def datagram(token: bytes, seq: int, size: int) -> bytes:
+    """Probe number ``seq`` of the run ``token``: exactly ``size`` bytes."""
+    if not MIN_SIZE <= size <= len(_PATTERN) - 256:
+        raise ValueError(f"probe size {size} below {MIN_SIZE} or too large")
+    start = seq % 256
+    return HEADER.pack(MAGIC, token, seq, size) + _PATTERN[start : start + size - HEADER.size]
+
+
+def fin(token: bytes, count: int) -> bytes:
+    return HEADER.pack(MAGIC, token, FIN_SEQ, HEADER.size + _COUNT.size) + _COUNT.pack(count)
+
+
+def parse(data: bytes) -> tuple[bytes, int] | None:
+    """(token, seq) of an intact probe or FIN, else None."""
+    if len(data) < HEADER.size or not data.startswith(MAGIC):
+        return None
+    _, token, seq, length = HEADER.unpack_from(data)
+    if length != len(data):  # truncated or padded on the way
+        return None
+    if seq == FIN_SEQ:
+        return (token, seq) if len(data) == HEADER.size + _COUNT.size else None
+    return (token, seq) if data == datagram(token, seq, len(data)) else None
+
+
+def parse_sizes(spec: str) -> list[int]:
+    """``"64,1372"``: these sizes in turn; ``"30-1372"``: every size of the range, shuffled
+    by a fixed stride (7919 is prime, so each occurs once per cycle)."""
+    if "-" in spec:
+        low, high = (int(x) for x in spec.split("-", 1))
+        span = high - low + 1
+        if span < 1:
+            raise ValueError(f"empty size range {spec!r}")
+        sizes = [low + (i * 7919) % span for i in range(span)]
+    else:
+        sizes = [int(x) for x in spec.split(",")]
+    for size in sizes:
+        if not MIN_SIZE <= size <= 65507:
+            raise ValueError(f"probe size {size} outside {MIN_SIZE}..65507")
+    return sizes
+
+
+def size_of(seq: int, sizes: Sequence[int], block: int = 1) -> int:
+    return sizes[(seq // block) % len(sizes)]
+
+
+def udp_bytes(count: int, sizes: Sequence[int], block: int = 1) -> int:
+    """UDP payload bytes of probes 0..count-1 (to check byte counters against)."""
+    return sum(size_of(seq, sizes, block) for seq in range(count))
 
 
 @dataclass
-class Counts:
-    """What one end saw: unique probes, duplicates, out-of-order, not ours."""
+class Tally:
+    """What arrived in one direction. ``token`` None: adopt the first intact probe's."""
 
+    token: bytes | None = None
     received: int = 0
     unique: int = 0
-    duplicates: int = 0
     reordered: int = 0
-    bad: int = 0
-    _seen: set[int] = field(default_factory=set, repr=False)
+    corrupt: int = 0
+    _seen: bytearray = field(default_factory=bytearray, repr=False)
     _highest: int = -1
 
-    def see(self, payload: bytes, marker: bytes) -> None:
+    def record(self, data: bytes) -> int | None:
+        """Count one datagram; its sequence number if it is the first copy, else None."""
+        parsed = parse(data)
+        if parsed is not None and self.token is None and parsed[1] != FIN_SEQ:
+            self.token = parsed[0]
+        if parsed is None or parsed[0] != self.token or not 0 <= parsed[1] < MAX_SEQ:
+            self.corrupt += 1
+            return None
+        seq = parsed[1]
         self.received += 1
-        if len(payload) < MARKER_LEN + _SEQ.size or not payload.startswith(marker):
-            self.bad += 1
-            return
-        seq = _SEQ.unpack_from(payload, MARKER_LEN)[0]
-        if payload != probe_payload(marker, seq):
-            self.bad += 1
-        elif seq in self._seen:
-            self.duplicates += 1
-        else:
-            self._seen.add(seq)
-            self.unique += 1
-            if seq < self._highest:
-                self.reordered += 1
-            self._highest = max(self._highest, seq)
+        if seq >= len(self._seen):
+            self._seen.extend(bytes(max(seq + 1 - len(self._seen), len(self._seen))))
+        if self._seen[seq]:
+            return None
+        self._seen[seq] = 1
+        self.unique += 1
+        if seq < self._highest:
+            self.reordered += 1
+        self._highest = max(self._highest, seq)
+        return seq
 
-    def report(self) -> dict[str, int]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
-
-
-def probe_payload(marker: bytes, seq: int) -> bytes:
-    size = SIZES[(seq // SIZE_BLOCK) % len(SIZES)]
-    head = marker + _SEQ.pack(seq)
-    return (head + marker * (size // MARKER_LEN + 1))[:size]
+    def report(self, sent: int | None) -> dict[str, int | None]:
+        return {
+            "sent": sent,
+            "received": self.received,
+            "unique": self.unique,
+            "lost": None if sent is None else sent - self.unique,
+            "duplicated": self.received - self.unique,
+            "reordered": self.reordered,
+            "corrupt": self.corrupt,
+        }
 
 
-def _udp(addr: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+# --- sockets --------------------------------------------------------------------
+
+
+def _udp(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:  # as root the *FORCE options ignore net.core.[rw]mem_max
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+    sock.bind((host, port))
+    sock.setblocking(False)
     return sock
 
 
-def echo(bind: str, port: int, marker: bytes, timeout: float) -> int:
-    sock = _udp(bind)
-    sock.bind((bind, port))
-    sock.settimeout(timeout)
-    print("READY", flush=True)
-    counts = Counts()
+def _drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
+    """Every datagram queued now (unconnected socket: ICMP errors are not reported)."""
+    out = []
     while True:
         try:
-            data, peer = sock.recvfrom(65535)
-        except TimeoutError:
-            print(json.dumps({"error": "idle timeout", **counts.report()}), flush=True)
-            return 1
-        if data == FIN:
-            sock.sendto(json.dumps(counts.report()).encode(), peer)
-            print(json.dumps(counts.report()), flush=True)
-            return 0
-        counts.see(data, marker)
-        sock.sendto(data, peer)
+            out.append(sock.recvfrom(65535))
+        except BlockingIOError:
+            return out
 
 
-def send(to: str, port: int, marker: bytes, count: int, window: int, wait: float) -> int:
-    sock = _udp(to)
-    sock.connect((to, port))
-    sock.setblocking(False)
-    counts = Counts()
-    start = time.monotonic()
-    next_seq = written_off = 0
-    while next_seq < count:
-        while next_seq < count and next_seq - counts.unique - written_off < window:
-            sock.send(probe_payload(marker, next_seq))
-            next_seq += 1
-        if not _drain(sock, counts, marker, wait):
-            written_off = next_seq - counts.unique  # stalled: forget what is in flight
-    deadline = time.monotonic() + wait
-    while counts.unique < count and time.monotonic() < deadline:
-        _drain(sock, counts, marker, deadline - time.monotonic())
-    elapsed = time.monotonic() - start
-    forward = _fin(sock)
-    report = {
-        "sent": count,
-        "lost": count - counts.unique,
-        **counts.report(),
-        "elapsed_s": round(elapsed, 3),
-        "pps": round(count / elapsed),
-        "forward": forward,
-    }
+def _emit(report: dict[str, Any]) -> None:
     print(json.dumps(report), flush=True)
+
+
+# --- the echo -------------------------------------------------------------------
+
+
+@dataclass
+class Echo:
+    tally: Tally
+    echoed: int = 0
+    echo_errors: int = 0
+    sent: int | None = None  # from the sender's FIN
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "role": "echo",
+            "forward": self.tally.report(self.sent),
+            "echoed": self.echoed,
+            "echo_errors": self.echo_errors,
+        }
+
+    def handle(self, sock: socket.socket, data: bytes, src: Any) -> bool:
+        """Echo a first copy, answer a FIN; True for a FIN of this run."""
+        parsed = parse(data)
+        if parsed is not None and parsed[1] == FIN_SEQ:
+            if self.tally.token not in (None, parsed[0]):
+                self.tally.corrupt += 1
+                return False
+            self.sent = _COUNT.unpack_from(data, HEADER.size)[0]
+            with contextlib.suppress(OSError):
+                sock.sendto(json.dumps(self.report()).encode(), src)
+            return True
+        if self.tally.record(data) is not None:
+            try:
+                sock.sendto(data, src)
+                self.echoed += 1
+            except OSError:  # no way back: the sender counts it lost
+                self.echo_errors += 1
+        return False
+
+
+def run_echo(bind: str, port: int, token: bytes | None, idle: float, timeout: float) -> int:
+    sock = _udp(bind, port)
+    echo = Echo(Tally(token))
+    print("READY", flush=True)
+    quit_at, last = time.monotonic() + timeout, None
+    while (now := time.monotonic()) < quit_at:
+        if last is not None and now - last > idle:
+            break
+        if not select.select([sock], [], [], min(0.1, quit_at - now))[0]:
+            continue
+        for data, src in _drain(sock):
+            last = time.monotonic()
+            if echo.handle(sock, data, src):
+                quit_at = min(quit_at, last + ECHO_AFTER_FIN)
+    _emit(echo.report())
     return 0
 
 
-def _drain(sock: socket.socket, counts: Counts, marker: bytes, wait: float) -> bool:
-    """Receive every echo queued within ``wait`` seconds; False if none came."""
-    ready, _, _ = select.select([sock], [], [], max(wait, 0.0))
-    if not ready:
-        return False
-    while True:
-        try:
-            counts.see(sock.recv(65535), marker)
-        except BlockingIOError:
-            return True
+# --- the sender ---------------------------------------------------------------------
 
 
-def _fin(sock: socket.socket) -> dict[str, int] | None:
-    """Ask the echo for its counters (a few tries: the FIN itself may be lost)."""
-    for _ in range(5):
-        sock.send(FIN)
-        ready, _, _ = select.select([sock], [], [], 1.0)
-        while ready:
+@dataclass(frozen=True)
+class SendOptions:
+    to: str
+    port: int
+    count: int
+    token: bytes
+    bind: str | None = None
+    rate: float = 0.0  # probes per second; 0: window-paced only
+    window: int = 64
+    stall: float = 1.0
+    linger: float = 1.0
+    sizes: tuple[int, ...] = (64, 512, 1372)
+    block: int = 1
+
+
+@dataclass
+class _Sender:
+    opts: SendOptions
+    sock: socket.socket
+    tally: Tally
+    start: float
+    sent: int = 0
+    written_off: int = 0  # probes that stopped holding a window slot (stalls)
+    stalls: int = 0
+    send_errors: int = 0
+    last_echo: float = 0.0
+
+    def unanswered(self) -> int:
+        return max(0, self.sent - self.tally.unique - self.written_off)
+
+    def due(self, now: float) -> int:
+        if self.opts.rate <= 0:
+            return self.opts.count
+        return min(self.opts.count, int((now - self.start) * self.opts.rate) + 1)
+
+    def send_due(self, now: float) -> None:
+        opts = self.opts
+        while self.sent < self.due(now) and self.unanswered() < opts.window:
+            size = size_of(self.sent, opts.sizes, opts.block)
             try:
-                data = sock.recv(65535)
+                self.sock.sendto(datagram(opts.token, self.sent, size), (opts.to, opts.port))
             except BlockingIOError:
+                return  # send buffer full: again after the next wait
+            except OSError:  # e.g. no route while the tunnel is down: a lost probe
+                self.send_errors += 1
+            self.sent += 1
+
+    def wait(self, timeout: float) -> None:
+        """Up to ``timeout`` seconds for echoes; tally every one queued."""
+        if select.select([self.sock], [], [], max(0.0, timeout))[0]:
+            for data, _src in _drain(self.sock):
+                if self.tally.record(data) is not None:
+                    self.last_echo = time.monotonic()
+
+    def step(self) -> None:
+        """Send what is due, then wait for an echo or the next probe's time."""
+        now = time.monotonic()
+        self.send_due(now)
+        if self.unanswered() >= self.opts.window:
+            if now - self.last_echo >= self.opts.stall:  # window stuck: slide on
+                self.written_off += self.unanswered()
+                self.stalls += 1
+                self.last_echo = now
+                return
+            self.wait(self.last_echo + self.opts.stall - now)
+        elif self.opts.rate > 0:
+            self.wait(self.start + self.sent / self.opts.rate - time.monotonic())
+        else:
+            self.wait(0.001)  # the send buffer was full
+
+
+def _ask_echo(sender: _Sender) -> dict[str, Any] | None:
+    """FIN until the echo answers with its report (the FIN or its answer may be lost)."""
+    opts = sender.opts
+    for _ in range(FIN_TRIES):
+        with contextlib.suppress(OSError):
+            sender.sock.sendto(fin(opts.token, opts.count), (opts.to, opts.port))
+        until = time.monotonic() + 1.0
+        while (left := until - time.monotonic()) > 0:
+            if not select.select([sender.sock], [], [], left)[0]:
                 break
-            if data.startswith(b"{"):
-                result: dict[str, int] = json.loads(data)
-                return result
+            for data, _src in _drain(sender.sock):
+                if data.startswith(b"{"):
+                    with contextlib.suppress(ValueError):
+                        report: dict[str, Any] = json.loads(data)
+                        return report
+                sender.tally.record(data)  # a late echo
     return None
+
+
+def run_send(opts: SendOptions) -> dict[str, Any]:
+    family_host = opts.bind or ("::" if ":" in opts.to else "0.0.0.0")
+    sock = _udp(family_host, 0)
+    start = time.monotonic()
+    sender = _Sender(opts, sock, Tally(opts.token), start, last_echo=start)
+    while sender.sent < opts.count:
+        sender.step()
+    send_seconds = time.monotonic() - start
+    while sender.tally.unique < opts.count and time.monotonic() - sender.last_echo < opts.linger:
+        sender.wait(sender.last_echo + opts.linger - time.monotonic())
+    total_seconds = time.monotonic() - start
+    echo = _ask_echo(sender)
+    sock.close()
+    return {
+        "role": "sender",
+        "count": opts.count,
+        "lost": opts.count - sender.tally.unique,
+        "send_errors": sender.send_errors,
+        "stalls": sender.stalls,
+        "send_seconds": round(send_seconds, 3),
+        "total_seconds": round(total_seconds, 3),
+        "udp_bytes": udp_bytes(opts.count, opts.sizes, opts.block),
+        "forward": None if echo is None else echo["forward"],
+        "reverse": sender.tally.report(None if echo is None else echo["echoed"]),
+    }
+
+
+# --- TCP ----------------------------------------------------------------------------
 
 
 def tcp_stream(size: int) -> bytes:
@@ -185,7 +411,7 @@ def tcp_sink(bind: str, port: int, timeout: float) -> int:
             while chunk := conn.recv(1 << 16):
                 digest.update(chunk)
                 total += len(chunk)
-    print(json.dumps({"bytes": total, "sha256": digest.hexdigest()}), flush=True)
+    _emit({"bytes": total, "sha256": digest.hexdigest()})
     return 0
 
 
@@ -195,45 +421,73 @@ def tcp_send(to: str, port: int, size: int, timeout: float) -> int:
         conn.sendall(data)
         conn.shutdown(socket.SHUT_WR)
         conn.recv(1)  # wait for the sink to close: everything arrived
-    print(json.dumps({"bytes": size, "sha256": hashlib.sha256(data).hexdigest()}), flush=True)
+    _emit({"bytes": size, "sha256": hashlib.sha256(data).hexdigest()})
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.tools.probe", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
+# --- command line -------------------------------------------------------------------
+
+
+def _token(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    token = bytes.fromhex(text)
+    if len(token) != TOKEN_LEN:
+        raise argparse.ArgumentTypeError(f"--token must be {TOKEN_LEN} bytes in hex")
+    return token
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tests.tools.probe", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("echo")
     e.add_argument("--bind", required=True)
     e.add_argument("--port", type=int, required=True)
-    e.add_argument("--marker", required=True, help=f"{MARKER_LEN} bytes in hex")
-    e.add_argument("--timeout", type=float, default=60.0, help="give up after this idle time")
+    e.add_argument("--token", help=f"{TOKEN_LEN} bytes in hex (default: the first probe's)")
+    e.add_argument("--idle", type=float, default=5.0, help="quit after this quiet time")
+    e.add_argument("--timeout", type=float, default=120.0, help="quit after this time")
     s = sub.add_parser("send")
     s.add_argument("--to", required=True)
     s.add_argument("--port", type=int, required=True)
-    s.add_argument("--marker", required=True)
-    s.add_argument("--count", type=int, default=10000)
-    s.add_argument("--window", type=int, default=64, help="probes in flight at most")
-    s.add_argument("--wait", type=float, default=2.0, help="seconds to wait for echoes")
-    ts = sub.add_parser("tcp-sink")
-    ts.add_argument("--bind", required=True)
-    ts.add_argument("--port", type=int, required=True)
-    ts.add_argument("--timeout", type=float, default=30.0)
-    tc = sub.add_parser("tcp-send")
-    tc.add_argument("--to", required=True)
-    tc.add_argument("--port", type=int, required=True)
-    tc.add_argument("--bytes", type=int, required=True)
-    tc.add_argument("--timeout", type=float, default=30.0)
+    s.add_argument("--count", type=int, required=True)
+    s.add_argument("--bind", help="local address (default: any)")
+    s.add_argument("--token", help=f"{TOKEN_LEN} bytes in hex (default: random)")
+    s.add_argument("--rate", type=float, default=0.0, help="probes per second (0: window only)")
+    s.add_argument("--window", type=int, default=64, help="most probes unanswered")
+    s.add_argument("--stall", type=float, default=1.0, help="full window, no echo: slide on")
+    s.add_argument("--linger", type=float, default=1.0, help="quiet time to wait at the end")
+    s.add_argument("--sizes", default="64,512,1372", help="'A,B,C' in turn or 'MIN-MAX'")
+    s.add_argument("--block", type=int, default=1, help="probes in a row of one size")
+    for name in ("tcp-sink", "tcp-send"):
+        t = sub.add_parser(name)
+        t.add_argument("--bind" if name == "tcp-sink" else "--to", required=True)
+        t.add_argument("--port", type=int, required=True)
+        t.add_argument("--timeout", type=float, default=30.0)
+    sub.choices["tcp-send"].add_argument("--bytes", type=int, required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.cmd == "tcp-sink":
         return tcp_sink(args.bind, args.port, args.timeout)
     if args.cmd == "tcp-send":
         return tcp_send(args.to, args.port, args.bytes, args.timeout)
-    marker = bytes.fromhex(args.marker)
-    if len(marker) != MARKER_LEN:
-        parser.error(f"--marker must be {MARKER_LEN} bytes")
+    try:
+        token = _token(args.token)
+        sizes = parse_sizes(args.sizes) if args.cmd == "send" else []
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        parser.error(str(exc))
     if args.cmd == "echo":
-        return echo(args.bind, args.port, marker, args.timeout)
-    return send(args.to, args.port, marker, args.count, args.window, args.wait)
+        return run_echo(args.bind, args.port, token, args.idle, args.timeout)
+    opts = SendOptions(
+        args.to, args.port, args.count, token or os.urandom(TOKEN_LEN), bind=args.bind,
+        rate=args.rate, window=args.window, stall=args.stall, linger=args.linger,
+        sizes=tuple(sizes), block=args.block,
+    )  # fmt: skip
+    _emit(run_send(opts))
+    return 0
 
 
 if __name__ == "__main__":
