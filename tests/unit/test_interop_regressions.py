@@ -6,7 +6,7 @@
    gateways agreed with each other (same wrong cipher on both sides), so only
    strongSwan noticed: "ESP decryption or ICV verification failed" on its
    side, ``auth_failed`` drops on ours. Fixed by carrying the transform in
-   ``ChildSaUp.encr`` into ``tunneld.peer.data_plane_sas`` and
+   ``ChildSaUp.encr`` into ``tunneld.childsas.data_plane_sas`` and
    ``dataplane.esp.new_aead``.
 
    The packets below were captured on the lab's WAN bridge (tcpdump, UDP 4500)
@@ -28,7 +28,7 @@ from ike.constants import EncrId
 from ike.events import ChildSaKeys, ChildSaUp
 from tunneld.dataplane import esp
 from tunneld.dataplane.sa import DropReason, EspDrop, InboundSA
-from tunneld.peer import data_plane_sas
+from tunneld.childsas import data_plane_sas
 
 # charon: "encryption initiator key" (strongSwan -> tunneld) and "responder key".
 KEYMAT_I_TO_R = bytes.fromhex(
