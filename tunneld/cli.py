@@ -158,15 +158,22 @@ def format_status(st: dict[str, Any]) -> str:
     lines = [f"gateway {st['gateway']} (tun {st['tun']}, up {st['uptime']:.0f}s)"]
     for peer in st["peers"]:
         err = f", last error: {peer['last_error']}" if peer.get("last_error") else ""
-        lines.append(f"  peer {peer['name']} [{peer['state']}] remote {peer['remote']}{err}")
+        live = peer["liveness"]
+        heard = "never" if live["last_heard"] is None else f"{live['last_heard']:.0f}s ago"
+        lines.append(
+            f"  peer {peer['name']} [{peer['state']}] remote {peer['remote']}{err}"
+            f"  liveness {live['state']} (heard {heard})"
+        )
         for ike in peer["ike_sas"]:
             lines.append(
                 "    IKE SA {spi_i}_i {spi_r}_r {state} {algorithms} id {remote_id}".format(**ike)
             )
         for ch in peer["child_sas"]:
+            rekey = "-" if ch.get("rekey_in") is None else f"{ch['rekey_in']:.0f}s"
             lines.append(
                 f"    Child SA {ch['spi_in']}_in {ch['spi_out']}_out {ch['algorithms']} "
-                f"age {ch['age']:.0f}s  {','.join(ch['local_ts'])} === {','.join(ch['remote_ts'])}"
+                f"gen {ch['generation']} age {ch['age']:.0f}s rekey in {rekey}  "
+                f"{','.join(ch['local_ts'])} === {','.join(ch['remote_ts'])}"
             )
             lines.append(
                 f"      in {ch['in']['packets']} pkts {ch['in']['bytes']} B, "

@@ -114,6 +114,8 @@ class Peer:
         self.sessions: list[IkeSession] = []
         self.status = PeerStatus()
         self._watch_at = math.inf
+        self._last_heard: float | None = None
+        self._declared_dead = False
         # sessions that reported IkeSaUp: a session is CLOSED by the time its
         # IkeSaDown is applied, so it can no longer say whether it ever was up
         self._were_up: set[IkeSession] = set()
@@ -248,6 +250,8 @@ class Peer:
         if session is None:
             return
         session.receive_datagram(dgram.data, dgram.remote, dgram.local, now)
+        if session.established:
+            self._last_heard = now
 
     def _session_for(self, header: IkeHeader, dgram: IkeDatagram, now: float) -> IkeSession | None:
         for session in self.sessions:
@@ -302,6 +306,8 @@ class Peer:
         now = trio.current_time()
         if isinstance(event, IkeSaUp):
             self.status.established_at = now
+            self._last_heard = now
+            self._declared_dead = False
             self.status.ike_sas_established += 1
             self.status.last_error = None
             self._retry_delay = RETRY_INITIAL
@@ -386,6 +392,7 @@ class Peer:
     def _dead_peer(self, now: float) -> None:
         """Rule 6: apply dpd_action."""
         self.status.dead_peer_detections += 1
+        self._declared_dead = True
         action = self.policy.dpd_action
         log.warning("peer dead", extra={"peer": self.name, "action": action})
         if action == "restart" and self.remote is not None:
@@ -425,6 +432,7 @@ class Peer:
         """Rule 4: liveness notices, soft limits (rekey), hard limits (delete)."""
         result = self.children.watch(self.policy.limits)
         for record in result.inbound_seen:
+            self._last_heard = now
             record.session.notice_inbound(now, record.inbound.spi)
         for record in result.rekey:
             log.info(
@@ -445,15 +453,36 @@ class Peer:
 
     # -- status ----------------------------------------------------------------
 
+    def _liveness(self, now: float) -> dict[str, Any]:
+        """alive: heard from within dpd_delay; checking: silent longer (a liveness
+        check is due or in flight); dead: the last IKE SA ended unanswered; down."""
+        delay = self.session_config.dpd_delay
+        heard = None if self._last_heard is None else round(now - self._last_heard, 3)
+        if self.state != "established":
+            state = "dead" if self._declared_dead else "down"
+        elif heard is not None and (delay <= 0 or heard <= delay + WATCH_INTERVAL):
+            state = "alive"
+        else:
+            state = "checking"
+        return {"state": state, "last_heard": heard, "dpd_delay": delay}
+
     def snapshot(self, now: float) -> dict[str, Any]:
+        ike_sas = [s.status(now) for s in self.sessions]
+        timers = {c["spi_in"]: c for ike in ike_sas for c in ike.get("child_sas", [])}
+        children = self.children.snapshot(now)
+        for child in children:  # the session owns the time limits (rekey_in, expires_in)
+            session_view = timers.get(child["spi_in"], {})
+            child["rekey_in"] = session_view.get("rekey_in")
+            child["expires_in"] = session_view.get("expires_in")
         return {
             "name": self.name,
             "remote": None if self.remote is None else f"{self.remote[0]}:{self.remote[1]}",
             "auto": self.auto,
             "state": self.state,
             "last_error": self.status.last_error,
-            "ike_sas": [s.status(now) for s in self.sessions],
-            "child_sas": self.children.snapshot(now),
+            "liveness": self._liveness(now),
+            "ike_sas": ike_sas,
+            "child_sas": children,
             "retiring_spis": [f"{spi:08x}" for spi in self.children.retiring_spis()],
             "counters": {
                 "ike_sas_established": self.status.ike_sas_established,

@@ -19,6 +19,7 @@ import trio
 import trio.testing
 
 from tunneld import control
+from tunneld.cli import format_status
 from tunneld.config import load_config
 from tunneld.daemon import Daemon, MemoryDevices
 from tunneld.io.udp import MemoryNetwork
@@ -138,10 +139,18 @@ async def test_status_over_the_control_socket_shows_sas_without_secrets(
     assert st["ok"] and st["gateway"] == "gw-a"
     (peer,) = st["peers"]
     assert peer["state"] == "established"
+    assert peer["liveness"]["state"] == "alive" and peer["liveness"]["last_heard"] >= 0
+    child = peer["child_sas"][0]
+    assert child["generation"] == 0
+    # the default child lifetime is 1 h, rekeyed up to 10 % early, deleted at 110 %
+    assert 3240 - 1 <= child["rekey_in"] <= 3600 and 3960 - 1 <= child["expires_in"] <= 3960
     (ike,) = peer["ike_sas"]
     assert ike["role"] == "initiator" and ike["remote_id"] == "gw-b.example.org"
     assert peer["child_sas"][0]["algorithms"].startswith("aes256gcm16")
     text = repr(st)
+    human = format_status({k: v for k, v in st.items() if k != "ok"})
+    assert "peer gw-b [established]" in human and "liveness alive" in human
+    assert f"Child SA {child['spi_in']}_in {child['spi_out']}_out" in human and "gen 0" in human
     records = list(pair.a.daemon.peers["gw-b"].children.records.values())
     assert records
     for record in records:
