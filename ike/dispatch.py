@@ -363,6 +363,4 @@ class DispatchingSession(RekeyingSession):
             return
         exhausted = due is Timeout.EXHAUSTED and sa.tm.in_flight is not None
         if exhausted or (sa.give_up_at is not None and now >= sa.give_up_at):
-            if sa.tm.in_flight is not None:
-                self._abandoned(sa, sa.tm.in_flight.exchange, now)
-            self._retire(sa, now, linger=False)
+            self._retire(sa, now, linger=False)  # what was in flight is redone on the current SA

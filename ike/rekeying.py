@@ -315,11 +315,51 @@ class RekeyingSession(SessionBase):
             elif isinstance(task, IkeRekeyInitiator):
                 self._ike_rekey_failed(sa, task, err, now)
 
+    # -- retiring IKE SAs (rekeyed, redundant) -------------------------------------
+
+    def _retire(self, sa: IkeSa, now: float, *, linger: bool) -> None:
+        """Stop using an IKE SA; with ``linger`` it still answers retransmissions from its cache.
+
+        Work of ours still on it (a Child SA delete, a liveness check) is not
+        lost: it is redone on the current IKE SA (§2.18: requests sent on the
+        old SA may go unanswered once the peer deleted it).
+        """
+        if sa is self._successor:
+            self._successor = None
+        if sa.tm.in_flight is not None:
+            self._abandoned(sa, sa.tm.in_flight.exchange, now)
+        for exchange in sa.tm.take_queue():
+            if sa is not self._sa and not _deletes_ike(exchange):
+                self._tm.enqueue(exchange)
+        sa.tm.abandon()
+        sa.give_up_at = None
+        if linger and sa.tm.cached is not None:
+            sa.linger_until = now + sa.ctx.config.retransmit.total
+            if sa not in self._retiring:
+                self._retiring.append(sa)
+        elif sa in self._retiring:
+            self._retiring.remove(sa)
+
+    def _delete_retired(self, sa: IkeSa, now: float) -> None:
+        """Send D(IKE) on an IKE SA that is no longer current (old after a rekey, or redundant)."""
+        if sa not in self._retiring:
+            self._retiring.append(sa)
+        sa.give_up_at = None  # the retransmissions of the DELETE bound its life
+        sa.tm.enqueue(Exchange(ExchangeType.INFORMATIONAL, [DeleteIkeTask()]), first=True)
+        self._pump_sa(sa, now)
+
     def _abandoned(self, sa: IkeSa, exchange: Exchange, now: float) -> None:
-        """An exchange on a retiring IKE SA got no answer: retry its work on the current one."""
+        """An exchange on a retiring IKE SA got no answer: redo its work on the current one."""
         err = PeerError("no answer on a retiring IKE SA", NotifyType.TEMPORARY_FAILURE)
         for task in exchange.tasks:
             if isinstance(task, ChildSaInitiator):
-                task.failed(self._ctx, err, now)
+                task.failed(self._ctx, err, now)  # retried after a short random delay
             elif isinstance(task, IkeRekeyInitiator) and self._ike_rekey is task:
                 self._ike_rekey = None
+            elif isinstance(task, DeleteChildTask) and task.inbound_spi in self._ctx.children:
+                redo = DeleteChildTask(task.inbound_spi, task.reason)
+                self._tm.enqueue(Exchange(ExchangeType.INFORMATIONAL, [redo]))
+
+
+def _deletes_ike(exchange: Exchange) -> bool:
+    return any(isinstance(t, DeleteIkeTask) for t in exchange.tasks)

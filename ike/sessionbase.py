@@ -120,29 +120,6 @@ class SessionBase:
         if ctx.remote_addr[1] == IKE_PORT:
             ctx.remote_addr = (ctx.remote_addr[0], NAT_T_PORT)
 
-    # -- retiring IKE SAs (rekeyed, redundant) -------------------------------------
-
-    def _retire(self, sa: IkeSa, now: float, *, linger: bool) -> None:
-        """Stop using an IKE SA; with ``linger`` it still answers retransmissions from its cache."""
-        if sa is self._successor:
-            self._successor = None
-        sa.tm.abandon()
-        sa.give_up_at = None
-        if linger and sa.tm.cached is not None:
-            sa.linger_until = now + sa.ctx.config.retransmit.total
-            if sa not in self._retiring:
-                self._retiring.append(sa)
-        elif sa in self._retiring:
-            self._retiring.remove(sa)
-
-    def _delete_retired(self, sa: IkeSa, now: float, give_up_after: float | None = None) -> None:
-        """Send D(IKE) on an IKE SA that is no longer current (old after a rekey, or redundant)."""
-        if sa not in self._retiring:
-            self._retiring.append(sa)
-        sa.give_up_at = None if give_up_after is None else now + give_up_after
-        sa.tm.enqueue(Exchange(ExchangeType.INFORMATIONAL, [DeleteIkeTask()]), first=True)
-        self._pump_sa(sa, now)
-
     def _start_close(self, reason: str, notify_type: NotifyType | None, now: float) -> None:
         """Delete the IKE SA (§1.4.1); IkeSaDown follows when the peer answers.
 
