@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum, auto
 from typing import Any
 
@@ -94,6 +94,24 @@ class ChildSa:
             out["rekey_in"] = round(self.lifetime.rekey_at - now, 3)
             out["expires_in"] = round(self.lifetime.expire_at - now, 3)
         return out
+
+
+# The fields that belong to one IKE SA rather than to the peer: a rekeyed IKE
+# SA starts them afresh (SaContext.successor); every other field carries over.
+PER_IKE_SA = frozenset(
+    {
+        "nonce_i",
+        "nonce_r",
+        "ike_proposal",
+        "prf",
+        "keys",
+        "cipher_out",
+        "cipher_in",
+        "sk_iv_counter",
+        "init_request",
+        "init_response",
+    }
+)
 
 
 @dataclass(eq=False)
@@ -182,26 +200,15 @@ class SaContext:
     def successor(self, *, is_initiator: bool, spi_i: bytes, spi_r: bytes) -> SaContext:
         """The context of the IKE SA that replaces this one (§2.18).
 
-        Same peer, configuration and identity; the *same* Child SA table and
-        event queue (the Child SAs move, §1.3.2); new SPIs, roles and, set by
-        the caller, keys. ``is_initiator`` is the role in the rekey exchange:
-        its initiator becomes the "original initiator" of the new SA (§2.18).
+        Everything about the peer carries over (configuration, identity, NAT
+        state, addresses), and the *same* Child SA table and event queue (the
+        Child SAs move, §1.3.2); the fields of :data:`PER_IKE_SA` start afresh:
+        new SPIs and roles here, keys and nonces set by the caller.
+        ``is_initiator`` is the role in the rekey exchange: its initiator
+        becomes the "original initiator" of the new SA (§2.18).
         """
-        return SaContext(
-            configs=self.configs,
-            entropy=self.entropy,
-            is_initiator=is_initiator,
-            local_addr=self.local_addr,
-            remote_addr=self.remote_addr,
-            spi_i=spi_i,
-            spi_r=spi_r,
-            peer_hashes=self.peer_hashes,
-            peer_certreq=self.peer_certreq,
-            nat_t=self.nat_t,
-            remote_identity=self.remote_identity,
-            children=self.children,
-            events=self.events,
-        )
+        fresh: dict[str, Any] = {f.name: f.default for f in fields(self) if f.name in PER_IKE_SA}
+        return replace(self, **fresh, is_initiator=is_initiator, spi_i=spi_i, spi_r=spi_r)
 
     def require_keys(self) -> tuple[Prf, IkeKeys]:
         """PRF and keys, which exist from IKE_SA_INIT on (else it is our bug)."""

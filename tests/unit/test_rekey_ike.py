@@ -19,7 +19,7 @@ from sessionpair import T0, Link, Sent, SessionPair, assert_one_pair, config_pai
 from ike.constants import ExchangeType, NotifyType, ProtocolId
 from ike.crypto import prf_plus
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaRekeyed
-from ike.exchanges.context import decode_message
+from ike.exchanges.context import PER_IKE_SA, decode_message
 from ike.ikesa import IkeSa
 from ike.payloads import DeletePayload, NoncePayload, SaPayload
 from ike.session import IkeSession
@@ -207,6 +207,18 @@ def test_child_sa_rekeyed_after_an_ike_sa_rekey_uses_the_new_sk_d() -> None:
     keymat = prf_plus(ctx.prf, ctx.keys.sk_d, ni + nr, 2 * (32 + 4))
     new_i, _ = assert_one_pair(pair)
     assert new_i.keys.outbound_key + new_i.keys.outbound_salt == keymat[:36]
+
+
+def test_the_successor_context_keeps_the_peer_and_starts_the_ike_sa_afresh() -> None:
+    pair = established()
+    old = current(pair.initiator).ctx
+    new = old.successor(is_initiator=False, spi_i=bytes(range(8)), spi_r=bytes(range(8, 16)))
+    assert new.children is old.children and new.events is old.events  # Child SAs move
+    kept = ("configs", "entropy", "remote_identity", "nat_t", "local_addr", "remote_addr")
+    assert all(getattr(new, name) == getattr(old, name) for name in kept)
+    assert (new.is_initiator, new.spi_i, new.spi_r) == (False, bytes(range(8)), bytes(range(8, 16)))
+    assert new.keys is None and new.cipher_in is None and new.sk_iv_counter == 0
+    assert new.nonce_i == new.nonce_r == b"" and {f for f in PER_IKE_SA if "nonce" in f}
 
 
 # -- simultaneous IKE SA rekeys (§2.8.2) ----------------------------------------------------------
