@@ -89,6 +89,7 @@ from ike.exchanges.context import ChildSa, ChildStatus, SaContext
 from ike.exchanges.ike_init import IkeInitInitiator
 from ike.exchanges.informational import LivenessTask
 from ike.ikesa import Datagram, peek_header, strip_non_esp_marker
+from ike.sakeys import IkeSaKeys, ike_sa_keys
 from ike.sessionconfig import SessionConfig
 from ike.states import IkeState, Input, allowed
 from ike.taskmanager import Exchange
@@ -274,6 +275,12 @@ class IkeSession(DispatchingSession):
             raise LocalError(f"no established Child SA with inbound SPI {inbound_spi:08x}")
         return child
 
+    def ike_sa_keys(self) -> tuple[IkeSaKeys, ...]:
+        """SK_e/SK_a of every IKE SA this session holds that has keys (current,
+        successor, retiring): only for the daemon's opt-in ``save_keys``."""
+        found = (ike_sa_keys(sa.ctx) for sa in self._all_sas())
+        return tuple(keys for keys in found if keys is not None)
+
     # -- status (never keys) -------------------------------------------------
 
     @property
@@ -337,6 +344,11 @@ class IkeSession(DispatchingSession):
     def ike_algorithms(self) -> str | None:
         proposal = self._ctx.ike_proposal
         return None if proposal is None else str(proposal)
+
+    @property
+    def behind_nat(self) -> bool:
+        """Whether the peer saw our address translated (NAT keepalives are ours to send)."""
+        return self._ctx.behind_nat
 
     @property
     def remote_identity(self) -> str | None:

@@ -343,6 +343,14 @@ class Daemon:
         except OSError as exc:  # unreachable network, peer's port closed: IKE retransmits
             log.debug("IKE send failed", extra={"dst": dst[0], "error": str(exc)})
 
+    def send_keepalive(self, dst: tuple[str, int]) -> None:
+        if self._datapath is None:
+            return
+        try:
+            self._datapath.send_keepalive(dst)
+        except OSError as exc:
+            log.debug("NAT keepalive failed", extra={"dst": dst[0], "error": str(exc)})
+
     def _spi_in_use(self, spi: int) -> bool:
         return self.sadb.inbound(spi) is not None
 

@@ -21,7 +21,9 @@ Theory of operation:
 6. A peer declared dead (liveness checks unanswered) is handled by
    ``dpd_action``: ``restart`` initiates again at once (if the peer's address
    is known), ``clear`` leaves the tunnel down until an operator or the peer
-   brings it up.
+   brings it up. An IKE SA we chose to delete (operator ``down``, a stale or
+   duplicate one, rule 5) whose DELETE goes unanswered says nothing about the
+   peer: a restarted peer has forgotten the stale SA, while the new one works.
 5. One IKE SA per peer. An IKE SA that was already established when a new
    one began is stale: the peer restarted (it says so with INITIAL_CONTACT,
    RFC 7296 §2.4) or replaced it, so the new one wins, its Child SAs leave
@@ -66,6 +68,7 @@ INBOX_SIZE = 64  # IKE datagrams queued per peer; beyond this they are dropped (
 RETRY_INITIAL = 2.0  # seconds before re-initiating after a failed IKE SA (auto = start)
 RETRY_MAX = 60.0
 WATCH_INTERVAL = 1.0  # seconds between looks at the SA counters (rule 4)
+NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: "a default of 20 seconds"
 
 
 _Input = tuple[IkeDatagram, IkeHeader]
@@ -114,6 +117,8 @@ class Peer:
         self.sessions: list[IkeSession] = []
         self.status = PeerStatus()
         self._watch_at = math.inf
+        self._keepalive_at = math.inf
+        self.keepalives_sent = 0
         self._last_heard: float | None = None
         self._declared_dead = False
         # sessions that reported IkeSaUp: a session is CLOSED by the time its
@@ -122,6 +127,8 @@ class Peer:
         # rule 5: when each session's negotiation began and when it came up
         self._begun: dict[IkeSession, float] = {}
         self._up_at: dict[IkeSession, float] = {}
+        # rule 6: sessions we are deleting on purpose; their DELETE may time out
+        self._deleting: set[IkeSession] = set()
         self._send, self._recv = trio.open_memory_channel[_Input | None](INBOX_SIZE)
         self._want_up = policy.auto == "start"
         self._retry_at = math.inf
@@ -164,7 +171,7 @@ class Peer:
         self._retry_at = math.inf
         now = trio.current_time()
         for session in self.sessions:
-            session.close(now)
+            self._delete(session, now)
         self._poke()
 
     # -- the task ------------------------------------------------------------------
@@ -194,7 +201,7 @@ class Peer:
             self._send.send_nowait(None)
 
     def _next_deadline(self) -> float:
-        deadlines = [self._retry_at, self._watch_at]
+        deadlines = [self._retry_at, self._watch_at, self._keepalive_at]
         expiry = self.children.next_expiry()
         if expiry is not None:
             deadlines.append(expiry)
@@ -213,6 +220,8 @@ class Peer:
         if self._watch_at <= now:
             self._watch_at = now + WATCH_INTERVAL
             self._watch(now)
+        if self._keepalive_at <= now:
+            self._send_keepalives(now)
         if self._retry_at <= now:
             self._retry_at = math.inf
             if self._want_up and not self._live_sessions():
@@ -282,6 +291,7 @@ class Peer:
             self.sessions.remove(session)
             self._begun.pop(session, None)
             self._up_at.pop(session, None)
+            self._deleting.discard(session)
             self.daemon.unregister_session(session)
         if (
             not self._live_sessions()
@@ -308,6 +318,8 @@ class Peer:
             self.status.established_at = now
             self._last_heard = now
             self._declared_dead = False
+            if session.behind_nat and self._keepalive_at == math.inf:
+                self._keepalive_at = now + NAT_KEEPALIVE_INTERVAL
             self.status.ike_sas_established += 1
             self.status.last_error = None
             self._retry_delay = RETRY_INITIAL
@@ -359,7 +371,12 @@ class Peer:
         for session in up:
             if session is not keep:
                 log.info("deleting duplicate IKE SA", extra={"peer": self.name})
-                session.close(now)
+                self._delete(session, now)
+
+    def _delete(self, session: IkeSession, now: float) -> None:
+        """Delete an IKE SA on purpose (rule 6: its DELETE timing out is no dead peer)."""
+        self._deleting.add(session)
+        session.close(now)
 
     def _replace_stale(self, stale: IkeSession, now: float) -> None:
         """An IKE SA the peer has most likely forgotten: its Child SAs leave the data
@@ -368,7 +385,7 @@ class Peer:
         for spi, record in list(self.children.records.items()):
             if record.session is stale:
                 self._remove_child(spi, now, "replaced by a newer IKE SA")
-        stale.close(now)
+        self._delete(stale, now)
 
     def _initial_contact(self, fresh: IkeSession, now: float) -> None:
         """The peer holds no other IKE SA with us (RFC 7296 §2.4): older ones are stale."""
@@ -383,10 +400,11 @@ class Peer:
         reason = event.reason + (f" ({event.notify.name})" if event.notify is not None else "")
         was_up = session in self._were_up
         self._were_up.discard(session)
-        if event.notify is not None or not was_up or event.peer_dead:  # a clean DELETE is no error
+        peer_dead = event.peer_dead and session not in self._deleting  # rule 6
+        if event.notify is not None or not was_up or peer_dead:  # a clean DELETE is no error
             self.status.last_error = reason
         log.info("IKE SA down", extra={"peer": self.name, "reason": reason})
-        if event.peer_dead:
+        if peer_dead:
             self._dead_peer(now)
 
     def _dead_peer(self, now: float) -> None:
@@ -447,6 +465,14 @@ class Peer:
             )
             record.session.delete_child(record.inbound.spi, now)
 
+    def _send_keepalives(self, now: float) -> None:
+        """RFC 3948 §2.3: one 0xFF datagram on the NAT-T port keeps our NAT mapping open."""
+        targets = {s.remote_addr for s in self.sessions if s.established and s.behind_nat}
+        for addr in targets:
+            self.daemon.send_keepalive(addr)
+            self.keepalives_sent += 1
+        self._keepalive_at = now + NAT_KEEPALIVE_INTERVAL if targets else math.inf
+
     def shutdown_now(self) -> None:
         """At daemon exit: drop every inbound SA at once (no delete delay)."""
         self.children.expire(trio.current_time(), everything=True)
@@ -491,5 +517,6 @@ class Peer:
                 "child_rekeys": self.children.rekeys_total,
                 "dead_peer_detections": self.status.dead_peer_detections,
                 "inbox_drops": self.inbox_drops,
+                "nat_keepalives_sent": self.keepalives_sent,
             },
         }

@@ -143,6 +143,7 @@ class SaContext:
     peer_hashes: frozenset[HashAlgorithm] | None = None  # None: the peer did not say
     peer_certreq: bool = False
     nat_t: bool = False
+    behind_nat: bool = False  # our address is translated (§2.23): keep the mapping alive
     remote_identity: Identity | None = None
     children: dict[int, ChildSa] = field(default_factory=dict)
     events: deque[Event] = field(default_factory=deque)
@@ -194,6 +195,7 @@ class SaContext:
             "algorithms": None if self.ike_proposal is None else str(self.ike_proposal),
             "remote_id": None if self.remote_identity is None else str(self.remote_identity),
             "nat_t": self.nat_t,
+            "behind_nat": self.behind_nat,
             "child_sas": [c.summary(now) for c in self.children.values()],
         }
 

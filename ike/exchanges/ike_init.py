@@ -94,6 +94,7 @@ def detect_nat(ctx: SaContext, received: Received) -> None:
     peer_behind_nat = natd_hash(msg.spi_i, msg.spi_r, received.src) not in sources
     we_behind_nat = natd_hash(msg.spi_i, msg.spi_r, received.dst) not in dests
     ctx.nat_t = ctx.config.force_encap or peer_behind_nat or we_behind_nat
+    ctx.behind_nat = we_behind_nat  # then we send NAT keepalives (RFC 3948 §2.3)
 
 
 def sighash_notify() -> Payload:
