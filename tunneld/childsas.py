@@ -18,8 +18,12 @@ Theory of operation:
    Child SAs whose soft packet/byte/sequence limits are reached (rekey), whose
    hard limits are reached (delete), and which received authenticated ESP
    since the last look (liveness).
-5. Routes to the remote selectors exist exactly while the tunnel has an
-   active outbound SA.
+5. Routes to the remote selectors exist while the tunnel has an active
+   outbound SA, and also while a Child SA that rekeyed another waits for
+   activation: a rekey responder sees the old Child SA go (the peer's
+   DELETE) just before ``activate`` names the new one. Removing the routes
+   in between and adding them back a moment later made the kernel drop the
+   packets that arrived meanwhile (no route: ICMP unreachable).
 """
 
 from __future__ import annotations
@@ -178,15 +182,20 @@ class ChildSet:
                 self._sadb.promote(self.name)
             else:
                 self._sadb.demote(self.name)
-                self._unroute()
         if tunnel.previous is record.outbound:
             self._sadb.retire_previous(self.name)
+        if tunnel.current is None and not self._awaiting_activation():
+            self._unroute()  # rule 5
         self._retiring[inbound_spi] = now + self.delete_delay
         return record
 
     def _newest_active(self) -> ChildRecord | None:
         active = [r for r in self.records.values() if r.active]
         return max(active, key=lambda r: r.installed_at) if active else None
+
+    def _awaiting_activation(self) -> bool:
+        """Whether a rekeyed Child SA's successor has not been activated yet (rule 5)."""
+        return any(not r.active and r.event.rekey_of is not None for r in self.records.values())
 
     def _unroute(self) -> None:
         for net in self._routed:
