@@ -221,9 +221,14 @@ class IkeSession(DispatchingSession):
             self._go_down(Input.CLOSE, "closed locally before establishment", None, now)
 
     def delete_child(self, inbound_spi: int, now: float) -> None:
-        """Delete one Child SA (§1.4.1); ChildSaDown follows when the peer answers."""
-        if self._state is not IkeState.ESTABLISHED or inbound_spi not in self._ctx.children:
-            raise LocalError(f"no established Child SA with inbound SPI {inbound_spi:08x}")
+        """Delete one Child SA (§1.4.1); ChildSaDown follows when the peer answers.
+
+        While the IKE SA itself is being deleted this does nothing (the Child
+        SA goes with it). LocalError for an SPI the session does not hold.
+        """
+        if self._state is IkeState.DELETING and inbound_spi in self._ctx.children:
+            return
+        self._established_child(inbound_spi)
         self._delete_child(inbound_spi, "deleted locally")
         self._pump(now)
 
@@ -238,8 +243,12 @@ class IkeSession(DispatchingSession):
         """Rekey one Child SA now (e.g. its packet or byte soft limit was reached).
 
         Returns False, changing nothing, when a rekey or delete of it is
-        already under way (so the daemon may call this on every counter check).
+        already under way or the IKE SA is not established (being deleted,
+        say), so the daemon may call this on every counter check.
+        LocalError for an SPI the session does not hold.
         """
+        if self._state is not IkeState.ESTABLISHED and inbound_spi in self._ctx.children:
+            return False
         child = self._established_child(inbound_spi)
         if not child.rekeyable:
             return False
@@ -248,9 +257,9 @@ class IkeSession(DispatchingSession):
         return True
 
     def rekey_ike(self, now: float) -> bool:
-        """Rekey the IKE SA now; False when a rekey of it is already under way."""
+        """Rekey the IKE SA now; False when one is under way or the SA is not established."""
         if self._state is not IkeState.ESTABLISHED:
-            raise LocalError(f"IKE SA rekey in state {self._state.name}")
+            return False
         if self._ike_rekey is not None or self._successor is not None:
             return False
         self._start_ike_rekey(now)

@@ -323,6 +323,24 @@ def test_misuse_is_a_local_error() -> None:
         responder.check_liveness(pair.now)
 
 
+def test_daemon_calls_during_an_ike_delete_are_harmless() -> None:
+    """The daemon's limit watcher may still ask for rekeys/deletes while the IKE SA goes."""
+    from ike.errors import LocalError
+
+    pair = establish(SessionPair(*config_pair()))
+    (child,) = pair.initiator.children
+    pair.initiator.close(pair.now)  # DELETING until the peer answers
+    assert not pair.initiator.rekey_child(child.inbound_spi, pair.now)
+    assert not pair.initiator.rekey_ike(pair.now)
+    pair.initiator.delete_child(child.inbound_spi, pair.now)  # goes with the IKE SA anyway
+    with pytest.raises(LocalError):
+        pair.initiator.rekey_child(0x12345678, pair.now)  # never ours: misuse
+    pair.run()
+    assert [type(e) for e in pair.events["i"][-2:]] == [ChildSaDown, IkeSaDown]
+    sent = [s for s in pair.sent_by("i") if s.header.exchange_type != ExchangeType.IKE_AUTH]
+    assert len(sent) == 2  # IKE_SA_INIT and the one DELETE: no rekey, no Child SA delete
+
+
 def test_simultaneous_deletes_end_both_sides_once() -> None:
     """Both sides send D(IKE) at once; each answers the other's and goes down once."""
     pair = establish(SessionPair(*config_pair()))
