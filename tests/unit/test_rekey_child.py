@@ -338,3 +338,29 @@ def test_status_reports_rekey_state_without_keys() -> None:
     pair.run(until=pair.now + 5)
     assert not pair.initiator.rekeying
     assert [c.status for c in pair.initiator.children] == [ChildStatus.INSTALLED]
+
+
+def test_no_repr_or_status_leaks_keys_after_pfs_rekeys_and_a_collision() -> None:
+    pair = established(esp=("aes256gcm16-x25519",))
+    pair.initiator.rekey_child(only_child_spi(pair, "i"), pair.now)
+    pair.responder.rekey_child(only_child_spi(pair, "r"), pair.now)  # a collision, too
+    pair.run(until=pair.now + 5)
+    sessions = (pair.initiator, pair.responder)
+    texts = [repr(s) for s in sessions] + [str(s.status(pair.now)) for s in sessions]
+    texts += [repr(c) for s in sessions for c in s.children]
+    texts += [repr(s._ctx) for s in sessions]  # read-only: the SA context holds SK_*
+    texts += [repr(e) for side in "ir" for e in pair.events[side]]
+    blob = "\n".join(texts)
+    secrets: list[bytes] = []
+    for side in "ir":
+        for up in pair.of(side, ChildSaUp):
+            k = up.keys
+            secrets += [k.inbound_key, k.outbound_key, k.inbound_salt, k.outbound_salt]
+    for s in sessions:
+        keys = s._ctx.keys
+        assert keys is not None
+        secrets += [keys.sk_d, keys.sk_ei, keys.sk_er, keys.sk_pi, keys.sk_pr]
+        secrets += [n for c in s.children for n in c.nonces]
+    assert len(secrets) > 20
+    for secret in secrets:
+        assert secret.hex() not in blob and repr(secret)[2:-1] not in blob
