@@ -1,10 +1,13 @@
 """The packet pumps: trio tasks moving packets between the TUN and UDP sockets.
 
 Pipeline, outbound (one task):
-  1. wait until the TUN is readable, read every queued packet (a batch);
-  2. ``sadb.encapsulate`` each (selector lookup, ESP, AES-GCM);
-  3. group consecutive packets toward the same peer and ``send_many`` each
-     group (one GSO ``sendmsg`` per run of equal-size packets).
+  1. wait until the TUN is readable; read queued packets one by one (up to a
+     batch) into one staging buffer (``tun.read_into``);
+  2. ``sadb.encapsulate_into`` each (selector lookup, ESP, AES-GCM), which
+     seals it straight into the send buffer, right behind the previous one;
+  3. a run of equal-size packets toward the same peer (the last may be
+     shorter) leaves in one GSO ``sendmsg`` (``udp.send_run``). Nothing is
+     allocated per packet: no bytes objects, no lists, no join.
 
 Inbound (one task per UDP socket):
   1. wait until the socket is readable, read every queued datagram;
@@ -12,8 +15,9 @@ Inbound (one task per UDP socket):
      non-ESP marker, start an IKE message (marker stripped, put on the IKE
      inbox); a single 0xFF byte is a NAT keepalive (RFC 3948 §2.3, counted);
      anything else is ESP. On port 500 every datagram is IKE (RFC 7296 §2.23);
-  3. ``sadb.decapsulate`` each ESP packet (SPI lookup, replay, AES-GCM,
-     selector check) and write the batch of inner packets to the TUN in one
+  3. ``sadb.decapsulate_into`` each ESP packet (SPI lookup, replay, AES-GCM,
+     selector check), which decrypts straight into one reusable buffer, and
+     write the batch of inner packets (views into it) to the TUN in one
      ``write_batch`` (which may merge TCP segments, tunneld.io.offload).
 
 A packet the data plane refuses raises :class:`EspDrop`; the pumps count it
@@ -32,16 +36,20 @@ import trio
 
 from ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
 from tunneld.dataplane.drops import EspDrop
+from tunneld.dataplane.esp import MIN_ESP_LEN, TRAILER_MAX
 from tunneld.dataplane.udpencap import UdpKind, classify
-from tunneld.io.udp import Address, Buffer, Datagram, Payload
+from tunneld.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Address, Buffer, Datagram
 
 DEFAULT_BATCH = 64  # packets per wakeup: one full GSO run (UDP_MAX_SEGMENTS)
 IKE_INBOX_FULL = "ike_inbox_full"
+_MAX_PACKET = 65535  # the largest inner packet (IPv4 total length) read from the TUN
+_MAX_ESP = _MAX_PACKET + 64  # room for one sealed packet behind a run in the send buffer
+_INNER_ROOM = (1 << 20) + _MAX_ESP  # decrypted inner packets of one received batch
 
 
 class Tun(Protocol):
     async def wait_readable(self) -> None: ...
-    def read_batch(self, max_packets: int = ...) -> list[Payload]: ...
+    def read_into(self, buffer: memoryview) -> int: ...
     def write(self, packet: Buffer) -> None: ...
     def write_batch(self, packets: Sequence[Buffer]) -> None: ...
 
@@ -52,14 +60,16 @@ class Udp(Protocol):
     async def wait_readable(self) -> None: ...
     def recv_batch(self, max_datagrams: int = ...) -> list[Datagram]: ...
     def sendto(self, data: Buffer, addr: Address) -> None: ...
-    def send_many(self, addr: Address, packets: Sequence[Buffer]) -> None: ...
+    def send_run(self, addr: Address, data: Buffer, segment: int) -> None: ...
 
 
 class Sadb(Protocol):
     """What the pumps need from :class:`tunneld.dataplane.sadb.SADatabase`."""
 
-    def encapsulate(self, inner: Buffer) -> tuple[bytes, Any]: ...
-    def decapsulate(self, esp: Buffer) -> bytes: ...
+    def encapsulate_into(
+        self, plain: memoryview, size: int, out: memoryview, offset: int
+    ) -> tuple[int, Any]: ...
+    def decapsulate_into(self, esp: Buffer, out: memoryview, offset: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +127,12 @@ class DataPath:
         self._ike_port = ike_port
         self._batch = batch
         self._dest_cache: dict[Any, Address] = {}
+        # Outbound: the staging buffer each inner packet is read into (room for
+        # the ESP trailer), and the send buffer runs of ESP packets are sealed into.
+        self._plain = memoryview(bytearray(_MAX_PACKET + TRAILER_MAX))
+        self._out = memoryview(bytearray(GSO_MAX_BYTES + _MAX_ESP))
+        # Inbound: decrypted inner packets of one batch, until the TUN write.
+        self._inner = memoryview(bytearray(_INNER_ROOM))
         self.outbound = PumpStats()
         self.inbound = PumpStats()
 
@@ -152,29 +168,49 @@ class DataPath:
         tun = self._tun
         while True:
             await tun.wait_readable()
-            batch = tun.read_batch(self._batch)
-            if batch:
-                self.outbound.batch(len(batch))
-                self._encrypt_and_send(batch)
+            while self._seal_and_send() == self._batch:  # a full batch: more may be queued
+                await trio.lowlevel.checkpoint()
 
-    def _encrypt_and_send(self, batch: list[Payload]) -> None:
-        encapsulate, send_many = self._sadb.encapsulate, self._esp_udp.send_many
-        run: list[bytes] = []
-        run_dest: Address | None = None
-        for inner in batch:
+    def _seal_and_send(self) -> int:
+        """Read, seal and send up to one batch; returns the packets read."""
+        read, encapsulate = self._tun.read_into, self._sadb.encapsulate_into
+        send, stats, dests = self._esp_udp.send_run, self.outbound, self._dest_cache
+        plain, out, limit = self._plain, self._out, self._batch
+        # The run being built: out[:end], `count` packets of `seg` bytes toward `dest`.
+        n = end = seg = count = 0
+        dest: Address = ("", 0)
+        while n < limit:
+            size = read(plain)
+            if size < 0:
+                break
+            n += 1
             try:
-                esp, peer = encapsulate(inner)
+                length, peer = encapsulate(plain, size, out, end)
             except EspDrop as drop:
-                self.outbound.drop(drop.reason.value)
+                stats.drop(drop.reason.value)
                 continue
-            dest = self._dest_cache.get(peer) or self._learn_dest(peer)
-            if dest != run_dest:
-                if run_dest is not None:
-                    send_many(run_dest, run)
-                run, run_dest = [], dest
-            run.append(esp)
-        if run_dest is not None:
-            send_many(run_dest, run)
+            to = dests.get(peer) or self._learn_dest(peer)
+            if count and (
+                to is not dest
+                or length > seg
+                or count == GSO_MAX_SEGMENTS
+                or end + length > GSO_MAX_BYTES
+            ):  # the packet cannot join: send the run, the packet opens the next one
+                send(dest, out[:end], seg)
+                out[:length] = out[end : end + length]  # memmove: the ranges may overlap
+                end = count = 0
+            if not count:
+                seg, dest = length, to
+            end += length
+            count += 1
+            if length < seg:  # GSO: only the last datagram of a run may be shorter
+                send(dest, out[:end], seg)
+                end = count = 0
+        if count:
+            send(dest, out[:end], seg)
+        if n:
+            stats.batch(n)
+        return n
 
     def _learn_dest(self, peer: Any) -> Address:
         """The UDP destination of a tunnel's peer: an address (port 4500) or (host, port)."""
@@ -201,19 +237,35 @@ class DataPath:
                     self._to_ike(data, src, udp)
 
     def _demux(self, batch: list[Datagram], udp: Udp) -> None:
-        decapsulate, stats = self._sadb.decapsulate, self.inbound
-        inner: list[bytes] = []
+        decapsulate, stats = self._sadb.decapsulate_into, self.inbound
+        out, room = self._inner, len(self._inner)
+        inner: list[Buffer] = []
+        end = 0  # decrypted packets fill out[:end]
         for data, src in batch:
+            size = len(data)
+            # ESP unless the first four bytes are the non-ESP marker (RFC 3948 §2.2);
+            # anything else (IKE, keepalive, runts) takes the classify() path.
+            if size >= MIN_ESP_LEN and (data[0] or data[1] or data[2] or data[3]):
+                if end + size > room:  # cannot happen with UdpSocket's 1 MiB arena
+                    self._tun.write_batch(inner)
+                    inner, end = [], 0
+                try:
+                    length = decapsulate(data, out, end)
+                except EspDrop as drop:
+                    stats.drop(drop.reason.value)
+                    continue
+                inner.append(out[end : end + length])
+                end += length
+                continue
             try:
                 kind, payload = classify(data)
-                if kind is UdpKind.ESP:
-                    inner.append(decapsulate(payload))
-                elif kind is UdpKind.IKE:
-                    self._to_ike(payload, src, udp)
-                else:
-                    stats.keepalives += 1
             except EspDrop as drop:
                 stats.drop(drop.reason.value)
+                continue
+            if kind is UdpKind.IKE:
+                self._to_ike(payload, src, udp)
+            elif kind is UdpKind.KEEPALIVE:
+                stats.keepalives += 1
         if inner:  # one call: the TUN may merge TCP segments (tunneld.io.offload)
             self._tun.write_batch(inner)
 

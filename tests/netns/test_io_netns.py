@@ -97,6 +97,36 @@ async def test_send_many_splits_runs_at_size_changes(inside_netns: str) -> None:
         a.close(), b.close()
 
 
+async def test_send_run_sends_one_buffer_as_gso_segments(inside_netns: str) -> None:
+    a, b = UdpSocket.bind("127.0.0.1", 0), UdpSocket.bind("127.0.0.1", 0, gro=False)
+    try:
+        packets = [bytes([i]) * 1000 for i in range(10)] + [b"tail" * 50]
+        a.send_run(b.local_address, memoryview(b"".join(packets)), 1000)
+        a.send_run(b.local_address, b"alone", 1000)  # one datagram: a plain sendto
+        assert a.stats.gso_sends == 1 and a.stats.sent_datagrams == 12
+        assert [d for d, _ in await drain(b, 12)] == [*packets, b"alone"]
+    finally:
+        a.close(), b.close()
+
+
+async def test_send_run_falls_back_per_segment(inside_netns: str) -> None:
+    ip("link", "set", "lo", "mtu", "1500")
+    raw = _NoGsoSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.bind(("127.0.0.1", 0))
+    raw.setblocking(False)
+    a, big = UdpSocket(raw, gro=False), UdpSocket.bind("127.0.0.1", 0)
+    b = UdpSocket.bind("127.0.0.1", 0, gro=False)
+    try:
+        a.send_run(b.local_address, b"x" * 700 + b"y" * 300, 700)  # GSO refused
+        assert not a.gso_enabled and a.stats.sent_datagrams == 2
+        big.send_run(b.local_address, b"z" * 4000, 2000)  # segments above the MTU
+        assert big.gso_enabled and big.stats.sent_datagrams == 2
+        got = [d for d, _ in await drain(b, 4)]
+        assert got == [b"x" * 700, b"y" * 300, b"z" * 2000, b"z" * 2000]
+    finally:
+        a.close(), big.close(), b.close()
+
+
 class _NoGsoSocket(socket.socket):
     """A kernel socket that refuses UDP_SEGMENT like an old kernel would."""
 
@@ -177,3 +207,27 @@ async def test_tun_reads_routed_packets_and_writes_to_the_stack(inside_netns: st
         finally:
             app.close()
     assert "tnd0" not in ip("link")  # closing a non-persistent TUN removes it
+
+
+@pytest.mark.parametrize("offload", [True, False])
+async def test_tun_read_into_fills_the_callers_buffer(inside_netns: str, offload: bool) -> None:
+    with TunDevice.open("tnd1", 1400, offload=offload) as tun:
+        ip("addr", "add", "192.0.2.1/24", "dev", "tnd1")
+        app = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for i in range(3):
+                app.sendto(b"into %d" % i * 100, ("192.0.2.7", 6666))
+            with trio.fail_after(5):
+                await tun.wait_readable()
+            buffer = memoryview(bytearray(2000))
+            got = []
+            while (size := tun.read_into(buffer)) >= 0:
+                if buffer[0] >> 4 == 4:  # IPv6 link-local chatter may come along
+                    got.append(bytes(buffer[:size]))
+            assert [bytes(IP(p)[UDP].payload) for p in got] == [
+                b"into %d" % i * 100 for i in range(3)
+            ]
+            assert all(len(p) == 20 + 8 + 600 for p in got)  # no virtio header in front
+            assert tun.read_into(buffer) == -1  # nothing queued: no exception
+        finally:
+            app.close()

@@ -50,7 +50,8 @@ async def receive(inbox: trio.MemoryReceiveChannel[IkeDatagram]) -> IkeDatagram:
 class FakeSadb:
     """SPI | seq | zero IV | inner | zero ICV.
 
-    Refuses unknown SPIs, replays and destinations without a peer.
+    Refuses unknown SPIs, replays and destinations without a peer. The pumps
+    call the buffer variants (``*_into``), which frame the same bytes.
     """
 
     def __init__(self, out_spi: int, in_spi: int, peers: dict[str, Address]) -> None:
@@ -73,6 +74,18 @@ class FakeSadb:
             raise EspDrop(DropReason.REPLAY)
         self.seen.add(seq)
         return bytes(esp[16:-16])
+
+    def encapsulate_into(
+        self, plain: memoryview, size: int, out: memoryview, offset: int
+    ) -> tuple[int, Address]:
+        esp, peer = self.encapsulate(bytes(plain[:size]))
+        out[offset : offset + len(esp)] = esp
+        return len(esp), peer
+
+    def decapsulate_into(self, esp: Buffer, out: memoryview, offset: int) -> int:
+        inner = self.decapsulate(esp)
+        out[offset : offset + len(inner)] = inner
+        return len(inner)
 
 
 class Gateway:

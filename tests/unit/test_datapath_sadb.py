@@ -47,11 +47,11 @@ def sadb(peer: str, local: str, remote: str, out: Sa, in_: Sa) -> SADatabase:
 
 
 class Side:
-    def __init__(self, net: MemoryNetwork, addr: str, db: SADatabase) -> None:
-        self.tun = MemoryTun()
-        self.udp = net.bind(addr, 4500)
+    def __init__(self, net: MemoryNetwork, addr: str, db: SADatabase, batch: int = 64) -> None:
+        self.tun = MemoryTun(queue_limit=4096)
+        self.udp = net.bind(addr, 4500, queue_limit=4096)
         self.inbox_send, self.inbox = trio.open_memory_channel[IkeDatagram](8)
-        self.path = DataPath(db, self.tun, {4500: self.udp}, self.inbox_send)
+        self.path = DataPath(db, self.tun, {4500: self.udp}, self.inbox_send, batch=batch)
         self.db = db
 
     async def recv(self) -> bytes:
@@ -142,3 +142,45 @@ async def test_replay_forgery_and_policy_drops_are_counted(
         while not a.path.outbound.drops:
             await trio.sleep(0.001)
     assert a.path.outbound.drops == {"no_policy": 1}
+
+
+async def test_equal_size_runs_leave_together_and_arrive_intact(
+    gateways: tuple[Side, Side, MemoryNetwork, Wire],
+) -> None:
+    """The send buffer holds one GSO run: equal sizes, a shorter packet closes it,
+    a larger one opens the next (moved to the front of the buffer, overlapping)."""
+    a, b, _, wire = gateways
+    sizes = [100, 100, 100, 60, 100, 300, 300]  # UDP payloads; ESP adds the same to each
+    packets = [inner("198.51.100.10", "203.0.113.10", bytes([n]) * s) for n, s in enumerate(sizes)]
+    for p in packets:
+        a.tun.host_send(p)
+    assert [await b.recv() for _ in packets] == packets
+    peer = (GW_B, 4500)
+    assert a.udp.send_many_calls == [(peer, 4), (peer, 1), (peer, 2)]
+    assert [len(data) for data, _, _ in wire] == [len(p) + 36 for p in packets]  # aligned sizes
+
+
+@pytest.mark.parametrize(("payload", "runs"), [(1372, [45, 45, 10]), (100, [64, 64, 22])])
+async def test_runs_respect_the_gso_limits(payload: int, runs: list[int]) -> None:
+    """At most 64 datagrams and GSO_MAX_BYTES per run (1400-byte inner: 45 x 1436),
+    whatever the batch size."""
+    net = MemoryNetwork()
+    a = Side(net, GW_A, sadb(GW_B, NET_A, NET_B, AB, BA), batch=256)
+    b = Side(net, GW_B, sadb(GW_A, NET_B, NET_A, BA, AB), batch=256)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.path.run)
+        await nursery.start(b.path.run)
+        await _send_and_count_runs(a, b, payload, runs)
+        nursery.cancel_scope.cancel()
+
+
+async def _send_and_count_runs(a: Side, b: Side, payload: int, runs: list[int]) -> None:
+    packets = [
+        inner("198.51.100.10", "203.0.113.10", i.to_bytes(2, "big") * (payload // 2))
+        for i in range(sum(runs))
+    ]
+    for p in packets:
+        a.tun.host_send(p)
+    assert [await b.recv() for _ in packets] == packets
+    counts = [n for _, n in a.udp.send_many_calls]
+    assert counts == runs

@@ -24,6 +24,10 @@ own the state: key, salt, sequence counter, replay window):
    every byte and an unaligned but authentic packet harms no one.
 5. Every failure is an :class:`~tunneld.dataplane.drops.EspDrop`; the codec
    never lets IndexError, struct.error or InvalidTag escape.
+6. The hot path seals and opens *into* caller buffers (``AESGCM.encrypt_into``
+   / ``decrypt_into``, cryptography >= 45), see :meth:`OutboundSA.seal_into` and
+   :meth:`InboundSA.open_into`; :func:`sealed_len` tells the caller how much
+   room one packet takes.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from tunneld.dataplane.drops import DropReason, EspDrop
+
+if not hasattr(AESGCM, "encrypt_into"):  # rule 6; a clear message beats an AttributeError later
+    raise ImportError("tunneld's ESP data plane needs cryptography with AEAD encrypt_into (>= 48)")
 
 #: What the codec accepts as packet bytes (a bytearray is copied from before it is reused).
 Buffer = bytes | bytearray | memoryview
@@ -53,6 +60,7 @@ IV_LEN = 8  # RFC 4106 §3.1
 SALT_LEN = 4  # RFC 4106 §4: last 4 octets of the KEYMAT for this key
 ICV_LEN = 16  # ENCR_AES_GCM_16 (RFC 4106 §6)
 TRAILER_MIN = 2  # Pad Length + Next Header (RFC 4303 §2.4-2.6)
+TRAILER_MAX = TRAILER_MIN + 3  # with our padding to a multiple of 4 (rule 3)
 KEY_SIZES = (16, 32)  # AES-128 and AES-256 (RFC 4106 §8.1; 192 is not in our profile)
 CHACHA_KEY_SIZE = 32  # RFC 7634 §2: 256-bit key, then the 4-byte salt in KEYMAT
 #: Smallest byte string that can be an ESP-GCM packet at all.
@@ -79,16 +87,24 @@ _PADDINGS = tuple(bytes(range(1, n + 1)) for n in range(256))
 
 
 def _make_trailers() -> tuple[tuple[bytes, ...], ...]:
-    """``_TRAILERS[next_header][pad_len]``: Padding | Pad Length | Next Header."""
+    """``TRAILERS[next_header][pad_len]``: Padding | Pad Length | Next Header."""
     return tuple(tuple(_PADDINGS[pad] + bytes((pad, nh)) for pad in range(4)) for nh in range(256))
 
 
-_TRAILERS = _make_trailers()
+#: Every trailer we send, by next header and pad length (0..3): no per-packet building.
+TRAILERS = _make_trailers()
+#: The padding a receiver expects, by pad length (RFC 4303 §2.4 default contents).
+PADDINGS = _PADDINGS
 
 
 def trailer(payload_len: int, next_header: int) -> bytes:
     """The ESP trailer for a payload of ``payload_len`` bytes (rule 3)."""
-    return _TRAILERS[next_header][-(payload_len + TRAILER_MIN) % 4]
+    return TRAILERS[next_header][-(payload_len + TRAILER_MIN) % 4]
+
+
+def sealed_len(payload_len: int) -> int:
+    """Length of the ESP packet (SPI .. ICV) that carries ``payload_len`` bytes (rule 3)."""
+    return OVERHEAD + payload_len + (-(payload_len + TRAILER_MIN) & 3)
 
 
 def aad(spi: int, seq: int, esn: bool) -> bytes:

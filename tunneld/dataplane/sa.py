@@ -6,6 +6,12 @@ Inbound (:class:`InboundSA`): parse SPI/seq -> replay check (no mutation) ->
 AEAD open -> replay update -> trailer check -> count. The AEAD is the Child
 SA's negotiated ``encr`` (AES-GCM-16 or ChaCha20-Poly1305, :mod:`esp`).
 
+The packet pumps use the zero-copy pair :meth:`OutboundSA.seal_into` /
+:meth:`InboundSA.open_into`, which encrypt from a staging buffer straight into
+a GSO send buffer and decrypt straight into the buffer the TUN writes from;
+``encrypt``/``decrypt`` (bytes in, bytes out) are thin wrappers around them,
+so there is one implementation of the packet format.
+
 Counters: ``packets``/``bytes`` count the packets an SA sealed or delivered
 and their inner (plaintext payload) bytes, which is what the soft and hard
 lifetimes of the rekeying code compare against. ``drops`` counts every packet
@@ -15,6 +21,10 @@ an exception or a snapshot.
 
 from __future__ import annotations
 
+import struct
+
+from cryptography.exceptions import InvalidTag
+
 from tunneld.dataplane import esp as _esp
 from tunneld.dataplane.drops import DropReason, EspDrop, zero_counters
 from tunneld.dataplane.esp import Buffer
@@ -23,11 +33,17 @@ from tunneld.dataplane.replay import DEFAULT_WINDOW, ReplayWindow
 __all__ = ["DropReason", "EspDrop", "InboundSA", "OutboundSA"]
 
 _SPI_MAX = 0xFFFFFFFF
-_HEADER_PACK = _esp.HEADER.pack
-_SPI_SEQ_PACK = _esp.SPI_SEQ.pack
+_HEADER_PACK_INTO = _esp.HEADER.pack_into
+_SPI_SEQ_UNPACK = _esp.SPI_SEQ.unpack_from
 _ESN_AAD_PACK = _esp.ESN_AAD.pack
-_TRAILER = _esp.trailer
+_NONCE_PACK = struct.Struct(">4sQ").pack  # salt || IV, IV = the 64-bit sequence number
+_TRAILERS = _esp.TRAILERS
+_PADDINGS = _esp.PADDINGS
 _SEQ32_MAX = _esp.SEQ32_MAX
+_MIN_ESP_LEN = _esp.MIN_ESP_LEN
+_HEAD = _esp.ESP_HEADER_LEN + _esp.IV_LEN  # SPI, seq, IV: 16 bytes before the ciphertext
+_FRAME = _HEAD + _esp.ICV_LEN  # what ESP adds besides the trailer
+_NEXT_HEADER_NONE = _esp.NEXT_HEADER_NONE
 
 
 def _check_spi(spi: int) -> None:
@@ -42,6 +58,7 @@ class OutboundSA:
 
     __slots__ = (
         "_aead",
+        "_encrypt_into",
         "_esn",
         "_max_seq",
         "_next_seq",
@@ -64,6 +81,7 @@ class OutboundSA:
     ) -> None:
         _check_spi(spi)
         self._aead = _esp.new_aead(key, salt, encr)
+        self._encrypt_into = self._aead.encrypt_into
         self._salt = bytes(salt)
         self.spi = spi
         self._esn = esn
@@ -95,25 +113,49 @@ class OutboundSA:
         Raises ``EspDrop(SEQ_EXHAUSTED)`` once the counter would pass 2**32 - 1
         (2**64 - 1 with ESN); ValueError for a next header outside 0..255.
         """
+        size = len(inner)
+        plain = bytearray(size + _esp.TRAILER_MAX)
+        plain[:size] = inner
+        out = bytearray(_esp.sealed_len(size))
+        self.seal_into(memoryview(plain), size, next_header, memoryview(out), 0)
+        return bytes(out)
+
+    def seal_into(
+        self, plain: memoryview, size: int, next_header: int, out: memoryview, offset: int
+    ) -> int:
+        """Seal the inner packet ``plain[:size]`` as one ESP packet at ``out[offset:]``.
+
+        Returns the packet's length, ``esp.sealed_len(size)``. ``plain`` is a
+        writable staging buffer: the trailer (padding, pad length, next header)
+        is written right after the packet, so it needs ``esp.TRAILER_MAX`` bytes
+        of room beyond ``size``; AES-GCM then reads it and writes the
+        ciphertext straight into ``out`` (which must not overlap ``plain``).
+        Raises like :meth:`encrypt`; ValueError if a buffer is too small.
+        """
         seq = self._next_seq
         if seq > self._max_seq:
             self.drops[DropReason.SEQ_EXHAUSTED] += 1
             raise EspDrop(DropReason.SEQ_EXHAUSTED)
         if not 0 <= next_header <= 255:
             raise ValueError(f"next header must be 0..255, not {next_header}")
-        self._next_seq = seq + 1
-        size = len(inner)
-        # One pack for SPI | seq-low | IV (= seq, RFC 4106 §3.1).
-        header = _HEADER_PACK(self.spi, seq & _SEQ32_MAX, seq)
+        self._next_seq = seq + 1  # consumed before use: a nonce is never sealed twice
+        end = size + 2 + (-(size + 2) & 3)  # payload | padding | pad length | next header
+        plain[size:end] = _TRAILERS[next_header][end - size - 2]
+        seq_low = seq & _SEQ32_MAX
+        _HEADER_PACK_INTO(out, offset, self.spi, seq_low, seq)  # IV = seq (RFC 4106 §3.1)
         if self._esn:
-            associated = _ESN_AAD_PACK(self.spi, seq >> 32, seq & _SEQ32_MAX)
+            associated: Buffer = _ESN_AAD_PACK(self.spi, seq >> 32, seq_low)
         else:
-            associated = header[:8]
-        plaintext = b"".join((inner, _TRAILER(size, next_header)))
-        ciphertext = self._aead.encrypt(self._salt + header[8:], plaintext, associated)
+            associated = out[offset : offset + 8]
+        self._encrypt_into(
+            _NONCE_PACK(self._salt, seq),
+            plain[:end],
+            associated,
+            out[offset + _HEAD : offset + _FRAME + end],
+        )
         self.packets += 1
         self.bytes += size
-        return header + ciphertext
+        return _FRAME + end
 
     def snapshot(self) -> dict[str, object]:
         """Plain-data status (SPI in hex, counters; never key material)."""
@@ -137,7 +179,17 @@ class OutboundSA:
 class InboundSA:
     """Opens ESP packets for one SPI; see the module docstring."""
 
-    __slots__ = ("_aead", "_esn", "_salt", "_window", "bytes", "drops", "packets", "spi")
+    __slots__ = (
+        "_aead",
+        "_decrypt_into",
+        "_esn",
+        "_salt",
+        "_window",
+        "bytes",
+        "drops",
+        "packets",
+        "spi",
+    )
 
     def __init__(
         self,
@@ -151,6 +203,7 @@ class InboundSA:
     ) -> None:
         _check_spi(spi)
         self._aead = _esp.new_aead(key, salt, encr)
+        self._decrypt_into = self._aead.decrypt_into
         self._salt = bytes(salt)
         self.spi = spi
         self._esn = esn
@@ -175,8 +228,24 @@ class InboundSA:
         SPI), REPLAY, AUTH_FAILED, DUMMY (next header 59, authentic). Each
         drop is counted in ``drops`` before it propagates.
         """
+        out = bytearray(max(len(esp) - _FRAME, 0))
+        next_header, size = self.open_into(esp, memoryview(out), 0)
+        del out[size:]
+        return next_header, bytes(out)
+
+    def open_into(self, esp: Buffer, out: memoryview, offset: int) -> tuple[int, int]:
+        """Open one ESP packet into ``out[offset:]``: ``(next_header, inner_len)``.
+
+        The inner packet is left at ``out[offset : offset + inner_len]``; ``out``
+        needs ``len(esp) - 32`` bytes of room there (the plaintext with its
+        trailer). Drops as :meth:`decrypt`. After AUTH_FAILED that room holds
+        unauthenticated bytes: the caller never uses it (nothing points there).
+        """
         try:
-            spi, seq_low = _esp.parse_header(esp)
+            size = len(esp)
+            if size < _MIN_ESP_LEN:
+                raise EspDrop(DropReason.MALFORMED)
+            spi, seq_low = _SPI_SEQ_UNPACK(esp)
             if spi != self.spi:
                 raise EspDrop(DropReason.UNKNOWN_SPI)
             window = self._window
@@ -185,17 +254,28 @@ class InboundSA:
                 associated: Buffer = _ESN_AAD_PACK(spi, seq >> 32, seq_low)
             else:
                 associated = esp[:8]
-            plaintext = _esp.open_ciphertext(self._aead, self._salt, esp, associated)
+            last = offset + size - _FRAME - 1  # the next header byte
+            try:
+                self._decrypt_into(
+                    self._salt + esp[8:_HEAD], esp[_HEAD:], associated, out[offset : last + 1]
+                )
+            except InvalidTag:
+                raise EspDrop(DropReason.AUTH_FAILED) from None
             window.update(seq)  # only now: the ICV verified (RFC 4303 §3.4.3)
-            next_header, size = _esp.split_trailer(plaintext)
-            if next_header == _esp.NEXT_HEADER_NONE:
+            pad = out[last - 1]
+            end = last - 1 - pad
+            # RFC 4303 §2.4: check the padding contents (module rule 4 of esp)
+            if end < offset or (pad and out[end : last - 1] != _PADDINGS[pad]):
+                raise EspDrop(DropReason.MALFORMED)
+            next_header = out[last]
+            if next_header == _NEXT_HEADER_NONE:
                 raise EspDrop(DropReason.DUMMY)  # RFC 4303 §2.6: discard silently
         except EspDrop as drop:
             self.drops[drop.reason] += 1
             raise
         self.packets += 1
-        self.bytes += size
-        return next_header, plaintext[:size]
+        self.bytes += end - offset
+        return next_header, end - offset
 
     def snapshot(self) -> dict[str, object]:
         """Plain-data status (SPI in hex, counters, window; never key material)."""

@@ -12,12 +12,14 @@ Theory of operation:
    selectors contain it, longest prefix first, IPv4 and IPv6 alike (the
    version nibble says which). The source is not checked on the way out:
    the peer checks it on the way in (rule 3). Results (also "no tunnel") are
-   cached in a bounded dict keyed by the destination bytes.
+   cached in a bounded dict keyed by the destination (an int for IPv4, which
+   one unpack yields, the 16 bytes for IPv6).
 3. Inbound: SPI -> InboundSA (else UNKNOWN_SPI) -> decrypt -> the next header
    must match the inner version (4 <-> IPv4, 41 <-> IPv6, else MALFORMED) ->
    the inner source must lie in the tunnel's remote selectors and the
    destination in its local selectors (else NO_POLICY, RFC 4301 §5.2).
-   Verdicts are cached per tunnel, keyed by the source||destination bytes.
+   Verdicts are cached per tunnel, keyed by source||destination (an int for
+   IPv4, the 32 bytes for IPv6).
 4. State changes only through the methods of :class:`SADatabase`
    (``add_tunnel``, ``remove_tunnel``, ``set_peer``, ``add_inbound``,
    ``remove_inbound``, ``install_next``, ``promote``, ``demote``,
@@ -28,15 +30,27 @@ Theory of operation:
    is atomic.
 5. Every drop is raised as ``EspDrop`` and counted twice: in the SA that
    refused the packet (if any) and in ``SADatabase.drops``.
+6. The packet pumps call the zero-copy pair ``encapsulate_into`` /
+   ``decapsulate_into`` (buffers in, lengths out, see ``OutboundSA.seal_into``
+   and ``InboundSA.open_into``); ``encapsulate``/``decapsulate`` wrap them for
+   callers that want bytes.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from tunneld.dataplane.drops import DropReason, EspDrop, zero_counters
-from tunneld.dataplane.esp import NEXT_HEADER_IPV4, NEXT_HEADER_IPV6, SPI_SEQ, Buffer
+from tunneld.dataplane.esp import (
+    NEXT_HEADER_IPV4,
+    NEXT_HEADER_IPV6,
+    OVERHEAD,
+    TRAILER_MAX,
+    Buffer,
+    sealed_len,
+)
 from tunneld.dataplane.sa import InboundSA, OutboundSA
 
 PeerAddress = tuple[str, int]
@@ -45,6 +59,11 @@ DEFAULT_CACHE_SIZE = 4096  # our choice: distinct destinations (or flows) rememb
 _IPV4_HEADER_LEN = 20  # RFC 791 §3.1 (without options)
 _IPV6_HEADER_LEN = 40  # RFC 8200 §3
 _Rules = dict[int, tuple[tuple[int, int], ...]]  # version -> ((network, mask), ...)
+_U32 = struct.Struct(">I").unpack_from  # an IPv4 address, or the SPI, as an int
+_U64 = struct.Struct(">Q").unpack_from  # IPv4 source || destination as one int
+_SPI_SEQ_LEN = 8  # RFC 4303 §2.1-2.2
+_PLAIN_ROOM = OVERHEAD - TRAILER_MAX  # the 32 bytes of SPI, seq, IV and ICV
+Key = int | bytes  # a cache key: int for IPv4, bytes for IPv6 (never equal to each other)
 
 
 def _networks(selectors: Iterable[str | Network]) -> tuple[Network, ...]:
@@ -96,7 +115,7 @@ class Tunnel:
         self.inbound_spis: set[int] = set()
         self._local_rules = _rules(local)
         self._remote_rules = _rules(remote)
-        self._policy: dict[bytes, bool] = {}
+        self._policy: dict[Key, bool] = {}
 
     def admits(self, version: int, source: bytes, destination: bytes) -> bool:
         """Inbound policy (rule 3): source in remote selectors, destination in local ones."""
@@ -133,7 +152,7 @@ class SADatabase:
         self._inbound: dict[int, tuple[InboundSA, Tunnel]] = {}
         # version -> [(prefix length, mask, {masked network: tunnel})], longest first
         self._routes: dict[int, list[tuple[int, int, dict[int, Tunnel]]]] = {4: [], 6: []}
-        self._cache: dict[bytes, Tunnel | None] = {}
+        self._cache: dict[Key, Tunnel | None] = {}
         self.drops = zero_counters()
 
     # -- configuration (rule 4) ------------------------------------------------
@@ -251,15 +270,21 @@ class SADatabase:
 
     def lookup(self, destination: bytes) -> Tunnel | None:
         """The tunnel for a packed inner destination (4 or 16 bytes), longest prefix."""
+        if len(destination) == 4:
+            return self._route(int.from_bytes(destination, "big"))
+        if len(destination) == 16:
+            return self._route(bytes(destination))
+        raise ValueError("destination must be a packed IPv4 or IPv6 address")
+
+    def _route(self, key: Key) -> Tunnel | None:
+        """Cached longest-prefix match for a destination key (rule 2)."""
         cache = self._cache
-        try:
-            return cache[destination]
-        except KeyError:
-            pass
-        if len(destination) not in (4, 16):
-            raise ValueError("destination must be a packed IPv4 or IPv6 address")
-        version = 4 if len(destination) == 4 else 6
-        value = int.from_bytes(destination, "big")
+        if key in cache:
+            return cache[key]
+        if isinstance(key, int):
+            version, value = 4, key
+        else:
+            version, value = 6, int.from_bytes(key, "big")
         found = None
         for _length, mask, table in self._routes[version]:
             found = table.get(value & mask)
@@ -267,7 +292,7 @@ class SADatabase:
                 break
         if len(cache) >= self._cache_size:
             del cache[next(iter(cache))]  # FIFO eviction keeps the cache bounded
-        cache[destination] = found
+        cache[key] = found
         return found
 
     # -- the hot path ----------------------------------------------------------------
@@ -279,68 +304,99 @@ class SADatabase:
         SA for the destination; SEQ_EXHAUSTED: the current SA is used up.
         """
         size = len(inner)
-        version = inner[0] >> 4 if size else 0
+        plain = bytearray(size + TRAILER_MAX)
+        plain[:size] = inner
+        out = bytearray(sealed_len(size))
+        _length, peer = self.encapsulate_into(memoryview(plain), size, memoryview(out), 0)
+        return bytes(out), peer
+
+    def encapsulate_into(
+        self, plain: memoryview, size: int, out: memoryview, offset: int
+    ) -> tuple[int, PeerAddress]:
+        """Seal the inner packet ``plain[:size]`` into ``out[offset:]``: ``(length, peer)``.
+
+        Buffers as in ``OutboundSA.seal_into`` (``plain`` has room for the
+        trailer; ``out`` for ``esp.sealed_len(size)`` bytes); drops as :meth:`encapsulate`.
+        """
+        version = plain[0] >> 4 if size else 0
         if version == 4 and size >= _IPV4_HEADER_LEN:
-            destination = bytes(inner[16:20])
+            key: Key = _U32(plain, 16)[0]
             next_header = NEXT_HEADER_IPV4
         elif version == 6 and size >= _IPV6_HEADER_LEN:
-            destination = bytes(inner[24:40])
+            key = bytes(plain[24:40])
             next_header = NEXT_HEADER_IPV6
         else:
             self.drops[DropReason.MALFORMED] += 1
             raise EspDrop(DropReason.MALFORMED)
-        tunnel = self.lookup(destination)
+        cache = self._cache
+        tunnel = cache[key] if key in cache else self._route(key)
         sa = None if tunnel is None else tunnel.current
         if tunnel is None or sa is None:
             self.drops[DropReason.NO_POLICY] += 1
             raise EspDrop(DropReason.NO_POLICY)
         try:
-            return sa.encrypt(inner, next_header), tunnel.peer
+            return sa.seal_into(plain, size, next_header, out, offset), tunnel.peer
         except EspDrop as drop:
             self.drops[drop.reason] += 1
             raise
 
     def decapsulate(self, esp: Buffer) -> bytes:
         """Open an ESP packet (SPI .. ICV) and return the inner IP packet, or raise EspDrop."""
-        if len(esp) < SPI_SEQ.size:
+        out = bytearray(max(len(esp) - _PLAIN_ROOM, 0))
+        size = self.decapsulate_into(esp, memoryview(out), 0)
+        del out[size:]
+        return bytes(out)
+
+    def decapsulate_into(self, esp: Buffer, out: memoryview, offset: int) -> int:
+        """Open an ESP packet into ``out[offset:]`` and return the inner packet's length.
+
+        ``out`` needs ``len(esp) - 32`` bytes of room from ``offset``; drops as
+        :meth:`decapsulate`. Only a returned length makes the bytes there valid.
+        """
+        if len(esp) < _SPI_SEQ_LEN:
             self.drops[DropReason.MALFORMED] += 1
             raise EspDrop(DropReason.MALFORMED)
-        entry = self._inbound.get(SPI_SEQ.unpack_from(esp)[0])
+        entry = self._inbound.get(_U32(esp)[0])
         if entry is None:
             self.drops[DropReason.UNKNOWN_SPI] += 1
             raise EspDrop(DropReason.UNKNOWN_SPI)
         sa, tunnel = entry
         try:
-            next_header, inner = sa.decrypt(esp)  # counts its own drops
+            next_header, size = sa.open_into(esp, out, offset)  # counts its own drops
         except EspDrop as drop:
             self.drops[drop.reason] += 1
             raise
-        reason = self._policy_verdict(tunnel, next_header, inner)
-        if reason is not None:
+        # Rule 3, fast path: the verdict cached for this source || destination.
+        version = out[offset] >> 4 if size else 0
+        if next_header == NEXT_HEADER_IPV4 and version == 4 and size >= _IPV4_HEADER_LEN:
+            key: Key = _U64(out, offset + 12)[0]
+        elif next_header == NEXT_HEADER_IPV6 and version == 6 and size >= _IPV6_HEADER_LEN:
+            key = bytes(out[offset + 8 : offset + 40])
+        else:
+            key = b""  # never a policy key: MALFORMED below
+        allowed = tunnel._policy.get(key) if key else False
+        if allowed is None:
+            allowed = self._policy_verdict(tunnel, key)
+        if not allowed:
+            reason = DropReason.NO_POLICY if key else DropReason.MALFORMED
             sa.drops[reason] += 1
             self.drops[reason] += 1
             raise EspDrop(reason)
-        return inner
+        return size
 
-    def _policy_verdict(self, tunnel: Tunnel, next_header: int, inner: bytes) -> DropReason | None:
-        """Rule 3: None if ``inner`` may leave the tunnel, else why not."""
-        size = len(inner)
-        version = inner[0] >> 4 if size else 0
-        if next_header == NEXT_HEADER_IPV4 and version == 4 and size >= _IPV4_HEADER_LEN:
-            addresses = inner[12:20]
-        elif next_header == NEXT_HEADER_IPV6 and version == 6 and size >= _IPV6_HEADER_LEN:
-            addresses = inner[8:40]
+    def _policy_verdict(self, tunnel: Tunnel, key: Key) -> bool:
+        """Rule 3 for a source || destination key not cached yet; caches the verdict."""
+        if isinstance(key, int):
+            version, addresses = 4, key.to_bytes(8, "big")
         else:
-            return DropReason.MALFORMED
+            version, addresses = 6, key
+        half = len(addresses) // 2
+        allowed = tunnel.admits(version, addresses[:half], addresses[half:])
         policy = tunnel._policy
-        allowed = policy.get(addresses)
-        if allowed is None:
-            half = len(addresses) // 2
-            allowed = tunnel.admits(version, addresses[:half], addresses[half:])
-            if len(policy) >= self._cache_size:
-                del policy[next(iter(policy))]
-            policy[addresses] = allowed
-        return None if allowed else DropReason.NO_POLICY
+        if len(policy) >= self._cache_size:
+            del policy[next(iter(policy))]
+        policy[key] = allowed
+        return allowed
 
     # -- status ----------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """TUN devices: the kernel one (python-pytun) and an in-memory twin.
 
 Both offer the interface the packet pumps use (docs/architecture.md, "I/O"):
-``async wait_readable()``, ``read_batch(max)``, ``write(packet)``,
-``write_batch(packets)``, ``close()``. A batch is whatever is queued when the
-pump wakes up: draining the fd until ``EAGAIN`` per wakeup is the first
-performance lever (DESIGN.md §5).
+``async wait_readable()``, ``read_into(buffer)``, ``read_batch(max)``,
+``write(packet)``, ``write_batch(packets)``, ``close()``. A batch is whatever
+is queued when the pump wakes up: draining the fd until ``EAGAIN`` per wakeup
+is the first performance lever (DESIGN.md §5).
 
 The kernel device is opened with ``IFF_VNET_HDR`` (``offload=True``): every
 read starts with a 10-byte ``virtio_net_hdr`` (skipped: no offload is enabled
@@ -13,9 +13,11 @@ TCP segments into one GSO write (:mod:`tunneld.io.offload`).
 
 Buffer reuse on read was measured (1,372-byte packets, idle namespace):
 ``os.read`` allocating a fresh ``bytes`` took 0.7 us per packet, ``os.readv``
-into one preallocated bytearray plus copying the packet out 1.06 us; the
-packet must leave the shared buffer before the next read anyway, so
-``os.read`` it is.
+into one preallocated bytearray plus copying the packet out 1.06 us. The ESP
+pump needs no copy out: :meth:`TunDevice.read_into` reads each packet into the
+staging buffer that AES-GCM seals from (``OutboundSA.seal_into``), so nothing
+is allocated per packet; ``read_batch`` (fresh ``bytes``) stays for callers
+that keep packets.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class TunDevice:
         self._dev = dev  # keeps the fd alive: pytun closes it on deallocation
         self._fd: int = dev.fileno()
         self.vnet_hdr = vnet_hdr
+        self._vnet_in = bytearray(VNET_HDR_LEN)  # read_into drops the header here
         self._closed = False
         self.name: str = dev.name
         self.stats = TunStats()
@@ -88,6 +91,22 @@ class TunDevice:
 
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self._fd)
+
+    def read_into(self, buffer: memoryview) -> int:
+        """Read one queued packet into ``buffer``: its length, or -1 if none is queued.
+
+        A packet longer than ``buffer`` is truncated (size it for 64 KiB).
+        """
+        try:
+            if self.vnet_hdr:
+                # The header says "complete packet" (see read_batch): read past it.
+                size = os.readv(self._fd, [self._vnet_in, buffer]) - VNET_HDR_LEN
+            else:
+                size = os.readv(self._fd, [buffer])
+        except BlockingIOError:
+            return -1
+        self.stats.read_packets += 1
+        return size if size > 0 else 0
 
     def read_batch(self, max_packets: int = 64) -> list[Payload]:
         """Every packet queued right now (up to ``max_packets``); may be empty."""
@@ -195,6 +214,16 @@ class MemoryTun:
             await self._daemon_lot.park()
         self._check_open()
         await trio.lowlevel.checkpoint()
+
+    def read_into(self, buffer: memoryview) -> int:
+        self._check_open()
+        if not self._to_daemon:
+            return -1
+        packet = self._to_daemon.popleft()
+        size = min(len(packet), len(buffer))
+        buffer[:size] = packet[:size]
+        self.stats.read_packets += 1
+        return size
 
     def read_batch(self, max_packets: int = 64) -> list[Payload]:
         self._check_open()

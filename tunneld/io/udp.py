@@ -2,7 +2,8 @@
 
 Interface used by the packet pumps (docs/architecture.md, "I/O"):
 ``async wait_readable()``, ``recv_batch(max) -> list[(payload, (host, port))]``,
-``sendto(data, addr)``, ``send_many(addr, packets)``, ``close()``.
+``sendto(data, addr)``, ``send_many(addr, packets)``, ``send_run(addr, data,
+segment)``, ``close()``.
 
 Kernel socket, the performance levers (DESIGN.md §5):
 
@@ -17,6 +18,8 @@ Kernel socket, the performance levers (DESIGN.md §5):
   equal-size packets (the last may be shorter) goes out in one ``sendmsg``
   that the kernel segments. Errors meaning "no GSO here" switch it off for
   good; a too-large run (``EMSGSIZE``) falls back to one ``sendto`` per packet.
+  ``send_run`` takes a run already laid out back to back in one buffer (the
+  ESP pump seals into such a buffer): one iovec, no list of packets at all.
 
 Sending never raises on network errors (unreachable, buffer full, refused by a
 firewall): UDP is lossy anyway, IKE retransmits, and the pump must not die.
@@ -54,6 +57,9 @@ GSO_MAX_SEGMENTS = 64
 # (IPv4 20, IPv6 40: conservative, its payload length excludes the header)
 # and the 8-byte UDP header.
 _GSO_MAX_BYTES = {socket.AF_INET: 65535 - 20 - 8, socket.AF_INET6: 65535 - 40 - 8}
+#: The largest run ``send_run`` accepts for one sendmsg, whatever the family.
+GSO_MAX_BYTES = min(_GSO_MAX_BYTES.values())
+_SEGMENT = struct.Struct("=H")  # the UDP_SEGMENT cmsg: a u16 in host order
 _GSO_OFF_ERRNOS = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 _ARENA_SIZE = 1 << 20
 _MAX_DATAGRAM = 65535
@@ -205,25 +211,48 @@ class UdpSocket:
                 break
         return j
 
-    def _send_gso(self, addr: Address, run: Sequence[Buffer]) -> None:
-        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(run[0])))]
-        try:
-            self._sock.sendmsg(run, cmsg, 0, addr)
-        except BlockingIOError:
-            self.stats.send_drops += len(run)
+    def send_run(self, addr: Address, data: Buffer, segment: int) -> None:
+        """Send ``data`` as datagrams of ``segment`` bytes each, the last may be shorter.
+
+        The caller keeps a run within :data:`GSO_MAX_SEGMENTS` datagrams and
+        :data:`GSO_MAX_BYTES`; it goes out in one GSO ``sendmsg`` when the
+        kernel takes it, else as one ``sendto`` per datagram.
+        """
+        size = len(data)
+        if size <= segment:
+            self.sendto(data, addr)
             return
+        if self.gso_enabled and self._gso_sendmsg(addr, [data], segment, -(-size // segment)):
+            return
+        view = memoryview(data)
+        for off in range(0, size, segment):
+            self.sendto(view[off : off + segment], addr)
+
+    def _send_gso(self, addr: Address, run: Sequence[Buffer]) -> None:
+        if not self._gso_sendmsg(addr, run, len(run[0]), len(run)):
+            for p in run:
+                self.sendto(p, addr)
+
+    def _gso_sendmsg(self, addr: Address, iov: Sequence[Buffer], segment: int, count: int) -> bool:
+        """One GSO sendmsg of ``count`` datagrams; False: send them one by one instead."""
+        cmsg = [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(segment))]
+        try:
+            self._sock.sendmsg(iov, cmsg, 0, addr)
+        except BlockingIOError:
+            self.stats.send_drops += count
+            return True
         except OSError as exc:
             if exc.errno in _GSO_OFF_ERRNOS:
                 self.gso_enabled = False
                 log.info("UDP GSO unavailable on %s (%s): one sendto per packet", self, exc)
-            elif exc.errno != errno.EMSGSIZE:
-                self.stats.send_errors += len(run)
-                return
-            for p in run:
-                self.sendto(p, addr)
-            return
+                return False
+            if exc.errno == errno.EMSGSIZE:
+                return False
+            self.stats.send_errors += count
+            return True
         self.stats.gso_sends += 1
-        self.stats.sent_datagrams += len(run)
+        self.stats.sent_datagrams += count
+        return True
 
     def close(self) -> None:
         if self._sock.fileno() < 0:
@@ -324,7 +353,8 @@ class MemoryUdp:
         self.local_address = local
         self.queue_limit = queue_limit
         self.stats = UdpStats()
-        self.send_many_calls: list[tuple[Address, int]] = []  # for tests: batching
+        # for tests: batching, one (address, datagrams) per send_many or send_run
+        self.send_many_calls: list[tuple[Address, int]] = []
         self._queue: deque[tuple[bytes, Address]] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -361,6 +391,10 @@ class MemoryUdp:
         self.send_many_calls.append((addr, len(packets)))
         for p in packets:
             self.sendto(p, addr)
+
+    def send_run(self, addr: Address, data: Buffer, segment: int) -> None:
+        view = memoryview(data)
+        self.send_many(addr, [view[off : off + segment] for off in range(0, len(view), segment)])
 
     def close(self) -> None:
         if not self._closed:

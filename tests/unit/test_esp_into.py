@@ -1,0 +1,172 @@
+"""The zero-copy ESP calls: OutboundSA.seal_into, InboundSA.open_into and the
+SADatabase wrappers the packet pumps use (buffers in, lengths out).
+
+The bytes API (``encrypt``/``decrypt``) is built on these, so the vector and
+scapy tests cover the packet format; here: offsets, the staging buffer's
+trailer room, what is (not) written where, and that a failed open leaves no
+trace in the replay window.
+"""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tunneld.dataplane import esp
+from tunneld.dataplane.sa import DropReason, EspDrop, InboundSA, OutboundSA
+from tunneld.dataplane.sadb import SADatabase
+
+KEY, SALT, SPI = bytes(range(32)), b"\x0a\x0b\x0c\x0d", 0x01020304
+INNER = b"\x45" + bytes(range(1, 100))  # 100 bytes: pad length 2
+
+
+def staged(inner: bytes) -> memoryview:
+    plain = memoryview(bytearray(len(inner) + esp.TRAILER_MAX))
+    plain[: len(inner)] = inner
+    return plain
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 99, 100, 1400])
+def test_seal_into_writes_exactly_the_packet_encrypt_builds(size: int) -> None:
+    inner = bytes((i * 7) % 256 for i in range(size))
+    by_bytes = OutboundSA(SPI, KEY, SALT).encrypt(inner, 4)
+    out = memoryview(bytearray(b"\xee" * (esp.sealed_len(size) + 20)))
+    length = OutboundSA(SPI, KEY, SALT).seal_into(staged(inner), size, 4, out, 7)
+    assert length == esp.sealed_len(size) == len(by_bytes)
+    assert bytes(out[7 : 7 + length]) == by_bytes  # same seq 1, same key: same bytes
+    assert bytes(out[:7]) == b"\xee" * 7 and bytes(out[7 + length :]) == b"\xee" * 13
+    # an independent AES-GCM opens it: nonce = salt || seq, AAD = SPI || seq (RFC 4106)
+    packet = bytes(out[7 : 7 + length])
+    plaintext = AESGCM(KEY).decrypt(SALT + packet[8:16], packet[16:], packet[:8])
+    assert plaintext == inner + esp.trailer(size, 4)
+
+
+def test_seal_into_writes_the_trailer_into_the_staging_room_only() -> None:
+    plain = memoryview(bytearray(b"\xaa" * (len(INNER) + esp.TRAILER_MAX)))
+    plain[: len(INNER)] = INNER
+    out = memoryview(bytearray(esp.sealed_len(len(INNER))))
+    OutboundSA(SPI, KEY, SALT).seal_into(plain, len(INNER), 41, out, 0)
+    assert bytes(plain[: len(INNER)]) == INNER
+    assert bytes(plain[len(INNER) :]) == b"\x01\x02\x02\x29" + b"\xaa"  # pad 1,2 | 2 | 41
+
+
+def test_seal_into_consumes_one_sequence_number_per_packet_and_counts() -> None:
+    sa = OutboundSA(SPI, KEY, SALT, initial_seq=2**32 - 2)
+    out = memoryview(bytearray(3 * esp.sealed_len(len(INNER))))
+    offset = 0
+    for _ in range(2):
+        offset += sa.seal_into(staged(INNER), len(INNER), 4, out, offset)
+    assert [int.from_bytes(out[i + 4 : i + 8], "big") for i in (0, offset // 2)] == [
+        2**32 - 2,
+        2**32 - 1,
+    ]
+    with pytest.raises(EspDrop) as info:
+        sa.seal_into(staged(INNER), len(INNER), 4, out, offset)
+    assert info.value.reason is DropReason.SEQ_EXHAUSTED and sa.exhausted
+    assert (sa.packets, sa.bytes, sa.drops[DropReason.SEQ_EXHAUSTED]) == (2, 200, 1)
+
+
+def test_seal_into_refuses_buffers_without_room() -> None:
+    sa = OutboundSA(SPI, KEY, SALT)
+    out = memoryview(bytearray(esp.sealed_len(len(INNER))))
+    tight = memoryview(bytearray(INNER))  # no room for the trailer
+    with pytest.raises(ValueError):
+        sa.seal_into(tight, len(INNER), 4, out, 0)
+    with pytest.raises(ValueError):
+        sa.seal_into(staged(INNER), len(INNER), 4, out[:-1], 0)
+    with pytest.raises(ValueError):
+        sa.seal_into(staged(INNER), len(INNER), 256, out, 0)
+
+
+@pytest.mark.parametrize("esn", [False, True])
+def test_open_into_leaves_the_inner_packet_at_the_offset(esn: bool) -> None:
+    packets = [OutboundSA(SPI, KEY, SALT, esn=esn).encrypt(INNER, 4)]
+    inb = InboundSA(SPI, KEY, SALT, esn=esn)
+    out = memoryview(bytearray(b"\xee" * 200))
+    assert inb.open_into(memoryview(packets[0]), out, 50) == (4, len(INNER))
+    assert bytes(out[50 : 50 + len(INNER)]) == INNER
+    assert bytes(out[:50]) == b"\xee" * 50  # nothing before the offset is touched
+    assert (inb.packets, inb.bytes, inb.window.top) == (1, len(INNER), 1)
+
+
+def test_a_failed_open_into_moves_no_window_and_counts() -> None:
+    good = OutboundSA(SPI, KEY, SALT).encrypt(INNER, 4)
+    forged = bytearray(good)
+    forged[-1] ^= 1
+    inb = InboundSA(SPI, KEY, SALT)
+    out = memoryview(bytearray(200))
+    with pytest.raises(EspDrop) as info:
+        inb.open_into(forged, out, 0)
+    assert info.value.reason is DropReason.AUTH_FAILED
+    assert inb.window.top == 0 and inb.packets == 0
+    assert inb.open_into(good, out, 0) == (4, len(INNER))  # the real one still passes
+    with pytest.raises(EspDrop) as info:
+        inb.open_into(good, out, 0)
+    assert info.value.reason is DropReason.REPLAY
+    assert inb.drops[DropReason.AUTH_FAILED] == inb.drops[DropReason.REPLAY] == 1
+
+
+def test_open_into_checks_padding_after_the_icv() -> None:
+    aead = AESGCM(KEY)
+    header = esp.HEADER.pack(SPI, 1, 1)
+    bad_padding = INNER + b"\x07\x07\x02\x04"  # pad length 2, contents not 1, 2
+    packet = header + aead.encrypt(SALT + header[8:], bad_padding, header[:8])
+    inb = InboundSA(SPI, KEY, SALT)
+    with pytest.raises(EspDrop) as info:
+        inb.open_into(packet, memoryview(bytearray(200)), 0)
+    assert info.value.reason is DropReason.MALFORMED
+    assert inb.window.top == 1  # authentic, so it did move the window (as decrypt does)
+
+
+def test_open_into_refuses_an_output_buffer_without_room() -> None:
+    packet = OutboundSA(SPI, KEY, SALT).encrypt(INNER, 4)
+    inb = InboundSA(SPI, KEY, SALT)
+    with pytest.raises(ValueError):
+        inb.open_into(packet, memoryview(bytearray(len(packet) - 33)), 0)
+    assert inb.window.top == 0 and inb.open_into(packet, memoryview(bytearray(200)), 0)[1] == 100
+
+
+def _pair() -> tuple[SADatabase, SADatabase]:
+    a, b = SADatabase(), SADatabase()
+    a.add_tunnel("t", ("192.0.2.2", 4500), ["198.51.100.0/24"], ["203.0.113.0/24"])
+    b.add_tunnel("t", ("192.0.2.1", 4500), ["203.0.113.0/24"], ["198.51.100.0/24"])
+    a.install_next("t", OutboundSA(SPI, KEY, SALT))
+    a.promote("t")
+    b.add_inbound("t", InboundSA(SPI, KEY, SALT))
+    return a, b
+
+
+def _ipv4(src: bytes, dst: bytes, size: int = 60) -> bytes:
+    return b"\x45\x00" + size.to_bytes(2, "big") + bytes(8) + src + dst + bytes(size - 20)
+
+
+def test_sadb_into_calls_carry_packets_back_to_back_in_one_buffer() -> None:
+    a, b = _pair()
+    packets = [_ipv4(b"\xc6\x33\x64\x0a", b"\xcb\x00\x71" + bytes([i]), 40 + i) for i in range(5)]
+    out = memoryview(bytearray(2000))
+    offsets, end = [], 0
+    for p in packets:
+        plain = staged(p)
+        length, peer = a.encapsulate_into(plain, len(p), out, end)
+        assert peer == ("192.0.2.2", 4500) and length == esp.sealed_len(len(p))
+        offsets.append((end, length))
+        end += length
+    inner = memoryview(bytearray(2000))
+    at = 0
+    for (start, length), p in zip(offsets, packets, strict=True):
+        size = b.decapsulate_into(out[start : start + length], inner, at)
+        assert bytes(inner[at : at + size]) == p
+        at += size
+    assert b.tunnel("t").inbound_spis == {SPI} and b.inbound(SPI).packets == 5  # type: ignore[union-attr]
+
+
+def test_sadb_decapsulate_into_applies_the_policy_to_the_decrypted_bytes() -> None:
+    a, b = _pair()
+    spoofed = _ipv4(b"\x0a\x09\x09\x09", b"\xcb\x00\x71\x0a")  # source outside 198.51.100/24
+    esp_packet, _ = a.encapsulate(spoofed)
+    with pytest.raises(EspDrop) as info:
+        b.decapsulate_into(esp_packet, memoryview(bytearray(100)), 0)
+    assert info.value.reason is DropReason.NO_POLICY
+    assert b.drops[DropReason.NO_POLICY] == 1
+    ok = _ipv4(b"\xc6\x33\x64\x0a", b"\xcb\x00\x71\x0a")
+    assert b.decapsulate_into(a.encapsulate(ok)[0], memoryview(bytearray(100)), 0) == len(ok)
