@@ -322,10 +322,17 @@ class Daemon:
         return wildcard
 
     def register_session(self, session: IkeSession, peer: Peer) -> None:
-        """Route every IKE SPI the session answers to (more than one around an IKE rekey)."""
+        """Route every IKE SPI the session answers to (more than one around an IKE rekey).
+
+        The peer calls this after every input: the set changes when an IKE SA is
+        rekeyed and again when a retired one is finally dropped (which emits no
+        event); routes to dropped SAs used to pile up until the next IKE rekey.
+        """
+        spis = tuple(session.local_spis)
+        if self._spis_of.get(session) == spis:
+            return
         for spi in self._spis_of.pop(session, ()):
             self._by_spi.pop(spi, None)
-        spis = tuple(session.local_spis)
         self._spis_of[session] = spis
         for spi in spis:
             self._by_spi[spi] = peer
@@ -389,4 +396,23 @@ class Daemon:
                 "pumps": dp.stats() if dp is not None else {},
             },
             "ike_dispatch": vars(self.dispatch).copy(),
+            "tasks": task_count(),
         }
+
+
+def task_count() -> int:
+    """How many trio tasks this run has (a walk of the task tree: a few dozen, cheap).
+
+    Flat over time, or a task leaks (tests/netns/test_rekey_netns.py checks it
+    across hundreds of rekeys). The control connection asking counts too.
+    """
+    stack = [trio.lowlevel.current_root_task()]
+    count = 0
+    while stack:
+        task = stack.pop()
+        if task is None:
+            continue
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count

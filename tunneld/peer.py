@@ -293,6 +293,8 @@ class Peer:
             self._up_at.pop(session, None)
             self._deleting.discard(session)
             self.daemon.unregister_session(session)
+        for session in self.sessions:  # IKE SPIs come and go with IKE rekeys (rule 2)
+            self.daemon.register_session(session, self)
         if (
             not self._live_sessions()
             and self._want_up
