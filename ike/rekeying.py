@@ -30,7 +30,7 @@ import logging
 
 from ike.constants import ExchangeType, NotifyType
 from ike.errors import PeerError
-from ike.events import IkeSaRekeyed
+from ike.events import IkeSaRekeyed, IPNetwork
 from ike.exchanges.base import ResponderTask
 from ike.exchanges.child_create import RefuseCreateChild
 from ike.exchanges.child_rekey import (
@@ -133,10 +133,16 @@ class RekeyingSession(SessionBase):
         self._tm.enqueue(Exchange(ExchangeType.CREATE_CHILD_SA, [task], wanted=task.wanted))
         log.info("rekeying Child SA %08x", child.inbound_spi)
 
+    def _new_child_task(
+        self, ts: tuple[tuple[IPNetwork, ...], tuple[IPNetwork, ...]]
+    ) -> ChildSaInitiator:
+        return ChildSaInitiator(None, pfs_group(self._ctx), ts)
+
     def _create_child(self, task: ChildSaInitiator, now: float) -> None:
         """§2.25: after CHILD_SA_NOT_FOUND, create the Child SA again from scratch."""
-        new = ChildSaInitiator(None, pfs_group(self._ctx), task.ts)
-        self._tm.enqueue(Exchange(ExchangeType.CREATE_CHILD_SA, [new]))
+        new = self._new_child_task(task.ts) if task.ts else None
+        if new is not None:
+            self._tm.enqueue(Exchange(ExchangeType.CREATE_CHILD_SA, [new]))
 
     def _expire_child(self, child: ChildSa, now: float) -> None:
         """Hard lifetime: the SA goes now; the peer hears it with a DELETE."""

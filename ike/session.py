@@ -84,7 +84,7 @@ from ike.constants import ExchangeType
 from ike.dispatch import DispatchingSession
 from ike.entropy import Entropy
 from ike.errors import LocalError, ParseError
-from ike.events import Address, Event
+from ike.events import Address, Event, IPNetwork
 from ike.exchanges.context import ChildSa, ChildStatus, SaContext
 from ike.exchanges.ike_init import IkeInitInitiator
 from ike.exchanges.informational import LivenessTask
@@ -255,6 +255,24 @@ class IkeSession(DispatchingSession):
         self._start_child_rekey(child, now)
         self._pump(now)
         return True
+
+    def create_child(
+        self,
+        now: float,
+        local_ts: Sequence[IPNetwork] | None = None,
+        remote_ts: Sequence[IPNetwork] | None = None,
+    ) -> None:
+        """Create another Child SA with CREATE_CHILD_SA (§1.3.1); ChildSaUp when answered.
+
+        The selectors default to the configured ones; the peer may narrow them
+        (§2.9). With a DH group in the ESP proposals the exchange has PFS.
+        """
+        if self._state is not IkeState.ESTABLISHED:
+            raise LocalError(f"Child SA creation in state {self._state.name}")
+        config = self._ctx.config
+        ts = (tuple(local_ts or config.local_ts), tuple(remote_ts or config.remote_ts))
+        self._tm.enqueue(Exchange(ExchangeType.CREATE_CHILD_SA, [self._new_child_task(ts)]))
+        self._pump(now)
 
     def rekey_ike(self, now: float) -> bool:
         """Rekey the IKE SA now; False when one is under way or the SA is not established."""

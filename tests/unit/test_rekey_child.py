@@ -364,3 +364,30 @@ def test_no_repr_or_status_leaks_keys_after_pfs_rekeys_and_a_collision() -> None
     assert len(secrets) > 20
     for secret in secrets:
         assert secret.hex() not in blob and repr(secret)[2:-1] not in blob
+
+
+# -- an additional Child SA (§1.3.1) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("creator", "pfs"), [("i", False), ("r", True)])
+def test_an_additional_child_sa_for_a_narrower_selector_pair(creator: str, pfs: bool) -> None:
+    """CREATE_CHILD_SA { SA, Ni, [KEi,] TSi, TSr } --> <-- { SA, Nr, [KEr,] TSi, TSr }"""
+    pair = established(esp=("aes256gcm16-x25519",) if pfs else ("aes256gcm16",))
+    other = "r" if creator == "i" else "i"
+    first = pair.child_up(creator)
+    local, remote = (
+        net.subnets(new_prefix=25).__next__() for net in (first.local_ts[0], first.remote_ts[0])
+    )
+    session(pair, creator).create_child(pair.now, [local], [remote])
+    pair.run(until=pair.now + 5)
+    live = {side: data_plane(pair.events[side]) for side in "ir"}
+    assert len(live["i"]) == len(live["r"]) == 2 and first.inbound_spi in live[creator]
+    new_c = next(sa.up for spi, sa in live[creator].items() if spi != first.inbound_spi)
+    new_o = live[other][new_c.outbound_spi].up
+    assert new_c.rekey_of is None and new_c.outbound_active and new_o.outbound_active
+    assert (new_c.local_ts, new_c.remote_ts) == ((local,), (remote,))
+    assert (new_o.local_ts, new_o.remote_ts) == ((remote,), (local,))
+    assert new_c.keys.outbound_key == new_o.keys.inbound_key
+    assert new_c.keys.inbound_key == new_o.keys.outbound_key
+    assert ("x25519" in new_c.algorithms) is pfs
+    assert not pair.of("i", ChildSaDown) and not pair.of("r", ChildSaDown)
