@@ -98,6 +98,7 @@ class GatewayConfig:
     control_socket: Path
     log_format: LogFormat
     log_level: LogLevel
+    save_keys_dir: Path  # where peers with save_keys = true write Wireshark's key tables
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def _name(section: Section, key: str) -> str:
 
 _GATEWAY_KEYS = (
     "name", "listen", "port", "nat_t_port", "tun", "mtu",
-    "control_socket", "log_format", "log_level",
+    "control_socket", "log_format", "log_level", "save_keys_dir",
 )  # fmt: skip
 
 
@@ -204,6 +205,7 @@ def _read_gateway(file: Path, data: object) -> GatewayConfig:
         control_socket=control,
         log_format=cast(LogFormat, s.choice("log_format", get_args(LogFormat), "text")),
         log_level=cast(LogLevel, s.choice("log_level", get_args(LogLevel), "info")),
+        save_keys_dir=s.file_path("save_keys_dir", file.parent) or control.parent / f"{name}-keys",
     )
 
 
@@ -511,6 +513,7 @@ def describe(config: Config) -> str:
             + " ".join(map(str, p.local_subnets))
             + " <=> "
             + " ".join(map(str, p.remote_subnets))
+            + (f", save_keys (SA keys written to {g.save_keys_dir})" if p.save_keys else "")
         )
     return "\n".join(lines)
 

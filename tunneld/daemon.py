@@ -16,7 +16,9 @@ Theory of operation:
 4. Shutdown (SIGTERM/SIGINT or cancellation): every peer sends DELETE for its
    IKE SAs, the daemon waits briefly for the answers, then removes routes,
    closes the TUN device and the sockets. Nothing is written to disk, so a
-   restart never reuses keys, SPIs or counters.
+   restart never reuses keys, SPIs or counters. (The one exception is opt-in
+   and write-only: a peer with ``save_keys = true`` appends its SA keys to
+   Wireshark's decryption tables, :mod:`tunneld.savekeys`; they are never read.)
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
 from tunneld.peer import Peer, PeerPolicy
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
+from tunneld.savekeys import KeyTables
 
 log = logging.getLogger("tunneld.daemon")
 
@@ -185,6 +188,7 @@ class Daemon:
         self._started_at = 0.0
         self._cancel = trio.CancelScope()
         self._stopping = trio.Event()
+        self._key_tables: KeyTables | None = None  # shared by the peers with save_keys
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -251,7 +255,22 @@ class Daemon:
             policy=PeerPolicy(auto=pc.auto, dpd_action=pc.dpd_action, limits=limits),
             children=children,
             local_addr=lambda: (self._local_host, self.config.gateway.port),
+            key_tables=self._key_tables_for(pc),
         )
+
+    def _key_tables_for(self, pc: PeerConfig) -> KeyTables | None:
+        """``save_keys = true``: the key tables, and a warning (secrets go to disk)."""
+        if not pc.save_keys:
+            return None
+        directory = self.config.gateway.save_keys_dir
+        log.warning(
+            "save_keys is on: SA keys are written to disk, whoever reads them can decrypt "
+            "this peer's traffic; for debugging only",
+            extra={"peer": pc.name, "dir": str(directory)},
+        )
+        if self._key_tables is None:
+            self._key_tables = KeyTables(directory)
+        return self._key_tables
 
     def stop(self) -> None:
         """Leave ``run`` gracefully: DELETE to every peer, then teardown (rule 4)."""

@@ -30,6 +30,11 @@ Theory of operation:
    the data plane at once and it is deleted. IKE SAs negotiated at the same
    time (both sides initiated) resolve deterministically: the one with the
    larger (SPIi, SPIr) pair survives on both sides, the other is deleted.
+7. ``save_keys = true`` (a debugging aid, :mod:`tunneld.savekeys`): after
+   each flush the keys of every IKE SA the session holds are appended to
+   Wireshark's tables once (from IKE_SA_INIT on, so a failing IKE_AUTH can
+   be decrypted too; after an IKE rekey, the new SA's), and both directions
+   of every Child SA as it is installed.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from ike.states import IkeState
 from ike.wire import IkeHeader
 from tunneld.childsas import ChildSet, Limits
 from tunneld.datapath import IkeDatagram
+from tunneld.savekeys import KeyTables
 
 if TYPE_CHECKING:
     from tunneld.daemon import Daemon
@@ -105,6 +111,7 @@ class Peer:
         policy: PeerPolicy,
         children: ChildSet,
         local_addr: Callable[[], tuple[str, int]],
+        key_tables: KeyTables | None = None,
     ) -> None:
         self.daemon = daemon
         self.name = name
@@ -114,6 +121,7 @@ class Peer:
         self.auto = policy.auto
         self.children = children
         self._local_addr = local_addr
+        self.key_tables = key_tables  # save_keys = true (rule 7)
         self.sessions: list[IkeSession] = []
         self.status = PeerStatus()
         self._watch_at = math.inf
@@ -312,6 +320,8 @@ class Peer:
         while (event := session.next_event()) is not None:
             self._apply(session, event)
             came_up = came_up or isinstance(event, IkeSaUp)
+        if self.key_tables is not None:  # rule 7: keys exist from IKE_SA_INIT on
+            self.key_tables.save_ike(self.name, session.ike_sa_keys())
         return came_up
 
     def _apply(self, session: IkeSession, event: object) -> None:
@@ -427,6 +437,8 @@ class Peer:
 
     def _install_child(self, session: IkeSession, event: ChildSaUp, now: float) -> None:
         record = self.children.install(session, event, now)
+        if self.key_tables is not None:
+            self.key_tables.save_child(self.name, event, session.local_addr[0])
         log.info(
             "Child SA installed",
             extra={
