@@ -348,6 +348,10 @@ class DispatchingSession(RekeyingSession):
                 what = "a liveness check"
             else:
                 what = name
+            if self._state is IkeState.DELETING:  # we were ending it anyway: no dpd_action
+                reason = f"no answer to {what} after {tries} transmissions while deleting"
+                self._go_down(Input.TIMEOUT, reason, None, now)
+                return
             reason = f"peer dead: no answer to {what} after {tries} transmissions"
             self._go_down(Input.TIMEOUT, reason, None, now, peer_dead=True)
 

@@ -150,3 +150,15 @@ def test_initial_contact_is_reported_after_ike_sa_up() -> None:
 def test_no_initial_contact_event_without_the_notify() -> None:
     pair = established(send_initial_contact=False)
     assert not pair.of("r", InitialContact)
+
+
+def test_an_unanswered_delete_of_our_own_is_not_peer_dead() -> None:
+    """We were ending the IKE SA anyway (close): no dpd_action for its DELETE timing out."""
+    link = Link()
+    pair = established(link)
+    link.rules.append(lambda s: 0)
+    pair.initiator.close(pair.now)  # INFORMATIONAL { D(IKE) } --> into the void
+    pair.run(until=pair.now + GIVE_UP + 1)
+    down = pair.down("i")
+    assert not down.peer_dead
+    assert down.reason == "no answer to INFORMATIONAL after 6 transmissions while deleting"
