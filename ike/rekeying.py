@@ -248,6 +248,9 @@ class RekeyingSession(SessionBase):
         Queued exchanges move along; one on the wire finishes on the old SA.
         """
         old = self._sa
+        # A rekey of ours for the old SA is moot: dropped if still queued; one on
+        # the wire is settled against the peer's nonces when (if) it completes.
+        self._ike_rekey = None
         for exchange in old.tm.take_queue():
             new.tm.enqueue(exchange)
         self._sa = new

@@ -418,3 +418,23 @@ def test_rekeyed_ike_sa_repr_and_status_hold_no_keys() -> None:
     for secret in (keys.sk_d, keys.sk_ei, keys.sk_er, keys.sk_pi, keys.sk_pr):
         assert secret.hex() not in blob and repr(secret)[2:-1] not in blob
     assert s.status(pair.now)["spi_i"] == s.spi_i.hex()
+
+
+def test_a_queued_ike_rekey_is_dropped_when_the_peer_rekeys_first_and_the_new_sa_rekeys_later() -> (
+    None
+):
+    pair = established()
+    pair.initiator.check_liveness(pair.now)  # INFORMATIONAL { } --> occupies i's window
+    assert pair.initiator.rekey_ike(pair.now)  # queued behind it
+    assert pair.responder.rekey_ike(pair.now)  # <-- CREATE_CHILD_SA { SA(IKE), Nr, KEr } first
+    before = len(pair.wire)
+    pair.run(until=pair.now + 5)
+    requests = [m.sender for m in pair.wire[before:] if m.header.exchange_type == CCSA]
+    assert requests == ["r", "i"]  # r's rekey and i's answer; i's own was never sent
+    assert not pair.initiator.is_initiator and not pair.initiator.rekeying
+    # The new IKE SA is rekeyed again at its own soft lifetime (and on request).
+    lifetime = current(pair.initiator).lifetime
+    assert lifetime is not None
+    pair.run(until=lifetime.expire_at)
+    assert len(pair.of("i", IkeSaRekeyed)) == 2
+    assert pair.initiator.rekey_ike(pair.now)
