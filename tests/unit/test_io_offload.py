@@ -179,3 +179,21 @@ def test_merging_never_loses_reorders_or_alters_a_flow(
             _, big = merged(write)
             hlen = 52
             assert big[hlen:] == b"".join(p[hlen:] for p in write[1])
+
+
+def test_views_into_one_buffer_merge_like_bytes_without_copies() -> None:
+    """The receive pump hands over views into its decrypt buffer: same writes, no copies."""
+    packets = [*stream(0, [MSS] * 5 + [200]), seg(1, 10, v6=True)]
+    arena = bytearray(b"".join(packets))
+    views, at = [], 0
+    for p in packets:
+        views.append(memoryview(arena)[at : at + len(p)])
+        at += len(p)
+    by_bytes, by_views = coalesce(packets), coalesce(views)
+    assert [[bytes(b) for b in w[0]] for w in by_views] == [
+        [bytes(b) for b in w[0]] for w in by_bytes
+    ]
+    iov = by_views[0][0]
+    assert len(iov) == 2 + 6 and all(isinstance(b, memoryview) for b in iov[2:])
+    arena[100] ^= 0xFF  # the payload iovecs point into the buffer itself
+    assert bytes(iov[2])[100 - 52] == packets[0][100] ^ 0xFF
