@@ -26,9 +26,9 @@ from sessionpair import SessionPair, config_pair
 
 from ike.constants import EncrId
 from ike.events import ChildSaKeys, ChildSaUp
+from tunneld.childsas import data_plane_sas
 from tunneld.dataplane import esp
 from tunneld.dataplane.sa import DropReason, EspDrop, InboundSA
-from tunneld.childsas import data_plane_sas
 
 # charon: "encryption initiator key" (strongSwan -> tunneld) and "responder key".
 KEYMAT_I_TO_R = bytes.fromhex(
