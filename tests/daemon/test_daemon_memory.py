@@ -143,7 +143,9 @@ async def test_status_over_the_control_socket_shows_sas_without_secrets(
     child = peer["child_sas"][0]
     assert child["generation"] == 0
     # the default child lifetime is 1 h, rekeyed up to 10 % early, deleted at 110 %
-    assert 3240 - 1 <= child["rekey_in"] <= 3600 and 3960 - 1 <= child["expires_in"] <= 3960
+    # (virtual time passes while the status request runs in a thread: compare the two)
+    assert 0 < child["rekey_in"] <= 3600 and child["expires_in"] <= 3960
+    assert 360 <= child["expires_in"] - child["rekey_in"] <= 720
     (ike,) = peer["ike_sas"]
     assert ike["role"] == "initiator" and ike["remote_id"] == "gw-b.example.org"
     assert peer["child_sas"][0]["algorithms"].startswith("aes256gcm16")
