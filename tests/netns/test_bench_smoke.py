@@ -56,7 +56,7 @@ def test_quick_json_reports_plain_and_tunneld() -> None:
     configs = report["configs"]
     expected = configs["tunneld"]["mbps"] / configs["plain"]["mbps"]
     assert report["ratios"]["tunneld/plain"] == pytest.approx(expected, rel=1e-3)
-    assert "tunneld (static)" in proc.stdout
+    assert "tunneld (daemon)" in proc.stdout
 
 
 def test_sigterm_mid_run_tears_everything_down() -> None:
