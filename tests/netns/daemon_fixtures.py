@@ -132,12 +132,13 @@ class Sites:
 
     @contextlib.contextmanager
     def probing(
-        self, count: int, rate: float, sizes: str = "64", window: int = 500
+        self, count: int, rate: float, sizes: str = "64", window: int = 500, idle: float = 3.0
     ) -> Iterator[ProbeRun]:
-        """Probes running in the background while the test does other things."""
+        """Probes running in the background while the test does other things; the echo
+        gives up after ``idle`` seconds without a probe (make it outlast an outage)."""
         echo = self.lab.popen(
-            "b", sys.executable, str(PROBE), "echo", "--bind", HOST_B,
-            "--port", str(PROBE_PORT), "--idle", "3", "--timeout", str(count / rate + 60),
+            "b", sys.executable, str(PROBE), "echo", "--bind", HOST_B, "--port", str(PROBE_PORT),
+            "--idle", str(idle), "--timeout", str(count / rate + idle + 60),
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         sender: subprocess.Popen[Any] | None = None
@@ -217,9 +218,10 @@ def use_untrusted_certificate(sites: Sites, ca_name: str) -> None:
 
 
 @contextlib.contextmanager
-def open_sites(work: Path) -> Iterator[Callable[[SiteOptions], Sites]]:
-    """A fresh lab; the factory writes configurations for it (not started yet)."""
-    lab = Lab(unique_prefix("hdn"))
+def open_sites(work: Path, stem: str = "hdn") -> Iterator[Callable[[SiteOptions], Sites]]:
+    """A fresh lab (namespace prefix ``stem`` + random); the factory writes configurations
+    for it (not started yet)."""
+    lab = Lab(unique_prefix(stem))
     made: list[Sites] = []
 
     def make(opts: SiteOptions) -> Sites:

@@ -3,7 +3,7 @@
     python -m tests.tools.probe echo --bind ADDR --port N [--token HEX] [--idle S] [--timeout S]
     python -m tests.tools.probe send --to ADDR --port N --count N [--bind ADDR] [--token HEX]
                                      [--rate PPS] [--window N] [--stall S] [--linger S]
-                                     [--sizes 64,1372 | 30-1372] [--block N]
+                                     [--sizes 64,1372 | 30-1372] [--block N] [--gap S]
     python -m tests.tools.probe tcp-sink --bind ADDR --port N
     python -m tests.tools.probe tcp-send --to ADDR --port N --bytes N
 
@@ -24,6 +24,8 @@ It also exits after ``--idle`` quiet seconds (once probes came) or at
 
     {"role": "sender", "count", "send_errors", "stalls", "send_seconds",
      "total_seconds", "udp_bytes", "lost" (round trip),
+     "started_at" (wall clock), "gaps": [[from, to], ...] (seconds since the start
+     without any echo for more than --gap seconds: outages and how long they lasted),
      "forward": {direction} | null (the echo's tally; null if its FIN answer never came),
      "reverse": {direction}}
     direction = {"sent", "received", "unique", "lost", "duplicated", "reordered", "corrupt"}
@@ -289,6 +291,7 @@ class SendOptions:
     linger: float = 1.0
     sizes: tuple[int, ...] = (64, 512, 1372)
     block: int = 1
+    gap: float = 0.5  # report silences longer than this
 
 
 @dataclass
@@ -301,7 +304,9 @@ class _Sender:
     written_off: int = 0  # probes that stopped holding a window slot (stalls)
     stalls: int = 0
     send_errors: int = 0
-    last_echo: float = 0.0
+    last_echo: float = 0.0  # the window's clock (a stall resets it)
+    last_arrival: float | None = None
+    gaps: list[list[float]] = field(default_factory=list)
 
     def unanswered(self) -> int:
         return max(0, self.sent - self.tally.unique - self.written_off)
@@ -328,7 +333,15 @@ class _Sender:
         if select.select([self.sock], [], [], max(0.0, timeout))[0]:
             for data, _src in _drain(self.sock):
                 if self.tally.record(data) is not None:
-                    self.last_echo = time.monotonic()
+                    self.arrived(time.monotonic())
+
+    def arrived(self, now: float) -> None:
+        """A first copy came back: note the silence before it if it was long."""
+        self.last_echo = now
+        last = self.start if self.last_arrival is None else self.last_arrival
+        if now - last > self.opts.gap:
+            self.gaps.append([round(last - self.start, 3), round(now - self.start, 3)])
+        self.last_arrival = now
 
     def step(self) -> None:
         """Send what is due, then wait for an echo or the next probe's time."""
@@ -369,7 +382,7 @@ def _ask_echo(sender: _Sender) -> dict[str, Any] | None:
 def run_send(opts: SendOptions) -> dict[str, Any]:
     family_host = opts.bind or ("::" if ":" in opts.to else "0.0.0.0")
     sock = _udp(family_host, 0)
-    start = time.monotonic()
+    started_at, start = time.time(), time.monotonic()
     sender = _Sender(opts, sock, Tally(opts.token), start, last_echo=start)
     while sender.sent < opts.count:
         sender.step()
@@ -388,6 +401,8 @@ def run_send(opts: SendOptions) -> dict[str, Any]:
         "send_seconds": round(send_seconds, 3),
         "total_seconds": round(total_seconds, 3),
         "udp_bytes": udp_bytes(opts.count, opts.sizes, opts.block),
+        "started_at": started_at,
+        "gaps": sender.gaps,
         "forward": None if echo is None else echo["forward"],
         "reverse": sender.tally.report(None if echo is None else echo["echoed"]),
     }
@@ -458,6 +473,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--linger", type=float, default=1.0, help="quiet time to wait at the end")
     s.add_argument("--sizes", default="64,512,1372", help="'A,B,C' in turn or 'MIN-MAX'")
     s.add_argument("--block", type=int, default=1, help="probes in a row of one size")
+    s.add_argument("--gap", type=float, default=0.5, help="report silences longer than this")
     for name in ("tcp-sink", "tcp-send"):
         t = sub.add_parser(name)
         t.add_argument("--bind" if name == "tcp-sink" else "--to", required=True)
@@ -484,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = SendOptions(
         args.to, args.port, args.count, token or os.urandom(TOKEN_LEN), bind=args.bind,
         rate=args.rate, window=args.window, stall=args.stall, linger=args.linger,
-        sizes=tuple(sizes), block=args.block,
+        sizes=tuple(sizes), block=args.block, gap=args.gap,
     )  # fmt: skip
     _emit(run_send(opts))
     return 0

@@ -24,7 +24,9 @@ from tests.tools.probe import (
     HEADER,
     MAX_SIZE,
     Echo,
+    SendOptions,
     Tally,
+    _Sender,
     datagram,
     fin,
     parse,
@@ -118,6 +120,15 @@ def test_echo_returns_first_copies_only_and_answers_fin_with_its_tally() -> None
         "sent": 4, "received": 4, "unique": 3, "lost": 1,
         "duplicated": 1, "reordered": 0, "corrupt": 1,
     }  # fmt: skip
+
+
+def test_sender_reports_silences_longer_than_the_gap() -> None:
+    opts = SendOptions("203.0.113.10", 9000, 10, TOKEN, gap=0.5)
+    sender = _Sender(opts, FakeSocket(), Tally(TOKEN), start=100.0)  # type: ignore[arg-type]
+    for t in (100.2, 100.6, 101.0, 103.5, 103.6, 104.2):
+        sender.arrived(t)
+    assert sender.gaps == [[1.0, 3.5], [3.6, 4.2]]
+    assert sender.last_echo == 104.2
 
 
 # --- the real command line, in a namespace of our own ---------------------------------
