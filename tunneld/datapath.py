@@ -15,10 +15,11 @@ Inbound (one task per UDP socket):
      non-ESP marker, start an IKE message (marker stripped, put on the IKE
      inbox); a single 0xFF byte is a NAT keepalive (RFC 3948 §2.3, counted);
      anything else is ESP. On port 500 every datagram is IKE (RFC 7296 §2.23);
-  3. ``sadb.decapsulate_into`` each ESP packet (SPI lookup, replay, AES-GCM,
-     selector check), which decrypts straight into one reusable buffer, and
-     write the batch of inner packets (views into it) to the TUN in one
-     ``write_batch`` (which may merge TCP segments, tunneld.io.offload).
+  3. ``sadb.decapsulate_batch`` the ESP packets in one call (SPI lookup,
+     replay, AES-GCM, selector check), which decrypts them back to back into
+     one reusable buffer, and write the inner packets (views into it) to the
+     TUN in one ``write_batch`` (which may merge TCP segments,
+     tunneld.io.offload).
 
 A packet the data plane refuses raises :class:`EspDrop`; the pumps count it
 by reason and go on. Nothing is logged per packet. The IKE inbox is a bounded
@@ -35,7 +36,7 @@ from typing import Any, Protocol
 import trio
 
 from ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
-from tunneld.dataplane.drops import EspDrop
+from tunneld.dataplane.drops import DropReason, EspDrop
 from tunneld.dataplane.esp import MIN_ESP_LEN, TRAILER_MAX
 from tunneld.dataplane.udpencap import UdpKind, classify
 from tunneld.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Address, Buffer, Datagram
@@ -69,7 +70,9 @@ class Sadb(Protocol):
     def encapsulate_into(
         self, plain: memoryview, size: int, out: memoryview, offset: int
     ) -> tuple[int, Any]: ...
-    def decapsulate_into(self, esp: Buffer, out: memoryview, offset: int) -> int: ...
+    def decapsulate_batch(
+        self, packets: Sequence[Buffer], out: memoryview
+    ) -> tuple[list[memoryview], list[DropReason]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,25 +240,18 @@ class DataPath:
                     self._to_ike(data, src, udp)
 
     def _demux(self, batch: list[Datagram], udp: Udp) -> None:
-        decapsulate, stats = self._sadb.decapsulate_into, self.inbound
-        out, room = self._inner, len(self._inner)
-        inner: list[Buffer] = []
-        end = 0  # decrypted packets fill out[:end]
+        stats, room = self.inbound, len(self._inner)
+        esp: list[Buffer] = []
+        size = 0  # what the ESP packets so far need in the decrypt buffer (at most)
         for data, src in batch:
-            size = len(data)
             # ESP unless the first four bytes are the non-ESP marker (RFC 3948 §2.2);
             # anything else (IKE, keepalive, runts) takes the classify() path.
-            if size >= MIN_ESP_LEN and (data[0] or data[1] or data[2] or data[3]):
-                if end + size > room:  # cannot happen with UdpSocket's 1 MiB arena
-                    self._tun.write_batch(inner)
-                    inner, end = [], 0
-                try:
-                    length = decapsulate(data, out, end)
-                except EspDrop as drop:
-                    stats.drop(drop.reason.value)
-                    continue
-                inner.append(out[end : end + length])
-                end += length
+            if len(data) >= MIN_ESP_LEN and (data[0] or data[1] or data[2] or data[3]):
+                if size + len(data) > room:  # not with UdpSocket's 1 MiB arena
+                    self._open_and_write(esp)
+                    esp, size = [], 0
+                esp.append(data)
+                size += len(data)
                 continue
             try:
                 kind, payload = classify(data)
@@ -266,6 +262,13 @@ class DataPath:
                 self._to_ike(payload, src, udp)
             elif kind is UdpKind.KEEPALIVE:
                 stats.keepalives += 1
+        if esp:
+            self._open_and_write(esp)
+
+    def _open_and_write(self, esp: list[Buffer]) -> None:
+        inner, dropped = self._sadb.decapsulate_batch(esp, self._inner)
+        for reason in dropped:
+            self.inbound.drop(reason.value)
         if inner:  # one call: the TUN may merge TCP segments (tunneld.io.offload)
             self._tun.write_batch(inner)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import trio
@@ -82,10 +82,20 @@ class FakeSadb:
         out[offset : offset + len(esp)] = esp
         return len(esp), peer
 
-    def decapsulate_into(self, esp: Buffer, out: memoryview, offset: int) -> int:
-        inner = self.decapsulate(esp)
-        out[offset : offset + len(inner)] = inner
-        return len(inner)
+    def decapsulate_batch(
+        self, packets: Sequence[Buffer], out: memoryview
+    ) -> tuple[list[memoryview], list[DropReason]]:
+        inner, dropped, end = [], [], 0
+        for esp in packets:
+            try:
+                packet = self.decapsulate(esp)
+            except EspDrop as drop:
+                dropped.append(drop.reason)
+                continue
+            out[end : end + len(packet)] = packet
+            inner.append(out[end : end + len(packet)])
+            end += len(packet)
+        return inner, dropped
 
 
 class Gateway:

@@ -138,3 +138,44 @@ def test_replay_window_only_raises_espdrop(
         if authentic:
             window.update(full)
             assert outcome(window.check, seq_low) is DropReason.REPLAY  # type: ignore[arg-type]
+
+
+def _two_tunnel_db() -> SADatabase:
+    db = database(False)
+    db.add_tunnel("u", ("192.0.2.9", 4500), ["203.0.113.128/25"], ["198.51.100.128/25"])
+    db.add_inbound("u", InboundSA(SPI + 1, KEY, SALT))
+    return db
+
+
+SENDERS = (OutboundSA(SPI, KEY, SALT), OutboundSA(SPI + 1, KEY, SALT))
+# Packets of two SAs (the second tunnel's selectors refuse INNER's addresses).
+POOL = [SENDERS[i % 2].encrypt(INNER + bytes(i % 5), 4) for i in range(12)]
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(POOL),
+            st.binary(max_size=40),
+            st.tuples(st.sampled_from(POOL), st.integers(0, 60)).map(
+                lambda pi: pi[0][: pi[1]] + bytes([pi[0][pi[1]] ^ 1]) + pi[0][pi[1] + 1 :]
+            ),
+        ),
+        max_size=24,
+    )
+)
+def test_a_batch_opens_exactly_what_one_packet_at_a_time_opens(batch: list[bytes]) -> None:
+    """decapsulate_batch (SA runs, offsets, drops) against a twin fed packet by packet."""
+    one_by_one = _two_tunnel_db()
+    expected = [outcome(one_by_one.decapsulate, p) for p in batch]
+    batched = _two_tunnel_db()
+    arena = bytearray(b"".join(batch))  # views into one buffer, as from UdpSocket
+    views, at = [], 0
+    for p in batch:
+        views.append(memoryview(arena)[at : at + len(p)])
+        at += len(p)
+    opened, dropped = batched.decapsulate_batch(views, memoryview(bytearray(at + 64)))
+    assert [bytes(p) for p in opened] == [e for e in expected if isinstance(e, bytes)]
+    assert dropped == [e for e in expected if isinstance(e, DropReason)]
+    assert batched.snapshot() == one_by_one.snapshot()

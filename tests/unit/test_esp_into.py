@@ -151,22 +151,32 @@ def test_sadb_into_calls_carry_packets_back_to_back_in_one_buffer() -> None:
         assert peer == ("192.0.2.2", 4500) and length == esp.sealed_len(len(p))
         offsets.append((end, length))
         end += length
-    inner = memoryview(bytearray(2000))
-    at = 0
-    for (start, length), p in zip(offsets, packets, strict=True):
-        size = b.decapsulate_into(out[start : start + length], inner, at)
-        assert bytes(inner[at : at + size]) == p
-        at += size
-    assert b.tunnel("t").inbound_spis == {SPI} and b.inbound(SPI).packets == 5  # type: ignore[union-attr]
+    opened, dropped = b.decapsulate_batch(
+        [out[start : start + length] for start, length in offsets], memoryview(bytearray(2000))
+    )
+    assert [bytes(p) for p in opened] == packets and dropped == []
+    assert opened[1].obj is opened[0].obj  # views into the one buffer, back to back
+    assert b.inbound(SPI).packets == 5  # type: ignore[union-attr]
 
 
-def test_sadb_decapsulate_into_applies_the_policy_to_the_decrypted_bytes() -> None:
+def test_sadb_decapsulate_batch_reports_drops_in_order_and_goes_on() -> None:
     a, b = _pair()
-    spoofed = _ipv4(b"\x0a\x09\x09\x09", b"\xcb\x00\x71\x0a")  # source outside 198.51.100/24
-    esp_packet, _ = a.encapsulate(spoofed)
-    with pytest.raises(EspDrop) as info:
-        b.decapsulate_into(esp_packet, memoryview(bytearray(100)), 0)
-    assert info.value.reason is DropReason.NO_POLICY
-    assert b.drops[DropReason.NO_POLICY] == 1
     ok = _ipv4(b"\xc6\x33\x64\x0a", b"\xcb\x00\x71\x0a")
-    assert b.decapsulate_into(a.encapsulate(ok)[0], memoryview(bytearray(100)), 0) == len(ok)
+    spoofed = _ipv4(b"\x0a\x09\x09\x09", b"\xcb\x00\x71\x0a")  # source outside 198.51.100/24
+    first, spoof, second = (a.encapsulate(p)[0] for p in (ok, spoofed, ok))
+    forged = bytearray(second)
+    forged[-1] ^= 1
+    unknown = b"\x00\x00\x09\x99" + first[4:]
+    batch = [b"\x01\x02", first, unknown, spoof, first, forged, second]
+    opened, dropped = b.decapsulate_batch(batch, memoryview(bytearray(1000)))
+    assert [bytes(p) for p in opened] == [ok, ok]
+    assert dropped == [
+        DropReason.MALFORMED,
+        DropReason.UNKNOWN_SPI,
+        DropReason.NO_POLICY,
+        DropReason.REPLAY,
+        DropReason.AUTH_FAILED,
+    ]
+    assert {r: n for r, n in b.drops.items() if n} == dict.fromkeys(dropped, 1)
+    sa = b.inbound(SPI)
+    assert sa is not None and sa.drops[DropReason.NO_POLICY] == 1 and sa.packets == 3

@@ -30,17 +30,17 @@ Theory of operation:
    is atomic.
 5. Every drop is raised as ``EspDrop`` and counted twice: in the SA that
    refused the packet (if any) and in ``SADatabase.drops``.
-6. The packet pumps call the zero-copy pair ``encapsulate_into`` /
-   ``decapsulate_into`` (buffers in, lengths out, see ``OutboundSA.seal_into``
-   and ``InboundSA.open_into``); ``encapsulate``/``decapsulate`` wrap them for
-   callers that want bytes.
+6. The packet pumps call the zero-copy forms: ``encapsulate_into`` per packet
+   (buffers in, length out, see ``OutboundSA.seal_into``) and
+   ``decapsulate_batch`` per received batch (one call, packets opened back to
+   back into one buffer, see ``InboundSA.open_into``);
+   ``encapsulate``/``decapsulate`` wrap them for callers that want bytes.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from collections.abc import Iterable, Sequence
 
 from tunneld.dataplane.drops import DropReason, EspDrop, zero_counters
 from tunneld.dataplane.esp import (
@@ -52,58 +52,39 @@ from tunneld.dataplane.esp import (
     sealed_len,
 )
 from tunneld.dataplane.sa import InboundSA, OutboundSA
+from tunneld.dataplane.selectors import InboundPolicy, Key, Network, networks
 
 PeerAddress = tuple[str, int]
-Network = IPv4Network | IPv6Network
 DEFAULT_CACHE_SIZE = 4096  # our choice: distinct destinations (or flows) remembered
 _IPV4_HEADER_LEN = 20  # RFC 791 §3.1 (without options)
 _IPV6_HEADER_LEN = 40  # RFC 8200 §3
-_Rules = dict[int, tuple[tuple[int, int], ...]]  # version -> ((network, mask), ...)
 _U32 = struct.Struct(">I").unpack_from  # an IPv4 address, or the SPI, as an int
-_U64 = struct.Struct(">Q").unpack_from  # IPv4 source || destination as one int
 _SPI_SEQ_LEN = 8  # RFC 4303 §2.1-2.2
 _PLAIN_ROOM = OVERHEAD - TRAILER_MAX  # the 32 bytes of SPI, seq, IV and ICV
-Key = int | bytes  # a cache key: int for IPv4, bytes for IPv6 (never equal to each other)
-
-
-def _networks(selectors: Iterable[str | Network]) -> tuple[Network, ...]:
-    networks = tuple(ip_network(s) for s in selectors)
-    if not networks:
-        raise ValueError("a tunnel needs at least one selector on each side")
-    return networks
-
-
-def _rules(networks: tuple[Network, ...]) -> _Rules:
-    rules: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-    for net in networks:
-        rules[net.version].append((int(net.network_address), int(net.netmask)))
-    return {version: tuple(pairs) for version, pairs in rules.items()}
-
-
-def _contains(rules: tuple[tuple[int, int], ...], address: bytes) -> bool:
-    value = int.from_bytes(address, "big")
-    return any(value & mask == network for network, mask in rules)
 
 
 class Tunnel:
     """Selectors, peer address and SAs of one tunnel (read-only outside SADatabase)."""
 
     __slots__ = (
-        "_local_rules",
-        "_policy",
-        "_remote_rules",
         "current",
         "inbound_spis",
         "local",
         "name",
         "next",
         "peer",
+        "policy",
         "previous",
         "remote",
     )
 
     def __init__(
-        self, name: str, peer: PeerAddress, local: tuple[Network, ...], remote: tuple[Network, ...]
+        self,
+        name: str,
+        peer: PeerAddress,
+        local: tuple[Network, ...],
+        remote: tuple[Network, ...],
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         self.name = name
         self.peer = peer
@@ -113,15 +94,11 @@ class Tunnel:
         self.current: OutboundSA | None = None
         self.next: OutboundSA | None = None
         self.inbound_spis: set[int] = set()
-        self._local_rules = _rules(local)
-        self._remote_rules = _rules(remote)
-        self._policy: dict[Key, bool] = {}
+        self.policy = InboundPolicy(local, remote, cache_size)  # rule 3, given to inbound SAs
 
     def admits(self, version: int, source: bytes, destination: bytes) -> bool:
         """Inbound policy (rule 3): source in remote selectors, destination in local ones."""
-        return _contains(self._remote_rules[version], source) and _contains(
-            self._local_rules[version], destination
-        )
+        return self.policy.admits(version, source, destination)
 
     def snapshot(self) -> dict[str, object]:
         def sa(out: OutboundSA | None) -> dict[str, object] | None:
@@ -167,7 +144,7 @@ class SADatabase:
         """Add a tunnel; ValueError if the name exists or a remote network is taken."""
         if name in self._tunnels:
             raise ValueError(f"tunnel {name!r} exists")
-        tunnel = Tunnel(name, peer, _networks(local), _networks(remote))
+        tunnel = Tunnel(name, peer, networks(local), networks(remote), self._cache_size)
         taken = {net for other in self._tunnels.values() for net in other.remote}
         clash = [str(net) for net in tunnel.remote if net in taken]
         if clash:
@@ -203,6 +180,7 @@ class SADatabase:
             raise ValueError(f"inbound SPI {sa.spi:08x} is already installed")
         self._inbound[sa.spi] = (sa, tunnel)
         tunnel.inbound_spis.add(sa.spi)
+        sa.policy = tunnel.policy  # the SA checks what it delivers (rule 3)
 
     def remove_inbound(self, spi: int) -> InboundSA:
         """Stop accepting ``spi`` (after the delete delay); returns the SA."""
@@ -250,7 +228,7 @@ class SADatabase:
     def _changed(self) -> None:
         self._cache.clear()
         for tunnel in self._tunnels.values():
-            tunnel._policy.clear()
+            tunnel.policy.verdicts.clear()
 
     def _rebuild_routes(self) -> None:
         by_length: dict[tuple[int, int], dict[int, Tunnel]] = {}
@@ -343,60 +321,42 @@ class SADatabase:
     def decapsulate(self, esp: Buffer) -> bytes:
         """Open an ESP packet (SPI .. ICV) and return the inner IP packet, or raise EspDrop."""
         out = bytearray(max(len(esp) - _PLAIN_ROOM, 0))
-        size = self.decapsulate_into(esp, memoryview(out), 0)
-        del out[size:]
-        return bytes(out)
+        inner, dropped = self.decapsulate_batch((esp,), memoryview(out))
+        if dropped:
+            raise EspDrop(dropped[0]) from None  # no context: the packet stays out of it
+        return bytes(inner[0])
 
-    def decapsulate_into(self, esp: Buffer, out: memoryview, offset: int) -> int:
-        """Open an ESP packet into ``out[offset:]`` and return the inner packet's length.
+    def decapsulate_batch(
+        self, packets: Sequence[Buffer], out: memoryview
+    ) -> tuple[list[memoryview], list[DropReason]]:
+        """Open ESP packets into ``out``, back to back: ``(inner packets, drops)``.
 
-        ``out`` needs ``len(esp) - 32`` bytes of room from ``offset``; drops as
-        :meth:`decapsulate`. Only a returned length makes the bytes there valid.
+        The inner packets are views into ``out`` (valid until the caller reuses
+        it), in order; ``drops`` holds the reason of each packet refused (rule 5
+        counts them here too). ``out`` needs ``len(esp) - 32`` bytes per packet.
+        One call per batch: each inbound SA opens its run of consecutive
+        packets itself (``InboundSA.open_batch``, rule 3 included).
         """
-        if len(esp) < _SPI_SEQ_LEN:
-            self.drops[DropReason.MALFORMED] += 1
-            raise EspDrop(DropReason.MALFORMED)
-        entry = self._inbound.get(_U32(esp)[0])
-        if entry is None:
-            self.drops[DropReason.UNKNOWN_SPI] += 1
-            raise EspDrop(DropReason.UNKNOWN_SPI)
-        sa, tunnel = entry
-        try:
-            next_header, size = sa.open_into(esp, out, offset)  # counts its own drops
-        except EspDrop as drop:
-            self.drops[drop.reason] += 1
-            raise
-        # Rule 3, fast path: the verdict cached for this source || destination.
-        version = out[offset] >> 4 if size else 0
-        if next_header == NEXT_HEADER_IPV4 and version == 4 and size >= _IPV4_HEADER_LEN:
-            key: Key = _U64(out, offset + 12)[0]
-        elif next_header == NEXT_HEADER_IPV6 and version == 6 and size >= _IPV6_HEADER_LEN:
-            key = bytes(out[offset + 8 : offset + 40])
-        else:
-            key = b""  # never a policy key: MALFORMED below
-        allowed = tunnel._policy.get(key) if key else False
-        if allowed is None:
-            allowed = self._policy_verdict(tunnel, key)
-        if not allowed:
-            reason = DropReason.NO_POLICY if key else DropReason.MALFORMED
-            sa.drops[reason] += 1
-            self.drops[reason] += 1
-            raise EspDrop(reason)
-        return size
-
-    def _policy_verdict(self, tunnel: Tunnel, key: Key) -> bool:
-        """Rule 3 for a source || destination key not cached yet; caches the verdict."""
-        if isinstance(key, int):
-            version, addresses = 4, key.to_bytes(8, "big")
-        else:
-            version, addresses = 6, key
-        half = len(addresses) // 2
-        allowed = tunnel.admits(version, addresses[:half], addresses[half:])
-        policy = tunnel._policy
-        if len(policy) >= self._cache_size:
-            del policy[next(iter(policy))]
-        policy[key] = allowed
-        return allowed
+        opened: list[memoryview] = []
+        dropped: list[DropReason] = []
+        drops = self.drops
+        index, end, count = 0, 0, len(packets)
+        while index < count:
+            esp = packets[index]
+            entry = self._inbound.get(_U32(esp)[0]) if len(esp) >= _SPI_SEQ_LEN else None
+            if entry is None:
+                reason = (
+                    DropReason.UNKNOWN_SPI if len(esp) >= _SPI_SEQ_LEN else DropReason.MALFORMED
+                )
+                drops[reason] += 1
+                dropped.append(reason)
+                index += 1
+                continue
+            mark = len(dropped)
+            index, end = entry[0].open_batch(packets, index, out, end, opened, dropped)
+            for reason in dropped[mark:]:
+                drops[reason] += 1
+        return opened, dropped
 
     # -- status ----------------------------------------------------------------------
 
