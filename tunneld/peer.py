@@ -25,11 +25,18 @@ Theory of operation:
    duplicate one, rule 5) whose DELETE goes unanswered says nothing about the
    peer: a restarted peer has forgotten the stale SA, while the new one works.
 5. One IKE SA per peer. An IKE SA that was already established when a new
-   one began is stale: the peer restarted (it says so with INITIAL_CONTACT,
-   RFC 7296 §2.4) or replaced it, so the new one wins, its Child SAs leave
-   the data plane at once and it is deleted. IKE SAs negotiated at the same
-   time (both sides initiated) resolve deterministically: the one with the
-   larger (SPIi, SPIr) pair survives on both sides, the other is deleted.
+   one began is stale. With INITIAL_CONTACT (RFC 7296 §2.4: the peer
+   restarted) its Child SAs leave the data plane at once and it is deleted.
+   Without it, a new IKE SA the peer initiated is a make-before-break
+   reauthentication (§2.8.3, strongSwan's ``make_before_break``): the peer
+   deletes the old IKE SA itself once its new Child SA is installed, so the
+   old one stays, and keeps carrying our traffic, until then (at most
+   :data:`REAUTH_GRACE` seconds; then we delete it). The new Child SA's
+   outbound SA waits meanwhile, like a rekey responder's (the peer installs
+   its inbound SA only when our IKE_AUTH answer arrives): it takes over when
+   the old Child SA goes or ESP arrives on the new one. IKE SAs negotiated
+   at the same time (both sides initiated) resolve deterministically: the
+   one with the larger (SPIi, SPIr) pair survives on both sides.
 7. ``save_keys = true`` (a debugging aid, :mod:`tunneld.savekeys`): after
    each flush the keys of every IKE SA the session holds are appended to
    Wireshark's tables once (from IKE_SA_INIT on, so a failing IKE_AUTH can
@@ -40,6 +47,7 @@ Theory of operation:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -72,8 +80,13 @@ log = logging.getLogger("tunneld.peer")
 
 INBOX_SIZE = 64  # IKE datagrams queued per peer; beyond this they are dropped (peer retransmits)
 RETRY_INITIAL = 2.0  # seconds before re-initiating after a failed IKE SA (auto = start)
-RETRY_MAX = 60.0
+# Capped low on purpose: with IKE_SA_INIT retransmitted at most every 3 s
+# (ike.policy.RetransmitPolicy.init_max_timeout), a gateway that wants its
+# tunnel is never silent for more than ~7 s, so the tunnel is back within
+# seconds of an outage ending, however long the outage was.
+RETRY_MAX = 4.0
 WATCH_INTERVAL = 1.0  # seconds between looks at the SA counters (rule 4)
+REAUTH_GRACE = 10.0  # seconds a reauthenticating peer gets to delete its old IKE SA (rule 5)
 NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: "a default of 20 seconds"
 
 
@@ -137,6 +150,10 @@ class Peer:
         self._up_at: dict[IkeSession, float] = {}
         # rule 6: sessions we are deleting on purpose; their DELETE may time out
         self._deleting: set[IkeSession] = set()
+        # rule 5: old IKE SAs a reauthenticating peer should delete (until when), and
+        # the new Child SAs (inbound SPIs) whose outbound SA waits for that
+        self._superseded: dict[IkeSession, float] = {}
+        self._deferred: set[int] = set()
         self._send, self._recv = trio.open_memory_channel[_Input | None](INBOX_SIZE)
         self._want_up = policy.auto == "start"
         self._retry_at = math.inf
@@ -210,6 +227,7 @@ class Peer:
 
     def _next_deadline(self) -> float:
         deadlines = [self._retry_at, self._watch_at, self._keepalive_at]
+        deadlines += self._superseded.values()
         expiry = self.children.next_expiry()
         if expiry is not None:
             deadlines.append(expiry)
@@ -230,6 +248,12 @@ class Peer:
             self._watch(now)
         if self._keepalive_at <= now:
             self._send_keepalives(now)
+        for stale, deadline in list(self._superseded.items()):  # rule 5
+            if deadline <= now:
+                del self._superseded[stale]
+                if stale.state is IkeState.ESTABLISHED:
+                    log.info("old IKE SA outlived the reauthentication", extra={"peer": self.name})
+                    self._replace_stale(stale, now)
         if self._retry_at <= now:
             self._retry_at = math.inf
             if self._want_up and not self._live_sessions():
@@ -300,6 +324,7 @@ class Peer:
             self._begun.pop(session, None)
             self._up_at.pop(session, None)
             self._deleting.discard(session)
+            self._superseded.pop(session, None)
             self.daemon.unregister_session(session)
         for session in self.sessions:  # IKE SPIs come and go with IKE rekeys (rule 2)
             self.daemon.register_session(session, self)
@@ -375,7 +400,10 @@ class Peer:
         up = [s for s in self.sessions if s.state is IkeState.ESTABLISHED]
         begun = self._begun.get(fresh, now)
         for stale in [s for s in up if s is not fresh and self._up_at.get(s, now) <= begun]:
-            self._replace_stale(stale, now)
+            if fresh.is_initiator:
+                self._replace_stale(stale, now)
+            else:  # the peer reauthenticates and deletes ``stale`` itself
+                self._superseded.setdefault(stale, now + REAUTH_GRACE)
             up.remove(stale)
         if len(up) < 2:
             return
@@ -406,6 +434,7 @@ class Peer:
                 self._replace_stale(session, now)
 
     def _ike_down(self, session: IkeSession, event: IkeSaDown, now: float) -> None:
+        self._superseded.pop(session, None)
         for spi, record in list(self.children.records.items()):
             if record.session is session:
                 self._remove_child(spi, now, event.reason)
@@ -436,6 +465,9 @@ class Peer:
     # -- the data plane side (rule 4) ---------------------------------------------
 
     def _install_child(self, session: IkeSession, event: ChildSaUp, now: float) -> None:
+        if event.outbound_active and self._defers_outbound(session, event):
+            event = dataclasses.replace(event, outbound_active=False)
+            self._deferred.add(event.inbound_spi)
         record = self.children.install(session, event, now)
         if self.key_tables is not None:
             self.key_tables.save_child(self.name, event, session.local_addr[0])
@@ -453,7 +485,34 @@ class Peer:
             },
         )
 
+    def _defers_outbound(self, session: IkeSession, event: ChildSaUp) -> bool:
+        """Rule 5: the first Child SA of an IKE SA the peer set up while another IKE SA
+        of ours still carries traffic (a reauthentication): the peer may not have it yet."""
+        if session.is_initiator or event.rekey_of is not None:
+            return False
+        return any(
+            r.active and r.session is not session and r.session.state is IkeState.ESTABLISHED
+            for r in self.children.records.values()
+        )
+
+    def _activate_deferred(self, but_not: IkeSession | None = None) -> None:
+        """Rule 5: deferred Child SAs (of IKE SAs other than ``but_not``) start sending."""
+        for spi in list(self._deferred):
+            record = self.children.records.get(spi)
+            if record is None or record.session is but_not:
+                continue
+            self._deferred.discard(spi)
+            self.children.activate(spi)
+            log.info(
+                "Child SA outbound active",
+                extra={"peer": self.name, "spi_out": f"{record.outbound.spi:08x}"},
+            )
+
     def _remove_child(self, inbound_spi: int, now: float, reason: str) -> None:
+        record = self.children.records.get(inbound_spi)
+        if record is not None and record.active:  # hand over before the tunnel goes idle
+            self._activate_deferred(but_not=record.session)
+        self._deferred.discard(inbound_spi)
         if self.children.remove(inbound_spi, now) is not None:
             log.info(
                 "Child SA removed",
@@ -466,6 +525,9 @@ class Peer:
         for record in result.inbound_seen:
             self._last_heard = now
             record.session.notice_inbound(now, record.inbound.spi)
+            if record.inbound.spi in self._deferred:  # rule 5: the peer installed it
+                self._deferred.discard(record.inbound.spi)
+                self.children.activate(record.inbound.spi)
         for record in result.rekey:
             log.info(
                 "Child SA soft limit reached, rekeying",
