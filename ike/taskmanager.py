@@ -142,7 +142,7 @@ class TaskManager:
             raise LocalError("message IDs exhausted: the IKE SA must be rekeyed")
         self.next_request_id += 1
         if exchange.retransmit:
-            deadline = now + self.policy.timeout(0)
+            deadline = now + self._timeout(exchange, 0)
             self.in_flight = InFlight(exchange, message_id, datagram, src, dst, 0, deadline)
         return message_id
 
@@ -155,7 +155,7 @@ class TaskManager:
         flight = self._require_in_flight()
         flight.datagram, flight.src, flight.dst = datagram, src, dst
         flight.attempt = 0
-        flight.deadline = now + self.policy.timeout(0)
+        flight.deadline = now + self._timeout(flight.exchange, 0)
 
     def peek_next_id(self) -> int:
         return self.next_request_id
@@ -186,8 +186,12 @@ class TaskManager:
         """Count one more transmission of the request in flight and re-arm its timer."""
         flight = self._require_in_flight()
         flight.attempt += 1
-        flight.deadline = now + self.policy.timeout(flight.attempt)
+        flight.deadline = now + self._timeout(flight.exchange, flight.attempt)
         return flight
+
+    def _timeout(self, exchange: Exchange, attempt: int) -> float:
+        init = exchange.exchange_type == ExchangeType.IKE_SA_INIT
+        return self.policy.timeout(attempt, init=init)
 
     def abandon(self) -> None:
         """Forget every request, queued or in flight (the IKE SA is going away)."""
