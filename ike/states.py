@@ -39,6 +39,7 @@ class Input(Enum):
     TIMEOUT = auto()  # retransmissions exhausted
     HALF_OPEN_EXPIRED = auto()
     EXPIRED = auto()  # hard lifetime of the IKE SA
+    FORGET = auto()  # the peer forgot the IKE SA (INITIAL_CONTACT on a newer one)
     IKE_SA_INIT_REQUEST = auto()
     IKE_SA_INIT_RESPONSE = auto()
     IKE_AUTH_REQUEST = auto()
@@ -77,6 +78,7 @@ TRANSITIONS: dict[tuple[IkeState, Input], frozenset[IkeState]] = {
         (S.ESTABLISHED, I.TIMEOUT): {S.CLOSED},
         (S.ESTABLISHED, I.EXPIRED): {S.CLOSED},
         (S.ESTABLISHED, I.CLOSE): {S.DELETING},
+        (S.ESTABLISHED, I.FORGET): {S.CLOSED},
         (S.DELETING, I.INFORMATIONAL_REQUEST): {S.DELETING, S.CLOSED},
         (S.DELETING, I.INFORMATIONAL_RESPONSE): {S.DELETING, S.CLOSED},
         (S.DELETING, I.CREATE_CHILD_SA_REQUEST): {S.DELETING},
@@ -84,6 +86,8 @@ TRANSITIONS: dict[tuple[IkeState, Input], frozenset[IkeState]] = {
         (S.DELETING, I.TIMEOUT): {S.CLOSED},
         (S.DELETING, I.EXPIRED): {S.CLOSED},
         (S.DELETING, I.CLOSE): {S.DELETING},
+        (S.DELETING, I.FORGET): {S.CLOSED},
+        (S.CLOSED, I.FORGET): {S.CLOSED},
         (S.CLOSED, I.CLOSE): {S.CLOSED},
     }.items()
 }

@@ -428,10 +428,16 @@ class Peer:
         self._delete(stale, now)
 
     def _initial_contact(self, fresh: IkeSession, now: float) -> None:
-        """The peer holds no other IKE SA with us (RFC 7296 §2.4): older ones are stale."""
+        """The peer holds no other IKE SA with us (RFC 7296 §2.4): older ones are
+        forgotten on the spot, without a DELETE nobody could answer."""
         for session in list(self.sessions):
-            if session is not fresh and session.state is IkeState.ESTABLISHED:
-                self._replace_stale(session, now)
+            if session is not fresh and session.state in (IkeState.ESTABLISHED, IkeState.DELETING):
+                log.info(
+                    "peer restarted (INITIAL_CONTACT): forgetting the old IKE SA",
+                    extra={"peer": self.name, "spi_i": session.spi_i.hex()},
+                )
+                session.forget(now)
+                self._flush(session)
 
     def _ike_down(self, session: IkeSession, event: IkeSaDown, now: float) -> None:
         self._superseded.pop(session, None)

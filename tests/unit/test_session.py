@@ -210,6 +210,25 @@ def test_close_is_idempotent_and_close_before_establishment_is_local() -> None:
     assert fresh.initiator.finished
 
 
+@pytest.mark.parametrize("forgetter", ["i", "r"])
+def test_forget_ends_the_ike_sa_without_a_delete_exchange(forgetter: str) -> None:
+    """INITIAL_CONTACT on a newer IKE SA: the old one ends here, nothing is sent."""
+    pair = establish(SessionPair(*config_pair()))
+    child = pair.child_up(forgetter)
+    session = pair.initiator if forgetter == "i" else pair.responder
+    wire_before = len(pair.wire)
+    session.forget(pair.now)
+    session.forget(pair.now)  # idempotent
+    pair.flush()
+    assert len(pair.wire) == wire_before  # no DELETE
+    (down,) = pair.of(forgetter, ChildSaDown)
+    assert down.inbound_spi == child.inbound_spi
+    assert pair.events[forgetter][-1] == pair.down(forgetter)
+    assert "INITIAL_CONTACT" in pair.down(forgetter).reason
+    assert not pair.down(forgetter).peer_dead
+    assert session.finished and session.next_deadline() is None
+
+
 @pytest.mark.parametrize("deleter", ["i", "r"])
 def test_delete_child_sa_from_either_side(deleter: str) -> None:
     """D(ESP, our inbound SPI) --> <-- D(ESP, theirs): both directions go (§1.4.1)."""
