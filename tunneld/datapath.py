@@ -1,13 +1,13 @@
 """The packet pumps: trio tasks moving packets between the TUN and UDP sockets.
 
 Pipeline, outbound (one task):
-  1. wait until the TUN is readable; read queued packets one by one (up to a
-     batch) into one staging buffer (``tun.read_into``);
-  2. ``sadb.encapsulate_into`` each (selector lookup, ESP, AES-GCM), which
-     seals it straight into the send buffer, right behind the previous one;
-  3. a run of equal-size packets toward the same peer (the last may be
-     shorter) leaves in one GSO ``sendmsg`` (``udp.send_run``). Nothing is
-     allocated per packet: no bytes objects, no lists, no join.
+  1. wait until the TUN is readable; read the queued packets (up to a batch)
+     back to back into one buffer (``tun.read_batch_into``);
+  2. ``sadb.encapsulate_batch`` them in one call (selector lookup, ESP,
+     AES-GCM), which seals them straight into the send buffer, laid out in
+     runs: consecutive packets toward one peer, of equal size but the last;
+  3. each run leaves in one GSO ``sendmsg`` (``udp.send_run``). Nothing is
+     allocated per packet: no bytes objects, no join.
 
 Inbound (one task per UDP socket):
   1. wait until the socket is readable, read every queued datagram;
@@ -29,7 +29,7 @@ peer retransmits), so the data plane never blocks on IKE.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Protocol
 
@@ -37,20 +37,23 @@ import trio
 
 from ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
 from tunneld.dataplane.drops import DropReason, EspDrop
-from tunneld.dataplane.esp import MIN_ESP_LEN, TRAILER_MAX
+from tunneld.dataplane.esp import MIN_ESP_LEN, OVERHEAD, TRAILER_MAX
 from tunneld.dataplane.udpencap import UdpKind, classify
 from tunneld.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Address, Buffer, Datagram
 
 DEFAULT_BATCH = 64  # packets per wakeup: one full GSO run (UDP_MAX_SEGMENTS)
 IKE_INBOX_FULL = "ike_inbox_full"
 _MAX_PACKET = 65535  # the largest inner packet (IPv4 total length) read from the TUN
-_MAX_ESP = _MAX_PACKET + 64  # room for one sealed packet behind a run in the send buffer
-_INNER_ROOM = (1 << 20) + _MAX_ESP  # decrypted inner packets of one received batch
+# Inner packets read from the TUN per batch: 64 of 4 KiB, or one of 64 KiB at least.
+_PLAIN_ROOM = (256 << 10) + _MAX_PACKET + TRAILER_MAX
+_INNER_ROOM = (1 << 20) + _MAX_PACKET  # decrypted inner packets of one received batch
 
 
 class Tun(Protocol):
     async def wait_readable(self) -> None: ...
-    def read_into(self, buffer: memoryview) -> int: ...
+    def read_batch_into(
+        self, arena: memoryview, max_packets: int, gap: int
+    ) -> list[tuple[int, int]]: ...
     def write(self, packet: Buffer) -> None: ...
     def write_batch(self, packets: Sequence[Buffer]) -> None: ...
 
@@ -67,9 +70,14 @@ class Udp(Protocol):
 class Sadb(Protocol):
     """What the pumps need from :class:`tunneld.dataplane.sadb.SADatabase`."""
 
-    def encapsulate_into(
-        self, plain: memoryview, size: int, out: memoryview, offset: int
-    ) -> tuple[int, Any]: ...
+    def encapsulate_batch(
+        self,
+        plain: memoryview,
+        spans: Iterable[tuple[int, int]],
+        out: memoryview,
+        max_count: int,
+        max_bytes: int,
+    ) -> tuple[list[tuple[Any, int, int, int]], list[DropReason]]: ...
     def decapsulate_batch(
         self, packets: Sequence[Buffer], out: memoryview
     ) -> tuple[list[memoryview], list[DropReason]]: ...
@@ -130,10 +138,10 @@ class DataPath:
         self._ike_port = ike_port
         self._batch = batch
         self._dest_cache: dict[Any, Address] = {}
-        # Outbound: the staging buffer each inner packet is read into (room for
-        # the ESP trailer), and the send buffer runs of ESP packets are sealed into.
-        self._plain = memoryview(bytearray(_MAX_PACKET + TRAILER_MAX))
-        self._out = memoryview(bytearray(GSO_MAX_BYTES + _MAX_ESP))
+        # Outbound: inner packets read from the TUN (with room for each ESP
+        # trailer), and the send buffer they are sealed into (32 bytes more each).
+        self._plain = memoryview(bytearray(_PLAIN_ROOM))
+        self._out = memoryview(bytearray(_PLAIN_ROOM + OVERHEAD * batch))
         # Inbound: decrypted inner packets of one batch, until the TUN write.
         self._inner = memoryview(bytearray(_INNER_ROOM))
         self.outbound = PumpStats()
@@ -176,44 +184,19 @@ class DataPath:
 
     def _seal_and_send(self) -> int:
         """Read, seal and send up to one batch; returns the packets read."""
-        read, encapsulate = self._tun.read_into, self._sadb.encapsulate_into
-        send, stats, dests = self._esp_udp.send_run, self.outbound, self._dest_cache
-        plain, out, limit = self._plain, self._out, self._batch
-        # The run being built: out[:end], `count` packets of `seg` bytes toward `dest`.
-        n = end = seg = count = 0
-        dest: Address = ("", 0)
-        while n < limit:
-            size = read(plain)
-            if size < 0:
-                break
-            n += 1
-            try:
-                length, peer = encapsulate(plain, size, out, end)
-            except EspDrop as drop:
-                stats.drop(drop.reason.value)
-                continue
-            to = dests.get(peer) or self._learn_dest(peer)
-            if count and (
-                to is not dest
-                or length > seg
-                or count == GSO_MAX_SEGMENTS
-                or end + length > GSO_MAX_BYTES
-            ):  # the packet cannot join: send the run, the packet opens the next one
-                send(dest, out[:end], seg)
-                out[:length] = out[end : end + length]  # memmove: the ranges may overlap
-                end = count = 0
-            if not count:
-                seg, dest = length, to
-            end += length
-            count += 1
-            if length < seg:  # GSO: only the last datagram of a run may be shorter
-                send(dest, out[:end], seg)
-                end = count = 0
-        if count:
-            send(dest, out[:end], seg)
-        if n:
-            stats.batch(n)
-        return n
+        spans = self._tun.read_batch_into(self._plain, self._batch, TRAILER_MAX)
+        if not spans:
+            return 0
+        self.outbound.batch(len(spans))
+        runs, dropped = self._sadb.encapsulate_batch(
+            self._plain, spans, self._out, GSO_MAX_SEGMENTS, GSO_MAX_BYTES
+        )
+        for reason in dropped:
+            self.outbound.drop(reason.value)
+        send, out, dests = self._esp_udp.send_run, self._out, self._dest_cache
+        for peer, start, end, segment in runs:
+            send(dests.get(peer) or self._learn_dest(peer), out[start:end], segment)
+        return len(spans)
 
     def _learn_dest(self, peer: Any) -> Address:
         """The UDP destination of a tunnel's peer: an address (port 4500) or (host, port)."""

@@ -7,6 +7,7 @@ so sockets and TUN devices live and die there.
 from __future__ import annotations
 
 import errno
+import itertools
 import socket
 import subprocess
 from collections.abc import Sequence
@@ -210,7 +211,9 @@ async def test_tun_reads_routed_packets_and_writes_to_the_stack(inside_netns: st
 
 
 @pytest.mark.parametrize("offload", [True, False])
-async def test_tun_read_into_fills_the_callers_buffer(inside_netns: str, offload: bool) -> None:
+async def test_tun_read_batch_into_fills_the_arena_back_to_back(
+    inside_netns: str, offload: bool
+) -> None:
     with TunDevice.open("tnd1", 1400, offload=offload) as tun:
         ip("addr", "add", "192.0.2.1/24", "dev", "tnd1")
         app = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -219,15 +222,19 @@ async def test_tun_read_into_fills_the_callers_buffer(inside_netns: str, offload
                 app.sendto(b"into %d" % i * 100, ("192.0.2.7", 6666))
             with trio.fail_after(5):
                 await tun.wait_readable()
-            buffer = memoryview(bytearray(2000))
-            got = []
-            while (size := tun.read_into(buffer)) >= 0:
-                if buffer[0] >> 4 == 4:  # IPv6 link-local chatter may come along
-                    got.append(bytes(buffer[:size]))
+            arena = memoryview(bytearray(3 * 65536))  # room for two 64 KiB reads at most
+            spans = tun.read_batch_into(arena, 64, 5)
+            got = [bytes(arena[at : at + size]) for at, size in spans if arena[at] >> 4 == 4]
             assert [bytes(IP(p)[UDP].payload) for p in got] == [
                 b"into %d" % i * 100 for i in range(3)
             ]
             assert all(len(p) == 20 + 8 + 600 for p in got)  # no virtio header in front
-            assert tun.read_into(buffer) == -1  # nothing queued: no exception
+            assert all(b[0] == a[0] + a[1] + 5 for a, b in itertools.pairwise(spans))  # the gap
+            assert tun.read_batch_into(arena, 64, 5) == []  # nothing queued: no exception
+            for _ in range(3):
+                app.sendto(b"x", ("192.0.2.7", 6666))
+            await tun.wait_readable()
+            assert len(tun.read_batch_into(arena, 2, 5)) == 2  # max_packets
+            assert len(tun.read_batch_into(memoryview(bytearray(65536)), 64, 5)) == 0  # no room
         finally:
             app.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import pytest
 import trio
@@ -75,12 +75,36 @@ class FakeSadb:
         self.seen.add(seq)
         return bytes(esp[16:-16])
 
-    def encapsulate_into(
-        self, plain: memoryview, size: int, out: memoryview, offset: int
-    ) -> tuple[int, Address]:
-        esp, peer = self.encapsulate(bytes(plain[:size]))
-        out[offset : offset + len(esp)] = esp
-        return len(esp), peer
+    def encapsulate_batch(
+        self,
+        plain: memoryview,
+        spans: Iterable[tuple[int, int]],
+        out: memoryview,
+        max_count: int,
+        max_bytes: int,
+    ) -> tuple[list[tuple[Address, int, int, int]], list[DropReason]]:
+        """Runs of consecutive equal-size packets to one peer (no byte limit here)."""
+        runs: list[tuple[Address, int, int, int]] = []
+        dropped, end = [], 0
+        for start, size in spans:
+            try:
+                esp, peer = self.encapsulate(bytes(plain[start : start + size]))
+            except EspDrop as drop:
+                dropped.append(drop.reason)
+                continue
+            out[end : end + len(esp)] = esp
+            last = runs[-1] if runs else None
+            if (
+                last
+                and last[0] == peer
+                and last[3] == len(esp)
+                and last[2] - last[1] < max_count * len(esp)
+            ):
+                runs[-1] = (peer, last[1], end + len(esp), len(esp))
+            else:
+                runs.append((peer, end, end + len(esp), len(esp)))
+            end += len(esp)
+        return runs, dropped
 
     def decapsulate_batch(
         self, packets: Sequence[Buffer], out: memoryview

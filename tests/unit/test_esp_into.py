@@ -1,5 +1,5 @@
 """The zero-copy ESP calls: OutboundSA.seal_into, InboundSA.open_into and the
-SADatabase wrappers the packet pumps use (buffers in, lengths out).
+SADatabase batch calls the packet pumps use (buffers in, lengths out).
 
 The bytes API (``encrypt``/``decrypt``) is built on these, so the vector and
 scapy tests cover the packet format; here: offsets, the staging buffer's
@@ -31,7 +31,7 @@ def test_seal_into_writes_exactly_the_packet_encrypt_builds(size: int) -> None:
     inner = bytes((i * 7) % 256 for i in range(size))
     by_bytes = OutboundSA(SPI, KEY, SALT).encrypt(inner, 4)
     out = memoryview(bytearray(b"\xee" * (esp.sealed_len(size) + 20)))
-    length = OutboundSA(SPI, KEY, SALT).seal_into(staged(inner), size, 4, out, 7)
+    length = OutboundSA(SPI, KEY, SALT).seal_into(staged(inner), 0, size, 4, out, 7)
     assert length == esp.sealed_len(size) == len(by_bytes)
     assert bytes(out[7 : 7 + length]) == by_bytes  # same seq 1, same key: same bytes
     assert bytes(out[:7]) == b"\xee" * 7 and bytes(out[7 + length :]) == b"\xee" * 13
@@ -45,7 +45,7 @@ def test_seal_into_writes_the_trailer_into_the_staging_room_only() -> None:
     plain = memoryview(bytearray(b"\xaa" * (len(INNER) + esp.TRAILER_MAX)))
     plain[: len(INNER)] = INNER
     out = memoryview(bytearray(esp.sealed_len(len(INNER))))
-    OutboundSA(SPI, KEY, SALT).seal_into(plain, len(INNER), 41, out, 0)
+    OutboundSA(SPI, KEY, SALT).seal_into(plain, 0, len(INNER), 41, out, 0)
     assert bytes(plain[: len(INNER)]) == INNER
     assert bytes(plain[len(INNER) :]) == b"\x01\x02\x02\x29" + b"\xaa"  # pad 1,2 | 2 | 41
 
@@ -55,13 +55,13 @@ def test_seal_into_consumes_one_sequence_number_per_packet_and_counts() -> None:
     out = memoryview(bytearray(3 * esp.sealed_len(len(INNER))))
     offset = 0
     for _ in range(2):
-        offset += sa.seal_into(staged(INNER), len(INNER), 4, out, offset)
+        offset += sa.seal_into(staged(INNER), 0, len(INNER), 4, out, offset)
     assert [int.from_bytes(out[i + 4 : i + 8], "big") for i in (0, offset // 2)] == [
         2**32 - 2,
         2**32 - 1,
     ]
     with pytest.raises(EspDrop) as info:
-        sa.seal_into(staged(INNER), len(INNER), 4, out, offset)
+        sa.seal_into(staged(INNER), 0, len(INNER), 4, out, offset)
     assert info.value.reason is DropReason.SEQ_EXHAUSTED and sa.exhausted
     assert (sa.packets, sa.bytes, sa.drops[DropReason.SEQ_EXHAUSTED]) == (2, 200, 1)
 
@@ -71,11 +71,11 @@ def test_seal_into_refuses_buffers_without_room() -> None:
     out = memoryview(bytearray(esp.sealed_len(len(INNER))))
     tight = memoryview(bytearray(INNER))  # no room for the trailer
     with pytest.raises(ValueError):
-        sa.seal_into(tight, len(INNER), 4, out, 0)
+        sa.seal_into(tight, 0, len(INNER), 4, out, 0)
     with pytest.raises(ValueError):
-        sa.seal_into(staged(INNER), len(INNER), 4, out[:-1], 0)
+        sa.seal_into(staged(INNER), 0, len(INNER), 4, out[:-1], 0)
     with pytest.raises(ValueError):
-        sa.seal_into(staged(INNER), len(INNER), 256, out, 0)
+        sa.seal_into(staged(INNER), 0, len(INNER), 256, out, 0)
 
 
 @pytest.mark.parametrize("esn", [False, True])
@@ -140,23 +140,55 @@ def _ipv4(src: bytes, dst: bytes, size: int = 60) -> bytes:
     return b"\x45\x00" + size.to_bytes(2, "big") + bytes(8) + src + dst + bytes(size - 20)
 
 
-def test_sadb_into_calls_carry_packets_back_to_back_in_one_buffer() -> None:
+def test_sadb_batches_carry_packets_back_to_back_in_one_buffer() -> None:
     a, b = _pair()
     packets = [_ipv4(b"\xc6\x33\x64\x0a", b"\xcb\x00\x71" + bytes([i]), 40 + i) for i in range(5)]
+    plain = memoryview(bytearray(1000))
+    spans, at = [], 3
+    for p in packets:  # any layout, as long as each packet has trailer room behind it
+        plain[at : at + len(p)] = p
+        spans.append((at, len(p)))
+        at += len(p) + esp.TRAILER_MAX + 1
     out = memoryview(bytearray(2000))
-    offsets, end = [], 0
-    for p in packets:
-        plain = staged(p)
-        length, peer = a.encapsulate_into(plain, len(p), out, end)
-        assert peer == ("192.0.2.2", 4500) and length == esp.sealed_len(len(p))
-        offsets.append((end, length))
-        end += length
-    opened, dropped = b.decapsulate_batch(
-        [out[start : start + length] for start, length in offsets], memoryview(bytearray(2000))
-    )
+    runs, dropped = a.encapsulate_batch(plain, spans, out)
+    sizes = [esp.sealed_len(len(p)) for p in packets]
+    assert sizes == [76, 76, 76, 80, 80]  # padded to a multiple of 4 (RFC 4303 §2.4)
+    peer = ("192.0.2.2", 4500)
+    assert dropped == [] and runs == [(peer, 0, 228, 76), (peer, 228, 388, 80)]
+    starts = [0, 76, 152, 228, 308]
+    sealed = [out[start : start + size] for start, size in zip(starts, sizes, strict=True)]
+    opened, dropped = b.decapsulate_batch(sealed, memoryview(bytearray(2000)))
     assert [bytes(p) for p in opened] == packets and dropped == []
     assert opened[1].obj is opened[0].obj  # views into the one buffer, back to back
     assert b.inbound(SPI).packets == 5  # type: ignore[union-attr]
+
+
+def test_sadb_encapsulate_batch_runs_respect_peer_size_and_limits() -> None:
+    a, _ = _pair()
+    a.add_tunnel("v", ("192.0.2.3", 4500), ["198.51.100.0/24"], ["192.0.2.128/25"])
+    a.install_next("v", OutboundSA(SPI + 7, KEY, SALT))
+    a.promote("v")
+    src, to_t, to_v = b"\xc6\x33\x64\x0a", b"\xcb\x00\x71\x0a", b"\xc0\x00\x02\x81"
+    nowhere = b"\x0a\x00\x00\x01"  # no tunnel: dropped, the open run stays open
+    lens = [100, 100, 100, 100, 96, 100, 100, 100, 120, 100]  # ESP: 136, 132 (96), 156 (120)
+    dests = [to_t, to_t, to_t, to_t, to_t, to_v, nowhere, to_t, to_t, to_t]
+    packets = [_ipv4(src, d, n) for d, n in zip(dests, lens, strict=True)]
+    plain = memoryview(bytearray(4000))
+    spans, at = [], 0
+    for p in packets:
+        plain[at : at + len(p)] = p
+        spans.append((at, len(p)))
+        at += len(p) + esp.TRAILER_MAX
+    runs, dropped = a.encapsulate_batch(plain, spans, memoryview(bytearray(4000)), max_count=3)
+    t, v = ("192.0.2.2", 4500), ("192.0.2.3", 4500)
+    assert runs == [
+        (t, 0, 408, 136),  # three: max_count
+        (t, 408, 676, 136),  # the shorter 132-byte packet joins and closes the run
+        (v, 676, 812, 136),  # another peer
+        (t, 812, 948, 136),  # back to t (the dropped packet in between left no gap)
+        (t, 948, 1240, 156),  # longer: a new run, which the shorter last one closes
+    ]
+    assert dropped == [DropReason.NO_POLICY] and a.drops[DropReason.NO_POLICY] == 1
 
 
 def test_sadb_decapsulate_batch_reports_drops_in_order_and_goes_on() -> None:

@@ -122,19 +122,25 @@ class OutboundSA:
         plain = bytearray(size + _esp.TRAILER_MAX)
         plain[:size] = inner
         out = bytearray(_esp.sealed_len(size))
-        self.seal_into(memoryview(plain), size, next_header, memoryview(out), 0)
+        self.seal_into(memoryview(plain), 0, size, next_header, memoryview(out), 0)
         return bytes(out)
 
     def seal_into(
-        self, plain: memoryview, size: int, next_header: int, out: memoryview, offset: int
+        self,
+        plain: memoryview,
+        start: int,
+        size: int,
+        next_header: int,
+        out: memoryview,
+        offset: int,
     ) -> int:
-        """Seal the inner packet ``plain[:size]`` as one ESP packet at ``out[offset:]``.
+        """Seal the inner packet ``plain[start : start + size]`` as one ESP packet
+        at ``out[offset:]``; returns its length, ``esp.sealed_len(size)``.
 
-        Returns the packet's length, ``esp.sealed_len(size)``. ``plain`` is a
-        writable staging buffer: the trailer (padding, pad length, next header)
-        is written right after the packet, so it needs ``esp.TRAILER_MAX`` bytes
-        of room beyond ``size``; AES-GCM then reads it and writes the
-        ciphertext straight into ``out`` (which must not overlap ``plain``).
+        ``plain`` is a writable staging buffer: the trailer (padding, pad length,
+        next header) is written right after the packet, so it needs
+        ``esp.TRAILER_MAX`` bytes of room there; AES-GCM then reads it and writes
+        the ciphertext straight into ``out`` (which must not overlap ``plain``).
         Raises like :meth:`encrypt`; ValueError if a buffer is too small.
         """
         seq = self._next_seq
@@ -144,8 +150,9 @@ class OutboundSA:
         if not 0 <= next_header <= 255:
             raise ValueError(f"next header must be 0..255, not {next_header}")
         self._next_seq = seq + 1  # consumed before use: a nonce is never sealed twice
-        end = size + 2 + (-(size + 2) & 3)  # payload | padding | pad length | next header
-        plain[size:end] = _TRAILERS[next_header][end - size - 2]
+        length = size + 2 + (-(size + 2) & 3)  # payload | padding | pad length | next header
+        end = start + length
+        plain[start + size : end] = _TRAILERS[next_header][length - size - 2]
         seq_low = seq & _SEQ32_MAX
         _HEADER_PACK_INTO(out, offset, self.spi, seq_low, seq)  # IV = seq (RFC 4106 §3.1)
         if self._esn:
@@ -154,13 +161,13 @@ class OutboundSA:
             associated = out[offset : offset + 8]
         self._encrypt_into(
             _NONCE_PACK(self._salt, seq),
-            plain[:end],
+            plain[start:end],
             associated,
-            out[offset + _HEAD : offset + _FRAME + end],
+            out[offset + _HEAD : offset + _FRAME + length],
         )
         self.packets += 1
         self.bytes += size
-        return _FRAME + end
+        return _FRAME + length
 
     def snapshot(self) -> dict[str, object]:
         """Plain-data status (SPI in hex, counters; never key material)."""

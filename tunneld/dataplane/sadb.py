@@ -30,11 +30,13 @@ Theory of operation:
    is atomic.
 5. Every drop is raised as ``EspDrop`` and counted twice: in the SA that
    refused the packet (if any) and in ``SADatabase.drops``.
-6. The packet pumps call the zero-copy forms: ``encapsulate_into`` per packet
-   (buffers in, length out, see ``OutboundSA.seal_into``) and
-   ``decapsulate_batch`` per received batch (one call, packets opened back to
-   back into one buffer, see ``InboundSA.open_into``);
-   ``encapsulate``/``decapsulate`` wrap them for callers that want bytes.
+6. The packet pumps make one call per batch, zero-copy: ``encapsulate_batch``
+   seals the packets read from the TUN back to back into one buffer, laid out
+   as runs (consecutive packets to one peer, equal lengths, the last may be
+   shorter: what one UDP GSO send carries), see ``OutboundSA.seal_into``;
+   ``decapsulate_batch`` opens received packets back to back into one buffer,
+   see ``InboundSA.open_batch``. ``encapsulate``/``decapsulate`` are
+   one-packet batches for callers that want bytes.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from tunneld.dataplane.esp import (
     NEXT_HEADER_IPV6,
     OVERHEAD,
     TRAILER_MAX,
+    TRAILER_MIN,
     Buffer,
     sealed_len,
 )
@@ -60,7 +63,16 @@ _IPV4_HEADER_LEN = 20  # RFC 791 §3.1 (without options)
 _IPV6_HEADER_LEN = 40  # RFC 8200 §3
 _U32 = struct.Struct(">I").unpack_from  # an IPv4 address, or the SPI, as an int
 _SPI_SEQ_LEN = 8  # RFC 4303 §2.1-2.2
-_PLAIN_ROOM = OVERHEAD - TRAILER_MAX  # the 32 bytes of SPI, seq, IV and ICV
+_FRAME = OVERHEAD - TRAILER_MIN  # the 32 bytes of SPI, seq, IV and ICV around a plaintext
+Run = tuple[PeerAddress, int, int, int]  # peer, start, end, segment: see encapsulate_batch
+
+
+def _other_key(plain: memoryview, start: int, size: int) -> tuple[Key, int]:
+    """Rule 2 for a packet that is not IPv4: the IPv6 destination (RFC 8200: 24..40)
+    and next header, or MALFORMED."""
+    if size >= _IPV6_HEADER_LEN and plain[start] >> 4 == 6:
+        return bytes(plain[start + 24 : start + 40]), NEXT_HEADER_IPV6
+    raise EspDrop(DropReason.MALFORMED)
 
 
 class Tunnel:
@@ -285,42 +297,74 @@ class SADatabase:
         plain = bytearray(size + TRAILER_MAX)
         plain[:size] = inner
         out = bytearray(sealed_len(size))
-        _length, peer = self.encapsulate_into(memoryview(plain), size, memoryview(out), 0)
-        return bytes(out), peer
+        runs, dropped = self.encapsulate_batch(memoryview(plain), ((0, size),), memoryview(out))
+        if dropped:
+            raise EspDrop(dropped[0]) from None
+        return bytes(out), runs[0][0]
 
-    def encapsulate_into(
-        self, plain: memoryview, size: int, out: memoryview, offset: int
-    ) -> tuple[int, PeerAddress]:
-        """Seal the inner packet ``plain[:size]`` into ``out[offset:]``: ``(length, peer)``.
+    def encapsulate_batch(
+        self,
+        plain: memoryview,
+        spans: Iterable[tuple[int, int]],
+        out: memoryview,
+        max_count: int = 64,
+        max_bytes: int = 65487,
+    ) -> tuple[list[Run], list[DropReason]]:
+        """Seal the inner packets ``plain[start : start + size]`` (``spans``) into ``out``.
 
-        Buffers as in ``OutboundSA.seal_into`` (``plain`` has room for the
-        trailer; ``out`` for ``esp.sealed_len(size)`` bytes); drops as :meth:`encapsulate`.
+        Each packet needs ``esp.TRAILER_MAX`` spare bytes behind it in ``plain``
+        (``OutboundSA.seal_into``); ``out`` needs ``esp.sealed_len(size)`` per
+        packet. The sealed packets lie back to back in runs ``(peer, start,
+        end, segment)``: consecutive packets to one peer, each ``segment``
+        bytes long except the last (shorter), at most ``max_count`` packets and
+        ``max_bytes`` bytes per run (one UDP GSO send). Returns the runs in
+        order and the reasons of the packets dropped (rule 5).
         """
-        version = plain[0] >> 4 if size else 0
-        if version == 4 and size >= _IPV4_HEADER_LEN:
-            key: Key = _U32(plain, 16)[0]
-            next_header = NEXT_HEADER_IPV4
-        elif version == 6 and size >= _IPV6_HEADER_LEN:
-            key = bytes(plain[24:40])
-            next_header = NEXT_HEADER_IPV6
-        else:
-            self.drops[DropReason.MALFORMED] += 1
-            raise EspDrop(DropReason.MALFORMED)
-        cache = self._cache
-        tunnel = cache[key] if key in cache else self._route(key)
-        sa = None if tunnel is None else tunnel.current
-        if tunnel is None or sa is None:
-            self.drops[DropReason.NO_POLICY] += 1
-            raise EspDrop(DropReason.NO_POLICY)
-        try:
-            return sa.seal_into(plain, size, next_header, out, offset), tunnel.peer
-        except EspDrop as drop:
-            self.drops[drop.reason] += 1
-            raise
+        runs: list[Run] = []
+        dropped: list[DropReason] = []
+        cache, drops = self._cache, self.drops
+        first = end = segment = count = 0  # the open run: out[first:end], count packets
+        peer: PeerAddress = ("", 0)
+        for start, size in spans:
+            try:
+                if size >= _IPV4_HEADER_LEN and plain[start] >> 4 == 4:
+                    key: Key = _U32(plain, start + 16)[0]  # RFC 791: destination at 16..20
+                    next_header = NEXT_HEADER_IPV4
+                else:
+                    key, next_header = _other_key(plain, start, size)
+                tunnel = cache[key] if key in cache else self._route(key)
+                if tunnel is None or (sa := tunnel.current) is None:
+                    raise EspDrop(DropReason.NO_POLICY)  # rule 2: no tunnel, or no SA yet
+                to = tunnel.peer
+                pad = -(size + TRAILER_MIN) & 3
+                length = _FRAME + size + TRAILER_MIN + pad  # esp.sealed_len(size), inline
+                if count and (
+                    to is not peer
+                    or length > segment
+                    or count == max_count
+                    or end - first + length > max_bytes
+                ):  # it cannot join the open run: close that one
+                    runs.append((peer, first, end, segment))
+                    first, count = end, 0
+                sa.seal_into(plain, start, size, next_header, out, end)
+            except EspDrop as drop:
+                drops[drop.reason] += 1
+                dropped.append(drop.reason)
+                continue
+            if not count:
+                segment, peer = length, to
+            end += length
+            count += 1
+            if length < segment:  # only the last packet of a run may be shorter
+                runs.append((peer, first, end, segment))
+                first, count = end, 0
+        if count:
+            runs.append((peer, first, end, segment))
+        return runs, dropped
 
     def decapsulate(self, esp: Buffer) -> bytes:
         """Open an ESP packet (SPI .. ICV) and return the inner IP packet, or raise EspDrop."""
-        out = bytearray(max(len(esp) - _PLAIN_ROOM, 0))
+        out = bytearray(max(len(esp) - _FRAME, 0))
         inner, dropped = self.decapsulate_batch((esp,), memoryview(out))
         if dropped:
             raise EspDrop(dropped[0]) from None  # no context: the packet stays out of it

@@ -1,7 +1,7 @@
 """TUN devices: the kernel one (python-pytun) and an in-memory twin.
 
 Both offer the interface the packet pumps use (docs/architecture.md, "I/O"):
-``async wait_readable()``, ``read_into(buffer)``, ``read_batch(max)``,
+``async wait_readable()``, ``read_batch_into(arena, max, gap)``, ``read_batch(max)``,
 ``write(packet)``, ``write_batch(packets)``, ``close()``. A batch is whatever
 is queued when the pump wakes up: draining the fd until ``EAGAIN`` per wakeup
 is the first performance lever (DESIGN.md §5).
@@ -14,10 +14,10 @@ TCP segments into one GSO write (:mod:`tunneld.io.offload`).
 Buffer reuse on read was measured (1,372-byte packets, idle namespace):
 ``os.read`` allocating a fresh ``bytes`` took 0.7 us per packet, ``os.readv``
 into one preallocated bytearray plus copying the packet out 1.06 us. The ESP
-pump needs no copy out: :meth:`TunDevice.read_into` reads each packet into the
-staging buffer that AES-GCM seals from (``OutboundSA.seal_into``), so nothing
-is allocated per packet; ``read_batch`` (fresh ``bytes``) stays for callers
-that keep packets.
+pump needs no copy out: :meth:`TunDevice.read_batch_into` reads the packets
+back to back into the buffer that AES-GCM seals from (``OutboundSA.seal_into``),
+so nothing is allocated per packet; ``read_batch`` (fresh ``bytes``) stays for
+callers that keep packets.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import trio
 from tunneld.io.offload import PLAIN_HDR, VNET_HDR_LEN, Buffer, coalesce
 
 Payload = bytes | memoryview  # what read_batch hands out
+Span = tuple[int, int]  # (start, size) of one packet read_batch_into put in the arena
 _WRITTEN, _DROPPED, _MERGE_REFUSED = object(), object(), object()
 
 # Enough for any inner packet the MTU lets through, plus slack: a read larger
@@ -59,7 +60,7 @@ class TunDevice:
         self._dev = dev  # keeps the fd alive: pytun closes it on deallocation
         self._fd: int = dev.fileno()
         self.vnet_hdr = vnet_hdr
-        self._vnet_in = bytearray(VNET_HDR_LEN)  # read_into drops the header here
+        self._vnet_in = bytearray(VNET_HDR_LEN)  # read_batch_into drops the header here
         self._closed = False
         self.name: str = dev.name
         self.stats = TunStats()
@@ -92,21 +93,29 @@ class TunDevice:
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self._fd)
 
-    def read_into(self, buffer: memoryview) -> int:
-        """Read one queued packet into ``buffer``: its length, or -1 if none is queued.
+    def read_batch_into(self, arena: memoryview, max_packets: int, gap: int) -> list[Span]:
+        """Read queued packets into ``arena``, back to back with ``gap`` free bytes
+        after each: ``[(start, size)]``, without the virtio header.
 
-        A packet longer than ``buffer`` is truncated (size it for 64 KiB).
+        Stops at EAGAIN, after ``max_packets``, or when the arena could not hold
+        a 64 KiB packet more (so nothing is ever truncated).
         """
+        spans: list[Span] = []
+        readv, fd = os.readv, self._fd
+        limit, at = len(arena) - _READ_SIZE - gap, 0
+        header = [self._vnet_in] if self.vnet_hdr else []
+        skip = len(header) and VNET_HDR_LEN
         try:
-            if self.vnet_hdr:
-                # The header says "complete packet" (see read_batch): read past it.
-                size = os.readv(self._fd, [self._vnet_in, buffer]) - VNET_HDR_LEN
-            else:
-                size = os.readv(self._fd, [buffer])
+            while len(spans) < max_packets and at <= limit:
+                size = readv(fd, [*header, arena[at : at + _READ_SIZE]]) - skip
+                if size < 0:
+                    size = 0  # a runt shorter than the header: the SADB drops it
+                spans.append((at, size))
+                at += size + gap
         except BlockingIOError:
-            return -1
-        self.stats.read_packets += 1
-        return size if size > 0 else 0
+            pass
+        self.stats.read_packets += len(spans)
+        return spans
 
     def read_batch(self, max_packets: int = 64) -> list[Payload]:
         """Every packet queued right now (up to ``max_packets``); may be empty."""
@@ -215,15 +224,17 @@ class MemoryTun:
         self._check_open()
         await trio.lowlevel.checkpoint()
 
-    def read_into(self, buffer: memoryview) -> int:
+    def read_batch_into(self, arena: memoryview, max_packets: int, gap: int) -> list[Span]:
         self._check_open()
-        if not self._to_daemon:
-            return -1
-        packet = self._to_daemon.popleft()
-        size = min(len(packet), len(buffer))
-        buffer[:size] = packet[:size]
-        self.stats.read_packets += 1
-        return size
+        spans: list[Span] = []
+        limit, at = len(arena) - _READ_SIZE - gap, 0
+        while self._to_daemon and len(spans) < max_packets and at <= limit:
+            packet = self._to_daemon.popleft()[:_READ_SIZE]  # the kernel truncates too
+            arena[at : at + len(packet)] = packet
+            spans.append((at, len(packet)))
+            at += len(packet) + gap
+        self.stats.read_packets += len(spans)
+        return spans
 
     def read_batch(self, max_packets: int = 64) -> list[Payload]:
         self._check_open()
