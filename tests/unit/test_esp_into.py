@@ -212,3 +212,34 @@ def test_sadb_decapsulate_batch_reports_drops_in_order_and_goes_on() -> None:
     assert {r: n for r, n in b.drops.items() if n} == dict.fromkeys(dropped, 1)
     sa = b.inbound(SPI)
     assert sa is not None and sa.drops[DropReason.NO_POLICY] == 1 and sa.packets == 3
+
+
+@pytest.mark.parametrize("esn", [False, True])
+def test_open_batch_defers_replay_updates_only_for_the_runs_next_number(esn: bool) -> None:
+    """Replay rule 6: within a batch a run of consecutive numbers updates the window
+    once, and duplicates, forgeries and stragglers inside the batch are still caught."""
+    start = 2**32 - 3 if esn else 1  # with ESN, the run crosses 2**32
+    out_sa = OutboundSA(SPI, KEY, SALT, esn=esn, initial_seq=start)
+    packets = [out_sa.encrypt(INNER + bytes([i]), 4) for i in range(8)]  # start .. start+7
+    forged = bytearray(packets[4])
+    forged[-1] ^= 1
+    order = [0, 1, 2, 1, 3, forged, 4, 4, 6, 5, 7, 0]
+    batch = [bytes(packets[i]) if isinstance(i, int) else bytes(i) for i in order]
+    inb = InboundSA(SPI, KEY, SALT, esn=esn)
+    if esn:
+        inb.window.update(start - 1)  # the window sits just below 2**32
+    opened: list[memoryview] = []
+    dropped: list[DropReason] = []
+    index, _ = inb.open_batch(batch, 0, memoryview(bytearray(3000)), 0, opened, dropped)
+    assert index == len(batch)
+    assert [bytes(p)[-1] for p in opened] == [0, 1, 2, 3, 4, 6, 5, 7]
+    assert dropped == [
+        DropReason.REPLAY,  # 1 again, inside the run
+        DropReason.AUTH_FAILED,  # the forged 4: the genuine one still passes
+        DropReason.REPLAY,  # 4 again, right after the run took it
+        DropReason.REPLAY,  # 0 again, at the end
+    ]
+    assert inb.window.top == start + 7
+    for i in range(8):  # the window knows every one of them now
+        with pytest.raises(EspDrop):
+            inb.decrypt(packets[i])

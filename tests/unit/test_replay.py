@@ -217,3 +217,44 @@ def test_ring_matches_a_set_model(size: int, seqs: list[int]) -> None:
             seen.add(seq)
             top = max(top, seq)
     assert w.top == top
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.sampled_from([1, 64, 65, 200, 1024]),
+    steps=st.lists(
+        st.tuples(st.booleans(), st.integers(min_value=0, max_value=300), st.integers(1, 200)),
+        max_size=40,
+    ),
+    esn=st.booleans(),
+)
+def test_update_run_is_one_update_per_number(
+    size: int, steps: list[tuple[bool, int, int]], esn: bool
+) -> None:
+    """Runs marked word by word leave the window exactly as single updates do."""
+    base = 2**32 - 150 if esn else 0  # with ESN, across the 2**32 boundary
+    runs, singles = ReplayWindow(size, esn=esn), ReplayWindow(size, esn=esn)
+    for as_run, gap, length in steps:
+        first = max(runs.top, base) + 1 + gap
+        if as_run:
+            runs.update_run(first, first + length - 1)
+            for seq in range(first, first + length):
+                singles.update(seq)
+        else:
+            for window in (runs, singles):
+                window.update(first)
+        assert runs.top == singles.top
+        # every number near the window gets the same verdict from both
+        for seq_low in range(max(runs.top - runs.size - 70, 0), runs.top + 70):
+            low = seq_low & 0xFFFFFFFF
+            assert refused(runs, low) is refused(singles, low), seq_low
+
+
+def test_update_run_refuses_what_is_not_a_fresh_run() -> None:
+    w = ReplayWindow(1024)
+    accept(w, 10)
+    for first, last in ((10, 12), (5, 20), (12, 11)):
+        with pytest.raises(ValueError):
+            w.update_run(first, last)
+    w.update_run(11, 20)
+    assert w.top == 20 and refused(w, 15) and not refused(w, 21)

@@ -25,6 +25,14 @@ Theory of operation:
    Appendix A3 (after many consecutive ICV failures) is not implemented: with
    a window of 1024 or more a peer would have to lose 2**32 - 1024
    consecutive packets to need it.
+6. :meth:`ReplayWindow.update_run` marks a run of consecutive sequence numbers
+   above ``top`` in one call, word by word: the same state as one ``update``
+   per number (numbers that fall out of the window on the way are not
+   marked: ``check`` refuses them anyway). A receiver may defer the updates
+   of such a run only while every other packet it checks meanwhile has a
+   number above the run's last one (InboundSA.open_batch: the next number of
+   the run, nothing else, without a ``check``; anything else flushes the run
+   first), so check/update never admit a duplicate.
 """
 
 from __future__ import annotations
@@ -103,6 +111,21 @@ class ReplayWindow:
         if words[index] & bit:
             raise EspDrop(DropReason.REPLAY)
         words[index] |= bit
+
+    def update_run(self, first: int, last: int) -> None:
+        """Mark ``first .. last`` received, all above ``top`` (rule 6); after their ICVs."""
+        top = self._top
+        if not top < first <= last or last > _SEQ64_MAX:
+            raise ValueError("update_run takes a run of fresh sequence numbers above top")
+        words, n = self._words, self._nwords
+        if last >> 6 != top >> 6:
+            self._advance(top >> 6, last >> 6)
+        seq = max(first, ((last >> 6) - n + 1) << 6)  # older words were recycled: skip them
+        while seq <= last:
+            stop = min(last, seq | 63)  # to the end of this word or of the run
+            words[(seq >> 6) % n] |= ((1 << (stop - seq + 1)) - 1) << (seq & 63)
+            seq = stop + 1
+        self._top = last
 
     def _advance(self, old_block: int, new_block: int) -> None:
         """Zero the words that ``top`` moves into (RFC 6479 §2)."""

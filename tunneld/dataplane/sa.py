@@ -297,15 +297,21 @@ class InboundSA:
         offset. ``out`` needs ``len(esp) - 32`` bytes per packet.
 
         Per packet, in this order: replay check (no mutation) -> AES-GCM into
-        ``out`` -> replay update (only now: the ICV verified, RFC 4303 §3.4.3)
-        -> trailer (padding contents, RFC 4303 §2.4) -> next header 59 is a
-        dummy (§2.6) -> with a ``policy``: next header matches the IP version,
-        source/destination in the selectors (RFC 4301 §5.2). After a drop the
+        ``out`` -> replay update (only now: the ICV verified, RFC 4303 §3.4.3;
+        for a run of consecutive numbers one ``update_run`` when the run
+        ends, see rule 6 of the replay module) -> trailer (padding contents,
+        RFC 4303 §2.4) -> next header 59 is a dummy (§2.6) -> with a
+        ``policy``: next header matches the IP version, source/destination in
+        the selectors (RFC 4301 §5.2). After a drop the
         bytes at ``offset`` are meaningless and are overwritten by the next
         packet. Everything the loop needs is bound to locals once per call.
         """
         own, esn, salt, decrypt_into = self.spi, self._esn, self._salt, self._decrypt_into
-        check, update = self._window.check, self._window.update
+        window = self._window
+        check, update, update_run = window.check, window.update, window.update_run
+        # Verified consecutive numbers above the window's top whose update is
+        # deferred (replay rule 6): only the run's next number skips check().
+        run_first = run_last = -1
         policy = self.policy
         verdicts = policy.verdicts if policy is not None else None
         drops = self.drops
@@ -322,7 +328,14 @@ class InboundSA:
             try:
                 if size < _MIN_ESP_LEN:
                     raise EspDrop(DropReason.MALFORMED)
-                seq = check(seq_low)  # before AES-GCM: cheap, mutates nothing
+                fast = run_last >= 0 and seq_low == (run_last + 1) & _SEQ32_MAX
+                if fast:
+                    seq = run_last + 1  # above top, never accepted: what check() returns
+                else:
+                    if run_last >= 0:  # the window must know the run before any check
+                        update_run(run_first, run_last)
+                        run_first = run_last = -1
+                    seq = check(seq_low)  # before AES-GCM: cheap, mutates nothing
                 last = end + size - _FRAME - 1  # where the next header byte lands
                 if esn:
                     associated: Buffer = _ESN_AAD_PACK(spi, seq >> 32, seq_low)
@@ -332,7 +345,13 @@ class InboundSA:
                     decrypt_into(salt + esp[8:_HEAD], esp[_HEAD:], associated, out[end : last + 1])
                 except InvalidTag:
                     raise EspDrop(DropReason.AUTH_FAILED) from None
-                update(seq)
+                # only now: the ICV verified (RFC 4303 §3.4.3)
+                if fast:
+                    run_last = seq
+                elif seq > window.top:
+                    run_first = run_last = seq
+                else:
+                    update(seq)
                 pad = out[last - 1]
                 stop = last - 1 - pad  # the end of the inner packet
                 if stop < end or (pad and out[stop : last - 1] != _PADDINGS[pad]):
@@ -358,6 +377,8 @@ class InboundSA:
             end = stop
         else:
             index = len(packets)
+        if run_last >= 0:
+            update_run(run_first, run_last)
         self.packets += delivered
         self.bytes += inner_bytes
         return index, end
