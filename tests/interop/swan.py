@@ -53,8 +53,10 @@ class SwanConfig:
     esp: str = "aes256gcm16"
     esn: Literal["yes", "no", "both"] = "no"
     rekey_time: str = "1h"
+    life_time: str | None = None  # swanctl: rekey_time + 10%; give it for short rekey times
     ike_rekey_time: str = "4h"
-    life_time: str | None = None
+    ike_over_time: str | None = None  # swanctl: 10% of ike_rekey_time
+    reauth_time: str = "0s"  # 0: no periodic reauthentication
     dpd_delay: str = "0s"
     start_action: Literal["none", "start", "trap"] = "none"
     make_before_break: bool = False
@@ -83,8 +85,10 @@ class SwanConfig:
             ("--esp", self.esp),
             ("--esn", self.esn),
             ("--rekey-time", self.rekey_time),
-            ("--ike-rekey-time", self.ike_rekey_time),
             ("--life-time", self.life_time),
+            ("--ike-rekey-time", self.ike_rekey_time),
+            ("--ike-over-time", self.ike_over_time),
+            ("--reauth-time", self.reauth_time),
             ("--dpd-delay", self.dpd_delay),
             ("--start-action", self.start_action),
             ("--make-before-break", "yes" if self.make_before_break else "no"),
@@ -170,6 +174,11 @@ class StrongSwan:
 
     def rekey_ike(self, ike: str | None = None) -> None:
         self.swanctl("--rekey", "--ike", ike or self._config().conn)
+
+    def reauthenticate(self, ike: str | None = None) -> None:
+        """A new IKE SA and Child SAs from scratch (IKE_SA_INIT, IKE_AUTH), then the old
+        IKE SA deleted; with make_before_break the new one comes up first."""
+        self.swanctl("--rekey", "--ike", ike or self._config().conn, "--reauth")
 
     def terminate(self, ike: str | None = None, child: str | None = None) -> None:
         """Close the named Child SA, else the named (or configured) IKE SA."""
