@@ -243,3 +243,23 @@ def test_open_batch_defers_replay_updates_only_for_the_runs_next_number(esn: boo
     for i in range(8):  # the window knows every one of them now
         with pytest.raises(EspDrop):
             inb.decrypt(packets[i])
+
+
+def test_encapsulate_batch_stops_sealing_when_the_sequence_numbers_run_out() -> None:
+    a, _ = _pair()
+    a.install_next("t", OutboundSA(SPI, KEY, SALT, initial_seq=2**32 - 2))  # two numbers left
+    a.promote("t")
+    packets = [_ipv4(b"\xc6\x33\x64\x0a", b"\xcb\x00\x71\x0a", 60) for _ in range(4)]
+    plain = memoryview(bytearray(400))
+    spans = [(i * 80, 60) for i in range(4)]
+    for (start, size), p in zip(spans, packets, strict=True):
+        plain[start : start + size] = p
+    out = memoryview(bytearray(400))
+    runs, dropped = a.encapsulate_batch(plain, spans, out)
+    assert runs == [(("192.0.2.2", 4500), 0, 192, 96)]  # two packets, nothing after them
+    assert dropped == [DropReason.SEQ_EXHAUSTED] * 2
+    sa = a.tunnel("t").current
+    assert sa is not None and sa.exhausted and sa.remaining == 0 and sa.packets == 2
+    assert sa.drops[DropReason.SEQ_EXHAUSTED] == 2 == a.drops[DropReason.SEQ_EXHAUSTED]
+    seqs = [int.from_bytes(out[o + 4 : o + 8], "big") for o in (0, 96)]
+    assert seqs == [2**32 - 2, 2**32 - 1]

@@ -325,6 +325,11 @@ class SADatabase:
         cache, drops = self._cache, self.drops
         first = end = segment = count = 0  # the open run: out[first:end], count packets
         peer: PeerAddress = ("", 0)
+        # Layout first, sealing second: the packets of one SA are sealed in one
+        # call (seal_batch), each at the offset this loop gave it.
+        items: list[tuple[int, int, int, int]] = []
+        current: OutboundSA | None = None
+        budget = 0  # sequence numbers the current SA has left (never overdrawn)
         for start, size in spans:
             try:
                 if size >= _IPV4_HEADER_LEN and plain[start] >> 4 == 4:
@@ -335,24 +340,31 @@ class SADatabase:
                 tunnel = cache[key] if key in cache else self._route(key)
                 if tunnel is None or (sa := tunnel.current) is None:
                     raise EspDrop(DropReason.NO_POLICY)  # rule 2: no tunnel, or no SA yet
-                to = tunnel.peer
-                pad = -(size + TRAILER_MIN) & 3
-                length = _FRAME + size + TRAILER_MIN + pad  # esp.sealed_len(size), inline
-                if count and (
-                    to is not peer
-                    or length > segment
-                    or count == max_count
-                    or end - first + length > max_bytes
-                ):  # it cannot join the open run: close that one
-                    runs.append((peer, first, end, segment))
-                    first, count = end, 0
-                sa.seal_into(plain, start, size, next_header, out, end)
+                if sa is not current:
+                    if current is not None:
+                        current.seal_batch(plain, items, out)
+                    items, current, budget = [], sa, sa.remaining
+                if not budget:
+                    sa.drops[DropReason.SEQ_EXHAUSTED] += 1
+                    raise EspDrop(DropReason.SEQ_EXHAUSTED)  # RFC 4303 §3.3.3: never wrap
+                budget -= 1
             except EspDrop as drop:
                 drops[drop.reason] += 1
                 dropped.append(drop.reason)
                 continue
+            to = tunnel.peer
+            length = _FRAME + size + TRAILER_MIN + (-(size + TRAILER_MIN) & 3)  # sealed_len
+            if count and (
+                to is not peer
+                or length > segment
+                or count == max_count
+                or end - first + length > max_bytes
+            ):  # it cannot join the open run: close that one
+                runs.append((peer, first, end, segment))
+                first, count = end, 0
             if not count:
                 segment, peer = length, to
+            items.append((start, size, next_header, end))
             end += length
             count += 1
             if length < segment:  # only the last packet of a run may be shorter
@@ -360,6 +372,8 @@ class SADatabase:
                 first, count = end, 0
         if count:
             runs.append((peer, first, end, segment))
+        if current is not None:
+            current.seal_batch(plain, items, out)
         return runs, dropped
 
     def decapsulate(self, esp: Buffer) -> bytes:
