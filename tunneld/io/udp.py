@@ -169,7 +169,8 @@ class UdpSocket:
                 out.append((view[off : off + n], src))
             else:
                 self.stats.gro_coalesced += 1
-                out.extend((view[p : min(p + seg, off + n)], src) for p in range(off, off + n, seg))
+                chunk = view[off : off + n]  # slices of it stop at its end: the last is shorter
+                out += [(chunk[p : p + seg], src) for p in range(0, n, seg)]
             off += n
         self.stats.recv_datagrams += len(out)
         return out
