@@ -33,7 +33,7 @@ SITE_A_HOST, SITE_A_NET = HOST_A, SITE_A
 SITE_B_HOST, SITE_B_NET = HOST_B, SITE_B
 WAN_A, WAN_B = GWA_UNDERLAY, GWB_UNDERLAY
 ROLES = ("a", "gwa", "wan", "gwb", "b")
-PREFIX_STEM = "hix"  # namespace names of these tests: hixXXXXX-{a,gwa,wan,gwb,b}
+PREFIX_STEM = "hmx"  # namespace names of these tests: hmxXXXXX-{a,gwa,wan,gwb,b}
 
 
 def netns_list() -> set[str]:
