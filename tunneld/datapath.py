@@ -227,14 +227,15 @@ class DataPath:
         esp: list[Buffer] = []
         size = 0  # what the ESP packets so far need in the decrypt buffer (at most)
         for data, src in batch:
+            length = len(data)
             # ESP unless the first four bytes are the non-ESP marker (RFC 3948 §2.2);
             # anything else (IKE, keepalive, runts) takes the classify() path.
-            if len(data) >= MIN_ESP_LEN and (data[0] or data[1] or data[2] or data[3]):
-                if size + len(data) > room:  # not with UdpSocket's 1 MiB arena
+            if length >= MIN_ESP_LEN and (data[0] or data[1] or data[2] or data[3]):
+                if size + length > room:  # not with UdpSocket's 1 MiB arena
                     self._open_and_write(esp)
                     esp, size = [], 0
                 esp.append(data)
-                size += len(data)
+                size += length
                 continue
             try:
                 kind, payload = classify(data)
