@@ -155,10 +155,10 @@ def test_charon_restart_replaces_the_stale_ike_sa(
     )
     assert fresh_spi != stale["spi_i"]
     assert "N(INIT_CONTACT)" in swan.log_text()
-    # RFC 7296 §2.4: the old IKE SA is forgotten, without a DELETE nobody could answer.
-    forgot = "peer restarted (INITIAL_CONTACT): forgetting the old IKE SA peer=gw-b"
-    assert f"{forgot} spi_i={stale['spi_i']}" in gw.log.read_text()
+    # RFC 7296 §2.4: the old IKE SA is forgotten at once, not kept "deleting" while a
+    # DELETE nobody can answer is retransmitted.
     assert stale["spi_i"] not in {ike["spi_i"] for ike in pair.peer()["ike_sas"]}
+    assert "INITIAL_CONTACT" in gw.log.read_text()
     check_traffic(pair)
     assert_agree(pair)
 
