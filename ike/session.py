@@ -224,10 +224,8 @@ class IkeSession(DispatchingSession):
         """End the IKE SA at once, without a DELETE exchange: the peer has forgotten
         it (it sent INITIAL_CONTACT on a newer IKE SA, RFC 7296 §2.4), so a DELETE
         could only go unanswered. ChildSaDown for each Child SA, then IkeSaDown."""
-        if self._state is IkeState.CLOSED:
-            self._transition(Input.FORGET, IkeState.CLOSED)
-            return
-        self._go_down(Input.FORGET, reason, None, now)
+        if self._state is not IkeState.CLOSED:  # idempotent
+            self._go_down(Input.FORGET, reason, None, now)
 
     def delete_child(self, inbound_spi: int, now: float) -> None:
         """Delete one Child SA (§1.4.1); ChildSaDown follows when the peer answers.

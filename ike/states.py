@@ -87,7 +87,6 @@ TRANSITIONS: dict[tuple[IkeState, Input], frozenset[IkeState]] = {
         (S.DELETING, I.EXPIRED): {S.CLOSED},
         (S.DELETING, I.CLOSE): {S.DELETING},
         (S.DELETING, I.FORGET): {S.CLOSED},
-        (S.CLOSED, I.FORGET): {S.CLOSED},
         (S.CLOSED, I.CLOSE): {S.CLOSED},
     }.items()
 }

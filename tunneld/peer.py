@@ -433,8 +433,12 @@ class Peer:
         for session in list(self.sessions):
             if session is not fresh and session.state in (IkeState.ESTABLISHED, IkeState.DELETING):
                 log.info(
-                    "peer restarted (INITIAL_CONTACT): forgetting the old IKE SA",
-                    extra={"peer": self.name, "spi_i": session.spi_i.hex()},
+                    "replacing stale IKE SA",
+                    extra={
+                        "peer": self.name,
+                        "spi_i": session.spi_i.hex(),
+                        "how": "initial_contact_no_delete",
+                    },
                 )
                 session.forget(now)
                 self._flush(session)
