@@ -65,7 +65,10 @@ __all__ = [
 
 # --- defaults and limits (what we chose; see docs/configuration.md) ----------
 DEFAULT_IKE = ("aes256gcm16-prfsha256-x25519-ecp256",)
-DEFAULT_ESP = ("aes256gcm16-esn-noesn", "aes128gcm16-esn-noesn")
+# No ESN first: tunneld rekeys long before 2**32 packets (2**26 by default), so
+# ESN buys nothing, and userspace peers such as strongSwan's libipsec cannot
+# install ESN SAs (docs/interop.md). ESN stays acceptable when a peer insists.
+DEFAULT_ESP = ("aes256gcm16-noesn-esn", "aes128gcm16-noesn-esn")
 # Soft limits start a rekey; an SA that reaches its soft limit times this factor
 # is dead (hard limit), as strongSwan's life_time defaults to 110% of rekey_time.
 HARD_LIMIT_FACTOR = 1.1

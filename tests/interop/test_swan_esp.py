@@ -8,8 +8,9 @@ not supported"), so against this peer a Child SA works only without ESN:
 - charon proposing ``aes256gcm16-esn-noesn`` (both): tunneld, configured
   ``aes256gcm16`` (no ESN) or ``aes256gcm16-noesn-esn`` (both, no ESN
   first), chooses NO_ESN; the SA installs on both sides and carries traffic.
-- charon proposing both while tunneld prefers ESN (its default
-  ``aes256gcm16-esn-noesn``): tunneld rightly chooses ESN and installs it;
+- charon proposing both while tunneld is configured to prefer ESN
+  (``aes256gcm16-esn-noesn``; tunneld's default prefers no ESN since this
+  finding): tunneld rightly chooses ESN and installs it;
   charon cannot, deletes the Child SA and keeps the IKE SA. Pinned as the
   documented limitation.
 - ESN only on both sides, tunneld initiating: charon selects ESN, fails to

@@ -56,7 +56,7 @@ def test_minimal_file_gets_documented_defaults(confdir: Path) -> None:
     p = config.peer("gw-b")
     assert p.auth == "pubkey" and p.psk is None and p.auto == "start" and p.port == 500
     assert [str(x) for x in p.ike] == ["aes256gcm16-prfsha256-x25519-ecp256"]
-    assert [str(x) for x in p.esp] == ["aes256gcm16-esn-noesn", "aes128gcm16-esn-noesn"]
+    assert [str(x) for x in p.esp] == ["aes256gcm16-noesn-esn", "aes128gcm16-noesn-esn"]
     assert (p.ike_lifetime, p.child_lifetime, p.rekey_jitter) == (14400, 3600, 0.1)
     assert (p.child_packet_limit, p.child_byte_limit) == (
         DEFAULT_CHILD_PACKETS,
