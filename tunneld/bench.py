@@ -199,7 +199,8 @@ class DaemonTunneld:
         self._gateways: tuple[sitelab.Gateway, sitelab.Gateway] | None = None
 
     def setup(self) -> None:
-        work = self._ctx.workdir / "daemon"
+        # a fresh directory (new PKI, configs, sockets) for every round's setup
+        work = Path(tempfile.mkdtemp(prefix="daemon-", dir=self._ctx.workdir))
         lab = sitelab.Lab(self._ctx.lab.prefix)
         opts = sitelab.SiteOptions(mtu=TUNNEL_MTU, esp=("aes256gcm16",))
         conf_a, conf_b = sitelab.write_site_configs(work, lab.prefix, opts)
