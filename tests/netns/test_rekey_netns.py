@@ -254,8 +254,11 @@ def reinitiation_schedule(start: float) -> list[float]:
 def outage(report: dict[str, Any], at: float) -> list[float]:
     """The probe's silence around wall-clock time ``at``, in wall-clock times."""
     start = report["started_at"]
+    # the gap that overlaps [at, at + 0.5]: it may end within half a second (fast recovery)
     found = [
-        [start + a, start + b] for a, b in report["gaps"] if start + a <= at + 0.5 <= start + b
+        [start + a, start + b]
+        for a, b in report["gaps"]
+        if start + a <= at + 0.5 and start + b >= at
     ]
     assert len(found) == 1, (at - start, report["gaps"])
     return found[0]
