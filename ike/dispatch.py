@@ -280,7 +280,9 @@ class DispatchingSession(RekeyingSession):
                 self._retire(sa, now, linger=False)
         elif inp is Input.IKE_SA_INIT_RESPONSE:
             self._move_to_nat_t()
-            auth = Exchange(ExchangeType.IKE_AUTH, [IkeAuthInitiator(), ChildCreateInitiator()])
+            contact = self._ctx.config.send_initial_contact and self._initial_contact()
+            tasks = [IkeAuthInitiator(contact), ChildCreateInitiator()]
+            auth = Exchange(ExchangeType.IKE_AUTH, tasks)
             self._tm.enqueue(auth, first=True)
             self._transition(inp, IkeState.AUTH_SENT)
         elif inp is Input.IKE_AUTH_RESPONSE:

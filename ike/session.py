@@ -77,7 +77,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ike.constants import ExchangeType
@@ -116,10 +116,21 @@ class IkeSession(DispatchingSession):
         now: float,
         local_addr: Address,
         remote_addr: Address,
+        *,
+        initial_contact: Callable[[], bool] | None = None,
     ) -> IkeSession:
-        """A session that will start an IKE SA with ``initiate``."""
+        """A session that will start an IKE SA with ``initiate``.
+
+        ``initial_contact`` is asked when IKE_AUTH is built (RFC 7296 §2.4):
+        True means we hold no other IKE SA with this peer, established or
+        being set up, so N(INITIAL_CONTACT) goes out (if the configuration's
+        ``send_initial_contact`` allows it). Without it the notify is sent.
+        """
         ctx = SaContext((config,), entropy, True, local_addr, remote_addr)
-        return cls(ctx, IkeState.IDLE, now)
+        session = cls(ctx, IkeState.IDLE, now)
+        if initial_contact is not None:
+            session._initial_contact = initial_contact
+        return session
 
     @classmethod
     def responder(

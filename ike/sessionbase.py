@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from ike.constants import IKE_PORT, NAT_T_PORT, ExchangeType, NotifyType, ProtocolId
 from ike.errors import InvalidKePayload, LocalError, PeerError
@@ -51,6 +52,9 @@ class SessionBase:
         self._established_at: float | None = None
         self._last_inbound = now
         self.drops: Counter[str] = Counter()
+        # §2.4: asked when IKE_AUTH is built; the daemon answers whether we hold no
+        # other IKE SA with this peer (established or being set up)
+        self._initial_contact: Callable[[], bool] = _always
 
     @property
     def _ctx(self) -> SaContext:
@@ -189,3 +193,7 @@ def error_notify(err: PeerError) -> NotifyPayload:
         return NotifyPayload(err.notify, protocol=ProtocolId.ESP, spi=err.spi)
     data = err.wanted_group.to_bytes(2, "big") if isinstance(err, InvalidKePayload) else b""
     return notify(err.notify, data)
+
+
+def _always() -> bool:
+    return True

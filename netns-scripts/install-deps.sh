@@ -9,6 +9,7 @@ APT_PACKAGES=(
   iproute2 iputils-ping nftables iperf3 tcpdump tshark procps psmisc
   openvpn
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
+  libstrongswan-standard-plugins
 )
 
 missing=()

@@ -51,15 +51,23 @@ def note_initial_contact(ctx: SaContext, received: Received) -> None:
 
 
 class IkeAuthInitiator:
-    """Our IDi/AUTH and the check of the responder's IDr/AUTH."""
+    """Our IDi/AUTH and the check of the responder's IDr/AUTH.
+
+    ``initial_contact``: add N(INITIAL_CONTACT) (§2.4). The session decides it
+    when the exchange is built, from what the daemon knows at that moment: we
+    hold no other IKE SA with this peer, established or being set up.
+    """
 
     critical = True
+
+    def __init__(self, initial_contact: bool = False) -> None:
+        self.initial_contact = initial_contact
 
     def build_i(self, ctx: SaContext) -> list[Payload]:
         config = ctx.config
         idi = id_payload(config.local_id, PayloadType.IDi)
         payloads: list[Payload] = [idi, *cert_payloads(config), *certreq_payloads(config)]
-        if config.send_initial_contact:  # §2.4: we hold no other IKE SA with this peer
+        if self.initial_contact:  # §2.4: we hold no other IKE SA with this peer
             payloads.append(notify(NotifyType.INITIAL_CONTACT))
         if config.remote_id is not None:  # §3.5: the responder we want to talk to
             payloads.append(id_payload(config.remote_id, PayloadType.IDr))
