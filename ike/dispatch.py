@@ -1,6 +1,6 @@
-"""Layer 3 of the session: requests and responses, on whichever IKE SA they name.
+"""Requests and responses of a session, on whichever IKE SA they name.
 
-A datagram is routed to the IKE SA whose SPIs it carries (:mod:`ike.ikesa`):
+A datagram is routed to the IKE SA whose SPIs it carries (:class:`ike.ikesa.IkeSas`):
 
 - the *current* SA: requests are judged by :data:`ike.states.TRANSITIONS`
   and answered by the responder tasks; responses complete our request;
@@ -11,8 +11,11 @@ A datagram is routed to the IKE SA whose SPIs it carries (:mod:`ike.ikesa`):
   CREATE_CHILD_SA gets TEMPORARY_FAILURE (§2.25); a deleted SA lingers only
   to replay its cached response.
 
-PeerErrors become notifies in exactly two places: :meth:`_answer` (our
-response to a request) and :meth:`_complete` (the outcome of our request).
+PeerErrors become notifies in exactly two places: :meth:`Dispatcher._answer`
+(our response to a request) and :meth:`Dispatcher._complete` (the outcome of
+our request). What an exchange leads to afterwards is the tasks' business
+(their ``on_*`` follow-ups, through :class:`ike.rekeying.Rekeying`) and the
+state's (one input, one next state).
 """
 
 from __future__ import annotations
@@ -22,23 +25,25 @@ import logging
 from ike.constants import ExchangeType, NotifyType, ProtocolId
 from ike.errors import LocalError, PeerError
 from ike.events import Address
-from ike.exchanges.base import Outcome, Received, ResponderTask
+from ike.exchanges.base import InitiatorTask, Outcome, Received, ResponderTask
 from ike.exchanges.child_create import ChildCreateInitiator, ChildCreateResponder
 from ike.exchanges.context import RefusedByPeer, decode_message, encode_message, exchange_name
 from ike.exchanges.ike_auth import IkeAuthInitiator, IkeAuthResponder
 from ike.exchanges.ike_init import IkeInitResponder
-from ike.exchanges.ike_rekey import IkeRekeyResponder
-from ike.exchanges.informational import (
-    DeleteIkeTask,
-    InformationalResponder,
-    LivenessTask,
-    NotifyErrorTask,
-)
+from ike.exchanges.informational import DeleteIkeTask, InformationalResponder, NotifyErrorTask
 from ike.ikesa import IkeSa
 from ike.payloads import DeletePayload, Payload
-from ike.rekeying import RekeyingSession
-from ike.sessionbase import error_notify
-from ike.states import REQUEST_INPUT, RESPONSE_INPUT, IkeState, Input, allowed
+from ike.rekeying import Rekeying
+from ike.sessioncore import SessionCore, error_notify
+from ike.states import (
+    FAILED_INPUT,
+    REFUSED_INPUT,
+    REQUEST_INPUT,
+    RESPONSE_INPUT,
+    IkeState,
+    Input,
+    accepts,
+)
 from ike.taskmanager import Exchange, RequestKind, Timeout
 from ike.wire import IkeHeader, Message
 
@@ -51,30 +56,43 @@ def deletes_ike_sa(message: Message) -> bool:
     return any(d.protocol == ProtocolId.IKE for d in message.find_all(DeletePayload))
 
 
-class DispatchingSession(RekeyingSession):
-    """Requests and responses of every IKE SA of the session (see the module docstring)."""
+class Dispatcher:
+    """Requests, responses and retransmission timers of every IKE SA of a session."""
+
+    def __init__(self, core: SessionCore, rekeying: Rekeying) -> None:
+        self.core = core
+        self.rekeying = rekeying
+
+    def receive(
+        self, sa: IkeSa, header: IkeHeader, data: bytes, src: Address, dst: Address, now: float
+    ) -> None:
+        if header.is_response:
+            self._on_response(sa, header, data, src, dst, now)
+        else:
+            self._on_request(sa, header, data, src, dst, now)
 
     # -- requests from the peer ----------------------------------------------
 
     def _on_request(
         self, sa: IkeSa, header: IkeHeader, data: bytes, src: Address, dst: Address, now: float
     ) -> None:
+        core = self.core
         kind = sa.tm.classify(header.message_id)
         late_init = header.exchange_type == ExchangeType.IKE_SA_INIT and (
-            self._state is not IkeState.INIT_WAIT or sa is not self._sa
+            core.state is not IkeState.INIT_WAIT or sa is not core.sas.current
         )
         if kind is RequestKind.OUT_OF_WINDOW:
-            self._drop(f"request with message ID {header.message_id} out of window")
+            core.drop("request out of window", f"message ID {header.message_id}")
         elif kind is RequestKind.RETRANSMIT:
             cached = sa.tm.cached
             if cached is not None and cached.request == data:  # §2.1: answer from the cache
-                self._outbox.append((cached.datagram, dst, src))
+                core.outbox.append((cached.datagram, dst, src))
             else:
-                self._drop("a different request under an answered message ID")
-        elif self._state is IkeState.CLOSED or sa.linger_until is not None:
-            self._drop("new request after the IKE SA was closed")
+                core.drop("different request under an answered message ID")
+        elif core.state is IkeState.CLOSED or sa.linger_until is not None:
+            core.drop("request after the IKE SA was closed")
         elif late_init:  # unauthenticated: it must not move the window of an existing SA
-            self._drop("IKE_SA_INIT request for an existing IKE SA")
+            core.drop("IKE_SA_INIT request for an existing IKE SA")
         else:
             self._answer(sa, header, data, src, dst, now)
 
@@ -82,6 +100,7 @@ class DispatchingSession(RekeyingSession):
         self, sa: IkeSa, header: IkeHeader, data: bytes, src: Address, dst: Address, now: float
     ) -> None:
         """Process a new request and send the response: the responder's error boundary."""
+        core = self.core
         inp = REQUEST_INPUT.get(header.exchange_type)
         tasks: list[ResponderTask] = []
         payloads: list[Payload] = []
@@ -90,24 +109,24 @@ class DispatchingSession(RekeyingSession):
             # Authenticate first (invariant 3): a forged message must not move the window.
             received = Received(decode_message(sa.ctx, header, data), src, dst, now)
             if header.exchange_type != ExchangeType.IKE_SA_INIT:
-                self._last_inbound = max(self._last_inbound, now)
-            if sa is self._successor and not deletes_ike_sa(received.message):
-                self._adopt_successor(now)  # the peer uses it: the old SA is going
+                core.last_inbound = max(core.last_inbound, now)
+            if sa is core.sas.successor and not deletes_ike_sa(received.message):
+                self.rekeying.adopt_successor(now)  # the peer uses it: the old SA is going
             expected = self._expected(sa, inp)
             if inp is None or not expected:
                 raise self._unexpected(header)
-            self._adopt_path(sa, header, src, dst)
+            core.adopt_path(sa, header, src, dst)
             tasks = self._responder_tasks(sa, inp, received.message)
             payloads = self._run_responders(sa, tasks, received)
         except PeerError as err:
             if err.notify is None:  # e.g. a forged SK payload: drop silently (§2.21.2)
-                self._drop(f"{type(err).__name__}: {err}")
+                core.drop("unauthenticated or malformed request", f"{type(err).__name__}: {err}")
                 return
             log.info("refusing %s: %s", exchange_name(header.exchange_type), err)
             stateless = inp is Input.IKE_SA_INIT_REQUEST
             self._respond(sa, header, [error_notify(err)], src, dst, data, stateless=stateless)
-            if expected and inp is not None and sa is self._sa:
-                self._request_failed(inp, err, now)
+            if expected and inp is not None and sa is core.sas.current:
+                self._request_refused(inp, err, now)
             return
         self._respond(sa, header, payloads, src, dst, data)
         if inp is not None:
@@ -116,8 +135,8 @@ class DispatchingSession(RekeyingSession):
     def _expected(self, sa: IkeSa, inp: Input | None) -> bool:
         if inp is None:
             return False
-        if sa is self._sa:
-            return bool(allowed(self._state, inp))
+        if sa is self.core.sas.current:
+            return accepts(self.core.state, inp)
         return inp in _RETIRING_INPUTS
 
     def _run_responders(
@@ -140,7 +159,8 @@ class DispatchingSession(RekeyingSession):
     def _unexpected(self, header: IkeHeader) -> PeerError:
         name = exchange_name(header.exchange_type)
         return PeerError(
-            f"unexpected {name} request in state {self._state.name}", NotifyType.INVALID_SYNTAX
+            f"unexpected {name} request in state {self.core.state.name}",
+            NotifyType.INVALID_SYNTAX,
         )
 
     def _respond(
@@ -160,7 +180,7 @@ class DispatchingSession(RekeyingSession):
         if header.exchange_type == ExchangeType.IKE_SA_INIT and not stateless:
             sa.ctx.init_response = datagram  # signed by our AUTH (§2.15)
         sa.tm.answered(header.message_id, request, datagram)
-        self._outbox.append((datagram, dst, src))
+        self.core.outbox.append((datagram, dst, src))
 
     def _responder_tasks(self, sa: IkeSa, inp: Input, message: Message) -> list[ResponderTask]:
         if inp is Input.IKE_SA_INIT_REQUEST:
@@ -168,66 +188,48 @@ class DispatchingSession(RekeyingSession):
         if inp is Input.IKE_AUTH_REQUEST:
             return [IkeAuthResponder(), ChildCreateResponder()]
         if inp is Input.CREATE_CHILD_SA_REQUEST:
-            return [self._create_child_sa_responder(sa, message)]
+            return [self.rekeying.create_child_sa_responder(sa, message)]
         return [InformationalResponder()]
 
     def _request_done(self, sa: IkeSa, inp: Input, tasks: list[ResponderTask], now: float) -> None:
-        info = tasks[0] if tasks and isinstance(tasks[0], InformationalResponder) else None
-        if sa is not self._sa:  # a retiring SA, or a successor deleted by its creator
-            if info is not None and info.ike_deleted:
-                self._retire(sa, now, linger=True)
-            return
-        if inp is Input.IKE_SA_INIT_REQUEST:
-            self._transition(inp, IkeState.AUTH_WAIT)
-        elif inp is Input.IKE_AUTH_REQUEST:
-            self._half_open_deadline, self._established_at = None, now
-            self._transition(inp, IkeState.ESTABLISHED)
-            self._on_established(now)
-        elif info is not None:
-            self._informational_done(info, inp, now)
-        else:
-            self._transition(inp, self._state)
-            task = tasks[0] if tasks else None
-            if isinstance(task, IkeRekeyResponder):
-                self._ike_rekey_answered(sa, task)
+        core = self.core
+        current = sa is core.sas.current
+        if current and inp is Input.IKE_AUTH_REQUEST:
+            core.half_open_deadline, core.established_at = None, now
+            core.fire(inp)
+            self.rekeying.on_established(now)
+        elif current and inp is not Input.INFORMATIONAL_REQUEST:
+            core.fire(inp)  # an INFORMATIONAL request's outcome is its task's to say
+        for task in tasks:
+            task.on_answered(self.rekeying, sa, now)
 
-    def _informational_done(self, info: InformationalResponder, inp: Input, now: float) -> None:
-        if info.ike_deleted and self._successor is not None and self._state is IkeState.ESTABLISHED:
-            # §2.18: the rekey initiator deletes the old IKE SA; the new one takes over.
-            self._transition(inp, self._state)
-            self._retire(self._adopt_successor(now), now, linger=True)
-        elif info.ike_deleted:
-            self._go_down(inp, "deleted by peer", None, now, linger=True)
-        elif info.fatal_notify is not None:
-            reason = f"peer reported {info.fatal_notify.name}"
-            self._go_down(inp, reason, info.fatal_notify, now, linger=True)
+    def _request_refused(self, inp: Input, err: PeerError, now: float) -> None:
+        refused = REFUSED_INPUT[inp]
+        if refused is Input.IKE_SA_INIT_REFUSED:  # stateless refusal: nothing to linger for
+            self.core.go_down(refused, f"refused IKE_SA_INIT: {err}", err.notify, now)
+        elif refused is Input.IKE_AUTH_REFUSED:
+            reason = f"IKE_AUTH failed: {err}"
+            self.core.go_down(refused, reason, err.notify, now, linger=True)
         else:
-            self._transition(inp, self._state)
-
-    def _request_failed(self, inp: Input, err: PeerError, now: float) -> None:
-        if inp is Input.IKE_SA_INIT_REQUEST:  # stateless refusal: nothing to linger for
-            self._go_down(inp, f"refused IKE_SA_INIT: {err}", err.notify, now)
-        elif inp is Input.IKE_AUTH_REQUEST:
-            self._go_down(inp, f"IKE_AUTH failed: {err}", err.notify, now, linger=True)
-        else:
-            self._transition(inp, self._state)
+            self.core.fire(refused)
 
     # -- responses to our requests ---------------------------------------------
 
     def _on_response(
         self, sa: IkeSa, header: IkeHeader, data: bytes, src: Address, dst: Address, now: float
     ) -> None:
+        core = self.core
         if not sa.tm.is_response_to_in_flight(header.message_id, header.exchange_type):
-            self._drop(f"response with unexpected message ID {header.message_id}")
+            core.drop("response with unexpected message ID", f"message ID {header.message_id}")
             return
         try:
             message = decode_message(sa.ctx, header, data)
         except PeerError as err:  # unauthenticated or garbled: keep waiting (§2.21)
-            self._drop(f"{type(err).__name__} in response: {err}")
+            core.drop("unauthenticated or malformed response", f"{type(err).__name__}: {err}")
             return
         if header.exchange_type != ExchangeType.IKE_SA_INIT:
-            self._last_inbound = max(self._last_inbound, now)
-            self._adopt_path(sa, header, src, dst)
+            core.last_inbound = max(core.last_inbound, now)
+            core.adopt_path(sa, header, src, dst)
         self._complete(sa, Received(message, src, dst, now))
 
     def _complete(self, sa: IkeSa, response: Received) -> None:
@@ -242,7 +244,7 @@ class DispatchingSession(RekeyingSession):
             for task in exchange.tasks:
                 try:
                     if task.process_i(sa.ctx, response) is Outcome.RETRY:
-                        self._retry(inp, exchange, now)
+                        self._retry(exchange, now)
                         return
                 except PeerError as err:
                     if task.critical:
@@ -255,15 +257,16 @@ class DispatchingSession(RekeyingSession):
         sa.tm.complete()
         self._exchange_done(sa, inp, exchange, child_failure, now)
 
-    def _retry(self, inp: Input, exchange: Exchange, now: float) -> None:
+    def _retry(self, exchange: Exchange, now: float) -> None:
         """IKE_SA_INIT again, same message ID 0, after INVALID_KE_PAYLOAD or COOKIE."""
-        ctx = self._ctx
+        core = self.core
+        ctx = core.ctx
         payloads = [p for task in exchange.tasks for p in task.build_i(ctx)]
         datagram = encode_message(ctx, exchange.exchange_type, 0, payloads, False)
         ctx.init_request = datagram
-        self._tm.resend_same_id(datagram, ctx.local_addr, ctx.remote_addr, now)
-        self._outbox.append((datagram, ctx.local_addr, ctx.remote_addr))
-        self._transition(inp, self._state)
+        core.tm.resend_same_id(datagram, ctx.local_addr, ctx.remote_addr, now)
+        core.outbox.append((datagram, ctx.local_addr, ctx.remote_addr))
+        core.fire(Input.IKE_SA_INIT_RETRY)
 
     def _exchange_done(
         self,
@@ -273,100 +276,106 @@ class DispatchingSession(RekeyingSession):
         child_failure: PeerError | None,
         now: float,
     ) -> None:
-        deleted_ike = any(isinstance(t, DeleteIkeTask) for t in exchange.tasks)
-        if sa is not self._sa:
-            self._followups_done(sa, exchange, now)
+        core = self.core
+        deleted_ike = any(t.deletes_ike for t in exchange.tasks)
+        if sa is not core.sas.current:
+            for task in exchange.tasks:
+                task.on_done(self.rekeying, sa, now)
             if deleted_ike:
-                self._retire(sa, now, linger=False)
+                self.rekeying.retire(sa, now, linger=False)
         elif inp is Input.IKE_SA_INIT_RESPONSE:
-            self._move_to_nat_t()
-            contact = self._ctx.config.send_initial_contact and self._initial_contact()
-            tasks = [IkeAuthInitiator(contact), ChildCreateInitiator()]
-            auth = Exchange(ExchangeType.IKE_AUTH, tasks)
-            self._tm.enqueue(auth, first=True)
-            self._transition(inp, IkeState.AUTH_SENT)
+            core.move_to_nat_t()
+            contact = core.ctx.config.send_initial_contact and core.initial_contact()
+            tasks: list[InitiatorTask] = [IkeAuthInitiator(contact), ChildCreateInitiator()]
+            core.tm.enqueue(Exchange(ExchangeType.IKE_AUTH, tasks), first=True)
+            core.fire(inp)
         elif inp is Input.IKE_AUTH_RESPONSE:
-            self._auth_done(inp, child_failure, now)
+            self._auth_done(child_failure, now)
         elif deleted_ike:
-            reason, notify_type = self._close_reason
-            self._go_down(inp, reason, notify_type, now)
+            reason, notify_type = core.close_reason
+            core.go_down(Input.DELETE_ANSWERED, reason, notify_type, now)
         else:
-            self._transition(inp, self._state)
-            self._followups_done(sa, exchange, now)
+            core.fire(inp)
+            for task in exchange.tasks:
+                task.on_done(self.rekeying, sa, now)
 
-    def _auth_done(self, inp: Input, child_failure: PeerError | None, now: float) -> None:
-        self._established_at = now
+    def _auth_done(self, child_failure: PeerError | None, now: float) -> None:
+        core = self.core
+        core.established_at = now
         if child_failure is None:
-            self._transition(inp, IkeState.ESTABLISHED)
-            self._on_established(now)
+            core.fire(Input.IKE_AUTH_RESPONSE)
+            self.rekeying.on_established(now)
             return
         # §1.2 keeps the IKE SA, but a gateway's IKE SA without its Child SA
         # carries no traffic: delete it and say why.
-        self._close_reason = (f"Child SA failed: {child_failure}", child_failure.notify)
+        core.close_reason = (f"Child SA failed: {child_failure}", child_failure.notify)
         delete = Exchange(ExchangeType.INFORMATIONAL, [DeleteIkeTask()])
-        self._tm.enqueue(delete, first=True)
-        self._transition(inp, IkeState.DELETING)
+        core.tm.enqueue(delete, first=True)
+        core.fire(Input.IKE_AUTH_CHILD_FAILED)
 
     def _exchange_failed(
         self, sa: IkeSa, inp: Input, exchange: Exchange, err: PeerError, now: float
     ) -> None:
-        if sa is not self._sa:
-            self._followups_failed(sa, exchange, err, now)
+        core = self.core
+        if sa is not core.sas.current:
+            for task in exchange.tasks:
+                task.on_failed(self.rekeying, sa, err, now)
             return
         reported = isinstance(err, RefusedByPeer) or err.notify is None
         if inp is Input.IKE_AUTH_RESPONSE and not reported and err.notify is not None:
-            self._send_once(NotifyErrorTask(err.notify), now)  # §2.21.2: tell the responder
-        if inp in (Input.IKE_SA_INIT_RESPONSE, Input.IKE_AUTH_RESPONSE):
-            name = "IKE_SA_INIT" if inp is Input.IKE_SA_INIT_RESPONSE else "IKE_AUTH"
-            self._go_down(inp, f"{name} failed: {err}", err.notify, now)
+            core.send_once(NotifyErrorTask(err.notify), now)  # §2.21.2: tell the responder
+        failed = FAILED_INPUT[inp]
+        if failed in (Input.IKE_SA_INIT_FAILED, Input.IKE_AUTH_FAILED):
+            name = exchange_name(exchange.exchange_type)
+            core.go_down(failed, f"{name} failed: {err}", err.notify, now)
         else:
             log.info("%s failed: %s", inp.name, err)
-            self._transition(inp, self._state)
-            self._followups_failed(sa, exchange, err, now)
+            core.fire(failed)
+            for task in exchange.tasks:
+                task.on_failed(self.rekeying, sa, err, now)
 
     # -- timers of every IKE SA -------------------------------------------------
 
-    def _sa_timers(self, now: float) -> None:
+    def timers(self, now: float) -> None:
         """Retransmissions and give-ups of every IKE SA of the session."""
         self._current_timeout(now)
-        for sa in list(self._retiring):
+        for sa in list(self.core.sas.retiring):
             self._retiring_timers(sa, now)
 
     def _current_timeout(self, now: float) -> None:
         """Retransmit, or end the session when the peer stopped answering (§2.4)."""
-        due = self._tm.due(now)
-        flight = self._tm.in_flight
+        core = self.core
+        due = core.tm.due(now)
+        flight = core.tm.in_flight
         if due is Timeout.RETRANSMIT:
-            flight = self._tm.retransmit(now)
-            self._outbox.append((flight.datagram, flight.src, flight.dst))
+            flight = core.tm.retransmit(now)
+            core.outbox.append((flight.datagram, flight.src, flight.dst))
         elif due is Timeout.EXHAUSTED and flight is not None:
             name = flight.exchange.exchange_type.name
             tries = flight.attempt + 1
-            if self._established_at is None:
+            if core.established_at is None:
                 reason = f"peer unreachable: no response to {name} after {tries} transmissions"
-                self._go_down(Input.TIMEOUT, reason, None, now)
+                core.go_down(Input.TIMEOUT, reason, None, now)
                 return
-            if any(isinstance(t, LivenessTask) for t in flight.exchange.tasks):
-                what = "a liveness check"
-            else:
-                what = name
-            if self._state is IkeState.DELETING:  # we were ending it anyway: no dpd_action
+            descriptions = [t.description for t in flight.exchange.tasks if t.description]
+            what = descriptions[0] if descriptions else name
+            if core.state is IkeState.DELETING:  # we were ending it anyway: no dpd_action
                 reason = f"no answer to {what} after {tries} transmissions while deleting"
-                self._go_down(Input.TIMEOUT, reason, None, now)
+                core.go_down(Input.TIMEOUT, reason, None, now)
                 return
             reason = f"peer dead: no answer to {what} after {tries} transmissions"
-            self._go_down(Input.TIMEOUT, reason, None, now, peer_dead=True)
+            core.go_down(Input.TIMEOUT, reason, None, now, peer_dead=True)
 
     def _retiring_timers(self, sa: IkeSa, now: float) -> None:
         if sa.linger_until is not None:
             if now >= sa.linger_until:
-                self._retiring.remove(sa)
+                self.core.sas.remove(sa)
             return
         due = sa.tm.due(now)
         if due is Timeout.RETRANSMIT:
             flight = sa.tm.retransmit(now)
-            self._outbox.append((flight.datagram, flight.src, flight.dst))
+            self.core.outbox.append((flight.datagram, flight.src, flight.dst))
             return
         exhausted = due is Timeout.EXHAUSTED and sa.tm.in_flight is not None
         if exhausted or (sa.give_up_at is not None and now >= sa.give_up_at):
-            self._retire(sa, now, linger=False)  # what was in flight is redone on the current SA
+            self.rekeying.retire(sa, now, linger=False)  # in flight: redone on the current SA

@@ -11,11 +11,23 @@ and message IDs (a new IKE SA starts again at message ID 0):
   simultaneous rekey (§2.8.2) waiting for its creator's DELETE, or a deleted
   SA that lingers only to answer a retransmitted DELETE from its cache.
 
+:class:`IkeSas` holds them (wireguard-go's previous/current/next keypairs,
+the SADB's slots): one small type that answers "which SA is this datagram
+for", moves SAs between the three roles, and reports their timers. The
+session decides *when* they move; this type keeps the moves consistent:
+
+1. ``current`` is always set and is never also the successor or retiring.
+2. An SA is in at most one role; ``all()`` lists current, successor, then
+   retiring, each once.
+3. ``switch_to`` carries the exchanges queued on the old SA over to the new
+   one (an exchange on the wire finishes where it started).
+
 Also here: the framing helpers the daemon uses for routing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ike.constants import NON_ESP_MARKER
@@ -81,3 +93,84 @@ class IkeSa:
 
     def __repr__(self) -> str:
         return f"<IkeSa {self.ctx.spi_i.hex()}/{self.ctx.spi_r.hex()}>"
+
+
+class IkeSas:
+    """The IKE SAs of one session: current, successor, retiring (see the module docstring)."""
+
+    def __init__(self, current: IkeSa) -> None:
+        self.current = current
+        self.successor: IkeSa | None = None
+        self.retiring: list[IkeSa] = []
+
+    def all(self) -> list[IkeSa]:
+        """Current, successor, retiring: every SA whose SPIs the session answers to."""
+        successor = [self.successor] if self.successor is not None else []
+        return [self.current, *successor, *self.retiring]
+
+    def __iter__(self) -> Iterator[IkeSa]:
+        return iter(self.all())
+
+    def find(self, header: IkeHeader) -> IkeSa | None:
+        """The SA a datagram with this header belongs to (by SPIs and role)."""
+        return next((sa for sa in self.all() if sa.matches(header)), None)
+
+    def sending(self) -> list[IkeSa]:
+        """The SAs that start their queued exchanges: current and retiring (a
+        successor carries nothing of ours until it becomes current)."""
+        return [self.current, *self.retiring]
+
+    def offer_successor(self, sa: IkeSa) -> None:
+        """The new SA of a peer's rekey we answered: it waits for the old one to go."""
+        self._check_new(sa)
+        self.successor = sa
+
+    def take_successor(self) -> IkeSa | None:
+        successor, self.successor = self.successor, None
+        return successor
+
+    def switch_to(self, new: IkeSa, give_up_at: float) -> IkeSa:
+        """Make ``new`` current; the old one retires (forgotten at ``give_up_at`` unless
+        something else ends it first). Queued exchanges move along (rule 3)."""
+        if new is self.successor:
+            self.successor = None
+        self._check_new(new)
+        old = self.current
+        for exchange in old.tm.take_queue():
+            new.tm.enqueue(exchange)
+        self.current = new
+        old.give_up_at = give_up_at
+        self.retiring.append(old)
+        return old
+
+    def keep_retiring(self, sa: IkeSa) -> None:
+        """``sa`` (no longer current) stays in the session as a retiring SA."""
+        if sa is self.current:
+            raise ValueError("the current IKE SA cannot retire")
+        if sa is self.successor:
+            self.successor = None
+        if sa not in self.retiring:
+            self.retiring.append(sa)
+
+    def remove(self, sa: IkeSa) -> None:
+        """Forget a successor or retiring SA (the current one stays)."""
+        if sa is self.successor:
+            self.successor = None
+        if sa in self.retiring:
+            self.retiring.remove(sa)
+
+    def drop_others(self) -> None:
+        """The session ends: every SA but the current one is forgotten, its requests too."""
+        for sa in self.all()[1:]:
+            sa.tm.abandon()
+        self.successor = None
+        self.retiring.clear()
+
+    def deadline(self) -> float | None:
+        """The earliest timer of the retiring SAs (the current one's are the session's)."""
+        times = (sa.deadline() for sa in self.retiring)
+        return min((t for t in times if t is not None), default=None)
+
+    def _check_new(self, sa: IkeSa) -> None:
+        if sa is self.current or sa in self.retiring:
+            raise ValueError(f"{sa!r} already has a role in this session")

@@ -11,21 +11,24 @@ a tick (``next_deadline``). It never reads a clock or touches a socket;
 randomness (SPIs, nonces, DH keys, rekey jitter) comes from the injected
 entropy, so two sessions driven with the same seeds behave identically.
 
-Layers, outermost first:
+Parts (objects that the session owns, not layers it inherits):
 
-- this module: the public interface;
-- :mod:`ike.dispatch`: requests and responses on whichever IKE SA they name,
-  the error boundary of each direction;
-- :mod:`ike.rekeying`: lifetimes, rekeys of Child SAs and of the IKE SA,
-  collisions (§2.8, §2.25), liveness checks (§2.4);
-- :mod:`ike.sessionbase`: the state (:class:`~ike.states.IkeState`, moved
-  along :data:`ike.states.TRANSITIONS`), the IKE SAs held
-  (:mod:`ike.ikesa`), sending, going down;
+- this module: :class:`IkeSession`, the public interface, which owns one of each;
+- :class:`ike.sessioncore.SessionCore`: the state (moved only along
+  :data:`ike.states.TRANSITIONS`, one next state per input), the IKE SAs
+  (:class:`ike.ikesa.IkeSas`: current, successor, retiring), the outbox,
+  going down;
+- :class:`ike.dispatch.Dispatcher`: requests and responses on whichever IKE
+  SA they name, the error boundary of each direction, retransmission timers;
+- :class:`ike.rekeying.Rekeying`: lifetimes, rekeys of Child SAs and of the
+  IKE SA, collisions (§2.8, §2.25), liveness checks (§2.4), and the
+  session's side of the tasks' follow-ups;
 - :mod:`ike.taskmanager`: per IKE SA, message IDs, the window of one
   request, the retransmission timer and the cached response;
 - :mod:`ike.exchanges`: one task per exchange concern, each with initiator
   (``build_i``/``process_i``) and responder (``process_r``/``build_r``)
-  halves; they fill in :class:`ike.exchanges.context.SaContext`.
+  halves and its own follow-up (``on_done``/``on_failed``/``on_abandoned``,
+  ``on_answered``); they fill in :class:`ike.exchanges.context.SaContext`.
 
 Rekeying, make-before-break (DESIGN §4, RFC 7296 §1.3, §2.8):
 
@@ -50,10 +53,11 @@ Rekeying, make-before-break (DESIGN §4, RFC 7296 §1.3, §2.8):
 
 Invariants:
 
-1. Only :meth:`_transition` changes ``state``, and only along
-   :data:`ike.states.TRANSITIONS`. An input missing from the table is the
-   peer's protocol error for a message (answered INVALID_SYNTAX or dropped)
-   and the caller's :class:`~ike.errors.LocalError` for a method call.
+1. Only :meth:`SessionCore.fire` changes ``state``, and only along
+   :data:`ike.states.TRANSITIONS`, which names one next state per input.
+   An input missing from the table is the peer's protocol error for a
+   message (answered INVALID_SYNTAX or dropped) and the caller's
+   :class:`~ike.errors.LocalError` for a method call.
 2. At most one request of ours is in flight per IKE SA; its retransmissions
    are the identical bytes (§2.1). A retransmitted request of the peer is
    answered with the identical cached response and never processed twice.
@@ -62,8 +66,9 @@ Invariants:
    responder installs a Child SA only after the initiator's AUTH verified,
    an initiator only after the responder's.
 4. PeerErrors become notifies in exactly two places, one per direction:
-   ``_answer`` (our response to a request) and ``_complete`` (the outcome of
-   our request). Any other exception is a bug and propagates.
+   ``Dispatcher._answer`` (our response to a request) and
+   ``Dispatcher._complete`` (the outcome of our request). Any other
+   exception is a bug and propagates.
 5. Every session ends with exactly one IkeSaDown, preceded by a ChildSaDown
    for each Child SA still up; an IKE SA rekey ends nothing. After it,
    ``finished`` becomes True once no retransmitted request can still need
@@ -81,24 +86,26 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ike.constants import ExchangeType
-from ike.dispatch import DispatchingSession
+from ike.dispatch import Dispatcher
 from ike.entropy import Entropy
 from ike.errors import LocalError, ParseError
 from ike.events import Address, Event, IPNetwork
 from ike.exchanges.context import ChildSa, ChildStatus, SaContext
 from ike.exchanges.ike_init import IkeInitInitiator
 from ike.exchanges.informational import LivenessTask
-from ike.ikesa import Datagram, peek_header, strip_non_esp_marker
+from ike.ikesa import Datagram, IkeSa, peek_header, strip_non_esp_marker
+from ike.rekeying import Rekeying
 from ike.sakeys import IkeSaKeys, ike_sa_keys
 from ike.sessionconfig import SessionConfig
-from ike.states import IkeState, Input, allowed
-from ike.taskmanager import Exchange
+from ike.sessioncore import SessionCore
+from ike.states import IkeState, Input, accepts
+from ike.taskmanager import Exchange, TaskManager
 from ike.wire import IkeHeader, parse_header
 
 __all__ = ["Datagram", "IkeSession", "peek_header", "strip_non_esp_marker"]
 
 
-class IkeSession(DispatchingSession):
+class IkeSession:
     """One peer's IKE SA (and its Child SAs). See the module docstring.
 
     The daemon's loop, per input: call ``receive_datagram``,
@@ -129,7 +136,7 @@ class IkeSession(DispatchingSession):
         ctx = SaContext((config,), entropy, True, local_addr, remote_addr)
         session = cls(ctx, IkeState.IDLE, now)
         if initial_contact is not None:
-            session._initial_contact = initial_contact
+            session._core.initial_contact = initial_contact
         return session
 
     @classmethod
@@ -154,59 +161,82 @@ class IkeSession(DispatchingSession):
         ctx.spi_r = ctx.random_ike_spi()
         return cls(ctx, IkeState.INIT_WAIT, now)
 
+    def __init__(self, ctx: SaContext, state: IkeState, now: float) -> None:
+        """Use :meth:`initiator` or :meth:`responder`."""
+        self._core = SessionCore(ctx, state, now)
+        self._rekeying = Rekeying(self._core)
+        self._dispatcher = Dispatcher(self._core, self._rekeying)
+
+    # Read-only views for tests that frame or decrypt messages themselves.
+    @property
+    def _ctx(self) -> SaContext:
+        return self._core.ctx
+
+    @property
+    def _sa(self) -> IkeSa:
+        return self._core.sas.current
+
+    @property
+    def _tm(self) -> TaskManager:
+        return self._core.tm
+
     # -- the sans-I/O interface --------------------------------------------
 
     def initiate(self, now: float) -> None:
         """Start IKE_SA_INIT (initiator only, once)."""
-        self._require(Input.INITIATE)
-        exchange = Exchange(ExchangeType.IKE_SA_INIT, [IkeInitInitiator(self._ctx)])
-        self._tm.enqueue(exchange)
-        self._transition(Input.INITIATE, IkeState.INIT_SENT)
-        self._pump(now)
+        core = self._core
+        if not accepts(core.state, Input.INITIATE):
+            raise LocalError(f"initiate is not possible in state {core.state.name}")
+        exchange = Exchange(ExchangeType.IKE_SA_INIT, [IkeInitInitiator(core.ctx)])
+        core.tm.enqueue(exchange)
+        core.fire(Input.INITIATE)
+        core.pump(now)
 
     def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
         """One UDP payload from ``src`` (the peer) to ``dst`` (us); a marker is tolerated."""
-        if self._state is IkeState.CLOSED and self._linger_deadline is None:
-            self._drop("session closed")
+        core = self._core
+        if core.state is IkeState.CLOSED and core.linger_deadline is None:
+            core.drop("session closed")
             return
         message = strip_non_esp_marker(bytes(data))
         try:
             header = parse_header(message)
         except ParseError as err:
-            self._drop(f"malformed header: {err}")
+            core.drop("malformed header", str(err))
             return
-        sa = self._sa_for(header)
+        sa = core.sas.find(header)
         if sa is None:
-            self._drop("not for this IKE SA")
-        elif header.is_response:
-            self._on_response(sa, header, message, src, dst, now)
+            core.drop("not for this IKE SA")
         else:
-            self._on_request(sa, header, message, src, dst, now)
-        self._run_lifecycle(now)
-        self._pump(now)
+            self._dispatcher.receive(sa, header, message, src, dst, now)
+        self._rekeying.run(now)
+        core.pump(now)
 
     def handle_timer(self, now: float) -> None:
         """Act on every deadline at or before ``now``."""
-        if self._linger_deadline is not None and now >= self._linger_deadline:
-            self._linger_deadline, self._finished = None, True
-        if self._half_open_deadline is not None and now >= self._half_open_deadline:
-            self._half_open_deadline = None
-            if allowed(self._state, Input.HALF_OPEN_EXPIRED):
-                self._go_down(Input.HALF_OPEN_EXPIRED, "half-open IKE SA timed out", None, now)
-        if self._state is not IkeState.CLOSED:
-            self._sa_timers(now)
-        self._run_lifecycle(now)
-        self._pump(now)
+        core = self._core
+        if core.linger_deadline is not None and now >= core.linger_deadline:
+            core.linger_deadline, core.finished = None, True
+        if core.half_open_deadline is not None and now >= core.half_open_deadline:
+            core.half_open_deadline = None
+            if accepts(core.state, Input.HALF_OPEN_EXPIRED):
+                reason = "half-open IKE SA timed out"
+                core.go_down(Input.HALF_OPEN_EXPIRED, reason, None, now)
+        if core.state is not IkeState.CLOSED:
+            self._dispatcher.timers(now)
+        self._rekeying.run(now)
+        core.pump(now)
 
     def next_deadline(self) -> float | None:
+        core = self._core
         deadlines = [
-            self._tm.deadline,
-            self._half_open_deadline,
-            self._linger_deadline,
-            self._lifecycle_deadline(),
+            core.tm.deadline,
+            core.half_open_deadline,
+            core.linger_deadline,
+            self._rekeying.deadline(),
         ]
-        if self._state is not IkeState.CLOSED:
-            deadlines += [sa.deadline() for sa in self._retiring]
+        if core.state is not IkeState.CLOSED:
+            deadlines.append(core.sas.deadline())
         return min((d for d in deadlines if d is not None), default=None)
 
     def datagrams_to_send(self) -> list[Datagram]:
@@ -215,28 +245,30 @@ class IkeSession(DispatchingSession):
         The bytes are the IKE message; the transport adds the non-ESP marker
         when the source port is the NAT-T port (RFC 3948 §2.2).
         """
-        out, self._outbox = self._outbox, []
+        core = self._core
+        out, core.outbox = core.outbox, []
         return out
 
     def next_event(self) -> Event | None:
-        return self._ctx.events.popleft() if self._ctx.events else None
+        events = self._core.ctx.events
+        return events.popleft() if events else None
 
     def close(self, now: float) -> None:
         """Delete the IKE SA and with it every Child SA (§1.4.1); idempotent."""
-        state = self._state
-        if state in (IkeState.DELETING, IkeState.CLOSED):
-            self._transition(Input.CLOSE, state)
-        elif state is IkeState.ESTABLISHED:
-            self._start_close("closed locally", None, now)
+        core = self._core
+        if core.state in (IkeState.DELETING, IkeState.CLOSED):
+            core.fire(Input.CLOSE)
+        elif core.state is IkeState.ESTABLISHED:
+            core.start_close("closed locally", None, now)
         else:
-            self._go_down(Input.CLOSE, "closed locally before establishment", None, now)
+            core.go_down(Input.CLOSE, "closed locally before establishment", None, now)
 
     def forget(self, now: float, reason: str = "the peer restarted (INITIAL_CONTACT)") -> None:
         """End the IKE SA at once, without a DELETE exchange: the peer has forgotten
         it (it sent INITIAL_CONTACT on a newer IKE SA, RFC 7296 §2.4), so a DELETE
         could only go unanswered. ChildSaDown for each Child SA, then IkeSaDown."""
-        if self._state is not IkeState.CLOSED:  # idempotent
-            self._go_down(Input.FORGET, reason, None, now)
+        if self._core.state is not IkeState.CLOSED:  # idempotent
+            self._core.go_down(Input.FORGET, reason, None, now)
 
     def delete_child(self, inbound_spi: int, now: float) -> None:
         """Delete one Child SA (§1.4.1); ChildSaDown follows when the peer answers.
@@ -244,18 +276,20 @@ class IkeSession(DispatchingSession):
         While the IKE SA itself is being deleted this does nothing (the Child
         SA goes with it). LocalError for an SPI the session does not hold.
         """
-        if self._state is IkeState.DELETING and inbound_spi in self._ctx.children:
+        core = self._core
+        if core.state is IkeState.DELETING and inbound_spi in core.ctx.children:
             return
         self._established_child(inbound_spi)
-        self._delete_child(inbound_spi, "deleted locally")
-        self._pump(now)
+        self._rekeying.delete_child(inbound_spi, "deleted locally")
+        core.pump(now)
 
     def check_liveness(self, now: float) -> None:
         """Send an empty INFORMATIONAL request (§1.4); no answer at all ends the IKE SA."""
-        if self._state is not IkeState.ESTABLISHED:
-            raise LocalError(f"liveness check in state {self._state.name}")
-        self._tm.enqueue(Exchange(ExchangeType.INFORMATIONAL, [LivenessTask()]))
-        self._pump(now)
+        core = self._core
+        if core.state is not IkeState.ESTABLISHED:
+            raise LocalError(f"liveness check in state {core.state.name}")
+        core.tm.enqueue(Exchange(ExchangeType.INFORMATIONAL, [LivenessTask()]))
+        core.pump(now)
 
     def rekey_child(self, inbound_spi: int, now: float) -> bool:
         """Rekey one Child SA now (e.g. its packet or byte soft limit was reached).
@@ -265,13 +299,14 @@ class IkeSession(DispatchingSession):
         say), so the daemon may call this on every counter check.
         LocalError for an SPI the session does not hold.
         """
-        if self._state is not IkeState.ESTABLISHED and inbound_spi in self._ctx.children:
+        core = self._core
+        if core.state is not IkeState.ESTABLISHED and inbound_spi in core.ctx.children:
             return False
         child = self._established_child(inbound_spi)
         if not child.rekeyable:
             return False
-        self._start_child_rekey(child, now)
-        self._pump(now)
+        self._rekeying.start_child_rekey(child)
+        core.pump(now)
         return True
 
     def create_child(
@@ -285,21 +320,23 @@ class IkeSession(DispatchingSession):
         The selectors default to the configured ones; the peer may narrow them
         (§2.9). With a DH group in the ESP proposals the exchange has PFS.
         """
-        if self._state is not IkeState.ESTABLISHED:
-            raise LocalError(f"Child SA creation in state {self._state.name}")
-        config = self._ctx.config
+        core = self._core
+        if core.state is not IkeState.ESTABLISHED:
+            raise LocalError(f"Child SA creation in state {core.state.name}")
+        config = core.ctx.config
         ts = (tuple(local_ts or config.local_ts), tuple(remote_ts or config.remote_ts))
-        self._tm.enqueue(Exchange(ExchangeType.CREATE_CHILD_SA, [self._new_child_task(ts)]))
-        self._pump(now)
+        self._rekeying.create_child(ts)
+        core.pump(now)
 
     def rekey_ike(self, now: float) -> bool:
         """Rekey the IKE SA now; False when one is under way or the SA is not established."""
-        if self._state is not IkeState.ESTABLISHED:
+        core = self._core
+        if core.state is not IkeState.ESTABLISHED:
             return False
-        if self._ike_rekey is not None or self._successor is not None:
+        if self._rekeying.ike_rekey is not None or core.sas.successor is not None:
             return False
-        self._start_ike_rekey(now)
-        self._pump(now)
+        self._rekeying.start_ike_rekey()
+        core.pump(now)
         return True
 
     def notice_inbound(self, now: float, inbound_spi: int | None = None) -> None:
@@ -309,28 +346,34 @@ class IkeSession(DispatchingSession):
         ESP on a Child SA we answered a rekey for proves that the peer
         installed it: its outbound SA may be used at once.
         """
-        self._last_inbound = max(self._last_inbound, now)
-        child = self._ctx.children.get(inbound_spi) if inbound_spi is not None else None
-        if child is not None and self._state is not IkeState.CLOSED:
-            self._ctx.activate_outbound(child)
+        core = self._core
+        core.last_inbound = max(core.last_inbound, now)
+        child = core.ctx.children.get(inbound_spi) if inbound_spi is not None else None
+        if child is not None and core.state is not IkeState.CLOSED:
+            core.ctx.activate_outbound(child)
 
     def _established_child(self, inbound_spi: int) -> ChildSa:
-        child = self._ctx.children.get(inbound_spi)
-        if self._state is not IkeState.ESTABLISHED or child is None:
+        child = self._core.ctx.children.get(inbound_spi)
+        if self._core.state is not IkeState.ESTABLISHED or child is None:
             raise LocalError(f"no established Child SA with inbound SPI {inbound_spi:08x}")
         return child
 
     def ike_sa_keys(self) -> tuple[IkeSaKeys, ...]:
         """SK_e/SK_a of every IKE SA this session holds that has keys (current,
         successor, retiring): only for the daemon's opt-in ``save_keys``."""
-        found = (ike_sa_keys(sa.ctx) for sa in self._all_sas())
+        found = (ike_sa_keys(sa.ctx) for sa in self._core.sas)
         return tuple(keys for keys in found if keys is not None)
 
     # -- status (never keys) -------------------------------------------------
 
     @property
     def state(self) -> IkeState:
-        return self._state
+        return self._core.state
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """Datagrams dropped, by reason (a fixed set: ike.sessioncore.DROP_REASONS)."""
+        return dict(self._core.drops)
 
     @property
     def is_initiator(self) -> bool:
@@ -359,7 +402,7 @@ class IkeSession(DispatchingSession):
         being deleted. The daemon routes all of them to this session.
         """
         spis: list[bytes] = []
-        for sa in self._all_sas():
+        for sa in self._core.sas:
             if sa.local_spi not in spis and any(sa.local_spi):
                 spis.append(sa.local_spi)
         return tuple(spis)
@@ -378,12 +421,12 @@ class IkeSession(DispatchingSession):
 
     @property
     def established(self) -> bool:
-        return self._state in (IkeState.ESTABLISHED, IkeState.DELETING)
+        return self._core.state in (IkeState.ESTABLISHED, IkeState.DELETING)
 
     @property
     def finished(self) -> bool:
         """True once the session has nothing left to do: the daemon may forget it."""
-        return self._finished
+        return self._core.finished
 
     @property
     def ike_algorithms(self) -> str | None:
@@ -409,7 +452,8 @@ class IkeSession(DispatchingSession):
         """Whether a rekey of the IKE SA or of a Child SA is under way."""
         busy = (ChildStatus.REKEY_QUEUED, ChildStatus.REKEY_SENT)
         children = any(c.status in busy for c in self._ctx.children.values())
-        return children or self._ike_rekey is not None or self._successor is not None
+        ike = self._rekeying.ike_rekey is not None or self._core.sas.successor is not None
+        return children or ike
 
     def matches(self, header: IkeHeader) -> bool:
         """Whether a datagram with this header belongs to this session.
@@ -417,25 +461,25 @@ class IkeSession(DispatchingSession):
         A retransmitted IKE_SA_INIT request (SPIr still 0) matches the
         responder session it created, so the daemon need not create another.
         """
-        return self._sa_for(header) is not None
+        return self._core.sas.find(header) is not None
 
     def status(self, now: float) -> dict[str, Any]:
         """A JSON-ready summary for the control socket (no key material)."""
-        at = self._established_at
-        lifetime = self._sa.lifetime
+        at = self._core.established_at
+        lifetime = self._core.sas.current.lifetime
         return {
-            "state": self._state.name.lower(),
+            "state": self._core.state.name.lower(),
             **self._ctx.summary(now),
             "established_for": None if at is None else round(now - at, 3),
             "rekey_in": None if lifetime is None else round(lifetime.rekey_at - now, 3),
             "expires_in": None if lifetime is None else round(lifetime.expire_at - now, 3),
             "rekeying": self.rekeying,
-            "drops": dict(self.drops),
+            "drops": self.drops,
         }
 
     def __repr__(self) -> str:
         role = "initiator" if self._ctx.is_initiator else "responder"
         return (
-            f"<IkeSession {role} {self._state.name} "
+            f"<IkeSession {role} {self._core.state.name} "
             f"{self._ctx.spi_i.hex()}/{self._ctx.spi_r.hex()} peer={self._ctx.remote_addr}>"
         )

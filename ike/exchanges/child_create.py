@@ -28,7 +28,7 @@ from ike.crypto import AEAD_SALT_LEN, derive_child_keys
 from ike.errors import ParseError, PeerError
 from ike.events import Address, ChildSaKeys, ChildSaUp
 from ike.exchanges import selectors
-from ike.exchanges.base import Outcome, Received
+from ike.exchanges.base import Answer, Outcome, Received, Task
 from ike.exchanges.context import (
     ChildSa,
     SaContext,
@@ -142,7 +142,7 @@ def child_sa_up(child: ChildSa, keys: ChildSaKeys, remote_addr: Address) -> Chil
     )
 
 
-class ChildCreateInitiator:
+class ChildCreateInitiator(Task):
     """Our SA/TS proposal for a new Child SA and the check of the answer."""
 
     critical = False  # §1.2: a failed Child SA in IKE_AUTH leaves the IKE SA up
@@ -180,7 +180,7 @@ class ChildCreateInitiator:
         return Outcome.DONE
 
 
-class ChildCreateResponder:
+class ChildCreateResponder(Answer):
     """Select an ESP proposal, narrow the selectors, install, answer."""
 
     critical = False
@@ -216,7 +216,7 @@ class ChildCreateResponder:
         return self._answer
 
 
-class RefuseCreateChild:
+class RefuseCreateChild(Answer):
     """Answer a CREATE_CHILD_SA request with one error notify, changing nothing.
 
     TEMPORARY_FAILURE while the IKE SA is busy (§2.25); NO_ADDITIONAL_SAS

@@ -33,12 +33,15 @@ Races and collisions, as this module decides them:
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 from ike.constants import DhGroup, NotifyType, PayloadType, ProtocolId
 from ike.crypto import DhPrivate
 from ike.errors import InvalidKePayload, ParseError, PeerError
 from ike.events import IPNetwork
 from ike.exchanges import selectors
-from ike.exchanges.base import Outcome, Received
+from ike.exchanges.base import Answer, FollowUps, Outcome, Received, Task
 from ike.exchanges.child_create import NewChild, install, sa_payload, ts_payloads
 from ike.exchanges.context import (
     ESP_SPI_LEN,
@@ -71,6 +74,11 @@ from ike.wire import Message
 
 REDUNDANT = "redundant after a simultaneous rekey (RFC 7296 §2.8.1)"
 REKEYED = "rekeyed"
+
+if TYPE_CHECKING:
+    from ike.ikesa import IkeSa
+
+log = logging.getLogger("tunneld.ike")
 
 
 class ChildSaNotFound(PeerError):
@@ -111,16 +119,16 @@ def _rekey_sa_notify(msg: Message) -> NotifyPayload | None:
     return found[0] if found else None
 
 
-class ChildSaInitiator:
+class ChildSaInitiator(Task):
     """Our CREATE_CHILD_SA for a Child SA: rekey ``rekey_of`` (our inbound SPI) or add one.
 
-    After the exchange the session reads ``deletes`` ((inbound SPI, reason)
-    pairs to send DELETE for) and ``recreate`` (CHILD_SA_NOT_FOUND without a
-    successor: create the Child SA from scratch). ``ke_retry``: this exchange
-    already uses the group the peer asked for with INVALID_KE_PAYLOAD.
+    After the exchange, its follow-up sends DELETE for ``deletes`` ((inbound
+    SPI, reason) pairs) and, after CHILD_SA_NOT_FOUND without a successor
+    (``recreate``), creates the Child SA from scratch. ``ke_retry``: this
+    exchange already uses the group the peer asked for with INVALID_KE_PAYLOAD.
     """
 
-    critical = True
+    changes_child_sas = True
 
     def __init__(
         self,
@@ -235,6 +243,25 @@ class ChildSaInitiator:
             if wanted is not None and accepts_dh_group(ctx.config.esp_proposals, wanted):
                 self._wanted_group = wanted
 
+    # -- follow-ups ---------------------------------------------------------------
+
+    def on_done(self, session: FollowUps, sa: IkeSa, now: float) -> None:
+        session.exchange_succeeded()
+        for spi, reason in self.deletes:
+            session.delete_child(spi, reason)
+
+    def on_failed(self, session: FollowUps, sa: IkeSa, err: PeerError, now: float) -> None:
+        log.info("CREATE_CHILD_SA for a Child SA failed: %s", err)
+        self.failed(session.ctx, err, now)
+        if err.notify == NotifyType.TEMPORARY_FAILURE:
+            session.note_temporary_failure(now)
+        if self.recreate and self.ts and session.established:  # §2.25
+            session.create_child(self.ts)
+
+    def on_abandoned(self, session: FollowUps, sa: IkeSa, now: float) -> None:
+        err = PeerError("no answer on a retiring IKE SA", NotifyType.TEMPORARY_FAILURE)
+        self.failed(session.ctx, err, now)  # retried after a short random delay
+
     def failed(self, ctx: SaContext, err: PeerError, now: float) -> None:
         """The exchange failed (refused, garbled, or abandoned): put the old SA back in line."""
         self._dh = None
@@ -258,7 +285,7 @@ class ChildSaInitiator:
             old.retry_at = now + random_delay(ctx.entropy, REKEY_RETRY)
 
 
-class ChildSaResponder:
+class ChildSaResponder(Answer):
     """The peer's CREATE_CHILD_SA for a Child SA (rules 1-3 of the module docstring).
 
     ``busy`` is why we cannot take it now (our IKE SA rekey is on the wire,

@@ -27,7 +27,7 @@ from ike.exchanges.authn import (
     peer_identity,
     verify_peer,
 )
-from ike.exchanges.base import Outcome, Received
+from ike.exchanges.base import Answer, Outcome, Received, Task
 from ike.exchanges.context import SaContext, notify, refuse_on_error_notify
 from ike.payloads import AuthPayload, Payload
 
@@ -50,7 +50,7 @@ def note_initial_contact(ctx: SaContext, received: Received) -> None:
         ctx.emit(InitialContact(str(ctx.remote_identity)))
 
 
-class IkeAuthInitiator:
+class IkeAuthInitiator(Task):
     """Our IDi/AUTH and the check of the responder's IDr/AUTH.
 
     ``initial_contact``: add N(INITIAL_CONTACT) (§2.4). The session decides it
@@ -88,7 +88,7 @@ class IkeAuthInitiator:
         return Outcome.DONE
 
 
-class IkeAuthResponder:
+class IkeAuthResponder(Answer):
     """The check of the initiator's IDi/AUTH, then our IDr/AUTH."""
 
     critical = True

@@ -33,7 +33,7 @@ from ike.crypto import DhPrivate, IkeKeys, Prf, SkCipher, derive_ike_keys
 from ike.errors import InvalidKePayload, LocalError, ParseError, PeerError
 from ike.events import Address
 from ike.exchanges.authn import check_can_sign
-from ike.exchanges.base import Outcome, Received
+from ike.exchanges.base import Answer, Outcome, Received, Task
 from ike.exchanges.context import (
     SPI_LEN,
     SaContext,
@@ -163,7 +163,7 @@ def _require(msg: Message) -> tuple[SaPayload, KePayload, NoncePayload]:
     return sa, ke, nonce
 
 
-class IkeInitInitiator:
+class IkeInitInitiator(Task):
     """Our IKE_SA_INIT request and the response to it."""
 
     critical = True
@@ -247,7 +247,7 @@ class IkeInitInitiator:
         return True
 
 
-class IkeInitResponder:
+class IkeInitResponder(Answer):
     """The peer's IKE_SA_INIT request and our response."""
 
     critical = True

@@ -19,10 +19,13 @@ old SA.
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 from ike.constants import DhGroup, NotifyType, ProtocolId
 from ike.crypto import DhPrivate, ike_keymat, rekey_skeyseed
 from ike.errors import InvalidKePayload, LocalError, ParseError, PeerError
-from ike.exchanges.base import Outcome, Received
+from ike.exchanges.base import Answer, FollowUps, Outcome, Received, Task
 from ike.exchanges.context import SPI_LEN, SaContext, refuse_on_error_notify
 from ike.exchanges.ike_init import (
     check_nonce_lengths,
@@ -40,6 +43,11 @@ from ike.proposals import (
     verify_reply,
 )
 from ike.wire import Message
+
+if TYPE_CHECKING:
+    from ike.ikesa import IkeSa
+
+log = logging.getLogger("tunneld.ike")
 
 
 def is_ike_rekey(msg: Message) -> bool:
@@ -82,7 +90,7 @@ def derive_successor(
     install_ike_keys(new, selected, prf, keys)
 
 
-class IkeRekeyInitiator:
+class IkeRekeyInitiator(Task):
     """Our rekey of the IKE SA; ``successor`` holds the new SA's context when done.
 
     ``wanted_group`` is set when the peer answered INVALID_KE_PAYLOAD naming
@@ -90,7 +98,7 @@ class IkeRekeyInitiator:
     already was such a retry (``ke_retry``).
     """
 
-    critical = True
+    rekeys_ike = True
 
     def __init__(self, group: int | None = None, *, ke_retry: bool = False) -> None:
         self.group = group
@@ -143,8 +151,21 @@ class IkeRekeyInitiator:
             if wanted is not None and accepts_dh_group(ctx.config.ike_proposals, wanted):
                 self.wanted_group = wanted
 
+    # -- follow-ups ---------------------------------------------------------------
 
-class IkeRekeyResponder:
+    def on_done(self, session: FollowUps, sa: IkeSa, now: float) -> None:
+        session.ike_rekey_done(sa, self, self.successor, now)
+
+    def on_failed(self, session: FollowUps, sa: IkeSa, err: PeerError, now: float) -> None:
+        log.info("IKE SA rekey failed: %s", err)
+        retry_with = None if self.ke_retry else self.wanted_group  # §1.3: once, at once
+        session.ike_rekey_failed(sa, self, err, retry_with, now)
+
+    def on_abandoned(self, session: FollowUps, sa: IkeSa, now: float) -> None:
+        session.ike_rekey_abandoned(self)
+
+
+class IkeRekeyResponder(Answer):
     """The peer's rekey of the IKE SA: select, DH, keys; ``successor`` is the new SA."""
 
     critical = True
@@ -175,3 +196,6 @@ class IkeRekeyResponder:
 
     def build_r(self, ctx: SaContext) -> list[Payload]:
         return self._answer
+
+    def on_answered(self, session: FollowUps, sa: IkeSa, now: float) -> None:
+        session.ike_rekey_answered(sa, self.successor)

@@ -15,8 +15,10 @@ direction of the same pair.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ike.constants import NotifyType, ProtocolId
-from ike.exchanges.base import Outcome, Received
+from ike.exchanges.base import Answer, FollowUps, Outcome, Received, Task
 from ike.exchanges.context import ESP_SPI_LEN, SaContext, esp_spi_bytes, notify, spi_int
 from ike.payloads import DeletePayload, Payload
 
@@ -24,11 +26,14 @@ from ike.payloads import DeletePayload, Payload
 # the peer considers the IKE SA dead. Other error types in a request are ignored.
 FATAL_NOTIFIES = frozenset({NotifyType.AUTHENTICATION_FAILED})
 
+if TYPE_CHECKING:
+    from ike.ikesa import IkeSa
 
-class DeleteIkeTask:
+
+class DeleteIkeTask(Task):
     """Delete the whole IKE SA (and so every Child SA)."""
 
-    critical = True
+    deletes_ike = True
 
     def build_i(self, ctx: SaContext) -> list[Payload]:
         return [DeletePayload(ProtocolId.IKE)]
@@ -37,10 +42,10 @@ class DeleteIkeTask:
         return Outcome.DONE  # §1.4.1: the answer is empty; the session goes down
 
 
-class DeleteChildTask:
+class DeleteChildTask(Task):
     """Delete one Child SA, named by our inbound SPI."""
 
-    critical = True
+    changes_child_sas = True
 
     def __init__(self, inbound_spi: int, reason: str = "deleted locally") -> None:
         self.inbound_spi = inbound_spi
@@ -54,11 +59,16 @@ class DeleteChildTask:
         ctx.drop_child(self.inbound_spi, self.reason)
         return Outcome.DONE
 
+    def on_abandoned(self, session: FollowUps, sa: IkeSa, now: float) -> None:
+        """Sent on an IKE SA that retired unanswered: delete again on the current one."""
+        if self.inbound_spi in session.ctx.children:
+            session.delete_child_again(self.inbound_spi, self.reason)
 
-class LivenessTask:
+
+class LivenessTask(Task):
     """An empty INFORMATIONAL request: is the peer still there (§1.4)?"""
 
-    critical = True
+    description: str | None = "a liveness check"
 
     def build_i(self, ctx: SaContext) -> list[Payload]:
         return []
@@ -67,10 +77,8 @@ class LivenessTask:
         return Outcome.DONE
 
 
-class NotifyErrorTask:
+class NotifyErrorTask(Task):
     """Report an error about the IKE SA (§2.21.2); sent without waiting for an answer."""
-
-    critical = True
 
     def __init__(self, notify_type: NotifyType) -> None:
         self.notify_type = notify_type
@@ -82,7 +90,7 @@ class NotifyErrorTask:
         return Outcome.DONE
 
 
-class InformationalResponder:
+class InformationalResponder(Answer):
     """Answer deletes, error reports and liveness checks.
 
     After ``process_r``: ``ike_deleted`` is True when the peer deleted the
@@ -122,3 +130,6 @@ class InformationalResponder:
             return []
         spis = tuple(esp_spi_bytes(spi) for spi in self._deleted_inbound)
         return [DeletePayload(ProtocolId.ESP, spis)]
+
+    def on_answered(self, session: FollowUps, sa: IkeSa, now: float) -> None:
+        session.peer_informational(sa, self.ike_deleted, self.fatal_notify, now)

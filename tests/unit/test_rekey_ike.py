@@ -62,7 +62,7 @@ class Tap:
     def __call__(self, sent: Sent) -> None:
         receivers = self.pair.responders if sent.sender == "i" else [self.pair.initiator]
         for receiver in receivers:
-            sa = receiver._sa_for(sent.header)  # read-only: which of its IKE SAs, with its keys
+            sa = receiver._core.sas.find(sent.header)  # read-only: which IKE SA, with its keys
             if sa is not None and sa.ctx.cipher_in is not None:
                 self.messages[id(sent)] = decode_message(sa.ctx, sent.header, sent.data)
 
