@@ -5,11 +5,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Installed with --no-install-recommends: whatever the suite uses is listed here,
+# including what a Debian install usually has but need not (not Essential: yes).
 APT_PACKAGES=(
-  iproute2 iputils-ping nftables iperf3 tcpdump tshark procps psmisc
+  # ip/ss (iproute2), sysctl (procps), unshare (util-linux is Essential) and
+  # mount --bind (mount) in the lab and strongswan.sh; awk in the scripts; modprobe
+  # (kmod) for a modular kernel to load veth, bridge, tun and nf_tables on demand
+  iproute2 procps psmisc mount mawk kmod
+  iputils-ping nftables iperf3 tcpdump tshark
   openvpn
+  # strongSwan: charon's plugins come from several packages, one of them (openssl,
+  # in libstrongswan-standard-plugins) only a Recommends; strongswan.sh checks them
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins
+  # the default interpreter (PYTHON=python3): Debian's python3 has no pip module
+  python3 python3-pip
 )
 
 missing=()

@@ -32,6 +32,22 @@ readonly CHARON=/usr/lib/ipsec/charon
 # kernel-netlink stays for routes (table 220). kdf is needed for prf+.
 readonly PLUGINS="random nonce openssl kdf pem pkcs1 pkcs8 x509 pubkey revocation constraints \
 curve25519 kernel-libipsec kernel-netlink socket-default vici"
+readonly PLUGIN_DIR=/usr/lib/ipsec/plugins
+# plugin_package NAME: the Debian 12 package that ships PLUGIN_DIR/libstrongswan-NAME.so
+# (from `dpkg -S`). Some are only Recommends of strongswan-charon's dependencies,
+# so an install with --no-install-recommends lacks them (netns-scripts/install-deps.sh).
+plugin_package() {
+	case $1 in
+	random | nonce | kdf | pem | pkcs1 | pkcs8 | x509 | pubkey | revocation | constraints | \
+		kernel-netlink) echo libstrongswan ;;
+	openssl) echo libstrongswan-standard-plugins ;;
+	curve25519) echo libstrongswan-extra-plugins ;;
+	kernel-libipsec) echo libcharon-extra-plugins ;;
+	socket-default) echo strongswan-libcharon ;;
+	vici) echo strongswan-swanctl ;;
+	*) echo "unknown (apt-file search libstrongswan-$1.so)" ;;
+	esac
+}
 # Subdirectories swanctl expects; it prints an error for each one missing.
 readonly CRED_DIRS="conf.d x509 x509ca x509aa x509ocsp x509crl x509ac pubkey private rsa ecdsa \
 bliss pkcs8 pkcs12"
@@ -65,6 +81,26 @@ readonly RE_NAME='^[A-Za-z0-9_-]+$'
 readonly RE_ID='^[^"\\]+$'
 
 # --- start ------------------------------------------------------------------
+
+# check_installed PLUGINS: charon and every plugin of the load list exist. charon
+# skips a plugin it cannot load and fails much later (no openssl: no AES-GCM
+# proposal, no ECDSA), so a missing package is named here instead.
+check_installed() {
+	[[ -x $CHARON ]] || die "$CHARON missing: apt-get install strongswan-charon"
+	command -v swanctl >/dev/null || die "swanctl missing: apt-get install strongswan-swanctl"
+	local p i missing=() pkgs=()
+	for p in $1; do
+		[[ -f $PLUGIN_DIR/libstrongswan-$p.so ]] && continue
+		missing+=("$p")
+		pkgs+=("$(plugin_package "$p")")
+	done
+	((${#missing[@]} == 0)) && return 0
+	for i in "${!missing[@]}"; do
+		echo "strongswan.sh: plugin ${missing[i]} missing" \
+			"($PLUGIN_DIR/libstrongswan-${missing[i]}.so), Debian package ${pkgs[i]}" >&2
+	done
+	die "install the package(s) above (bash netns-scripts/install-deps.sh does)"
+}
 
 cmd_start() {
 	local ns="" dir="" laddr="" raddr="" lid="" rid="" lts="" rts="" auth=""
@@ -145,6 +181,7 @@ cmd_start() {
 	psk) [[ -f $psk_file ]] || die "--auth psk needs --psk-file FILE" ;;
 	*) die "--auth must be pubkey or psk" ;;
 	esac
+	check_installed "$plugins"
 	ip netns list | awk '{print $1}' | grep -qx -- "$ns" || die "no network namespace '$ns'"
 	mkdir -p -- "$dir"
 	dir=$(cd -- "$dir" && pwd -P)

@@ -1,6 +1,6 @@
 """The project's benchmark: site A -> site B through plain routing, tunneld and OpenVPN.
 
-Pipeline (``python -m tunneld.bench``; ``netns-scripts/bench.sh`` is a thin wrapper):
+Pipeline (``python -m tools.bench``; ``netns-scripts/bench.sh`` is a thin wrapper):
 
 1. ``netns-scripts/lab.sh up PREFIX``: two sites, two gateways, a bridge between them.
 2. For each round, for each configuration (the order rotates every round, so that no
@@ -37,8 +37,8 @@ from pathlib import Path
 from string import Template
 from typing import Any, NoReturn, Protocol
 
-from tunneld import lab as sitelab
-from tunneld.bench_pki import write_openvpn_pki
+from tools import lab as sitelab
+from tools.bench_pki import write_openvpn_pki
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "netns-scripts"
@@ -553,7 +553,7 @@ def to_json(results: Results, args: argparse.Namespace, load: list[float]) -> di
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tunneld.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
     p.add_argument("--duration", type=int, help="seconds per iperf3 run (default 10)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 round of 3 s")

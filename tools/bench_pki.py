@@ -1,4 +1,4 @@
-"""A throwaway EC PKI for the benchmark's OpenVPN peers (``tunneld.bench``).
+"""A throwaway EC PKI for the benchmark's OpenVPN peers (``tools.bench``).
 
 One CA and two leaf certificates (P-256, one day), made with ``cryptography`` into a
 private temporary directory: ``ca.pem``, ``server.pem``/``server.key`` (EKU serverAuth)

@@ -1,6 +1,6 @@
 """The main job: two sites joined by two tunneld gateways, in network namespaces.
 
-    python -m tunneld.demo [--keep-dir DIR] [--psk] [--iperf-seconds N]
+    python -m tools.demo [--keep-dir DIR] [--psk] [--iperf-seconds N]
 
 Steps, each announced as it runs: bring up the lab, make a throwaway PKI with
 ``tunneld pki``, write and check two configurations, start both gateways,
@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tunneld.lab import HOST_B, Gateway, Lab, SiteOptions, gateways, unique_prefix
-from tunneld.lab import write_site_configs as write_configs
+from tools.lab import HOST_B, Gateway, Lab, SiteOptions, gateways, unique_prefix
+from tools.lab import write_site_configs as write_configs
 
 
 def step(text: str) -> None:

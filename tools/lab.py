@@ -196,7 +196,7 @@ esp = [{esp}]
 {auth_lines}{extra}
 """
 
-GATEWAY_BLOCK = """# written by tunneld.lab for the namespace lab
+GATEWAY_BLOCK = """# written by tools.lab for the namespace lab
 [gateway]
 name = "{name}"
 listen = ["{listen}"]

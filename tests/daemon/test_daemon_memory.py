@@ -18,12 +18,12 @@ import pytest
 import trio
 import trio.testing
 
+from tools.lab import SiteOptions, write_site_configs
 from tunneld import control
 from tunneld.cli import format_status
 from tunneld.config import load_config
 from tunneld.daemon import Daemon, MemoryDevices
 from tunneld.io.udp import MemoryNetwork
-from tunneld.lab import SiteOptions, write_site_configs
 
 SITE_A = ipaddress.ip_network("198.51.100.0/24")
 SITE_B = ipaddress.ip_network("203.0.113.0/24")

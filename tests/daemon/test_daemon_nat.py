@@ -10,8 +10,8 @@ import trio
 import trio.testing
 
 from tests.daemon.test_daemon_memory import children, start_site, udp_packet, wait_for_children
+from tools.lab import SiteOptions, write_site_configs
 from tunneld.io.udp import Address, MemoryNetwork
-from tunneld.lab import SiteOptions, write_site_configs
 
 PRIVATE_HOST = "192.0.2.1"  # gw-a's own address
 PUBLIC_HOST = "192.0.2.100"  # what gw-b sees: the NAT's outside address

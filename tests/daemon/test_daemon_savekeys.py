@@ -26,9 +26,9 @@ from ike.crypto import SkCipher
 from ike.payloads import IdPayload
 from ike.wire import decrypt_message, parse_header
 from tests.daemon.test_daemon_memory import Site, start_site, udp_packet, wait_for_children
+from tools.lab import SiteOptions, write_site_configs
 from tunneld.dataplane.sa import InboundSA
 from tunneld.io.udp import MemoryNetwork
-from tunneld.lab import SiteOptions, write_site_configs
 from tunneld.savekeys import ESP_TABLE, IKEV2_TABLE
 
 Datagram = tuple[bytes, tuple[str, int], tuple[str, int]]

@@ -20,10 +20,10 @@ import trio.testing
 from ike.entropy import DeterministicEntropy
 from ike.policy import DEFAULT_RETRANSMIT
 from tests.daemon.test_peer_restart import IkeSpiPrefix, established, run_daemon
+from tools.lab import SiteOptions, write_site_configs
 from tunneld.config import load_config
 from tunneld.daemon import Daemon, MemoryDevices
 from tunneld.io.udp import MemoryNetwork
-from tunneld.lab import SiteOptions, write_site_configs
 
 AFTER_DELETE_TIMEOUT = DEFAULT_RETRANSMIT.total + 5
 

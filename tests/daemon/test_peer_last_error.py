@@ -17,8 +17,8 @@ import trio
 import trio.testing
 from test_daemon_memory import Pair, children, start_site, wait_for_children
 
+from tools.lab import SiteOptions, write_site_configs
 from tunneld.io.udp import MemoryNetwork
-from tunneld.lab import SiteOptions, write_site_configs
 
 
 @pytest.fixture

@@ -30,12 +30,12 @@ from ike.entropy import DeterministicEntropy
 from ike.events import ChildSaUp
 from ike.session import IkeSession, peek_header
 from ike.sessionconfig import SessionConfig
+from tools.lab import GWA_UNDERLAY, GWB_UNDERLAY, HOST_A, HOST_B, SiteOptions, write_site_configs
 from tunneld.childsas import data_plane_sas
 from tunneld.config import load_config
 from tunneld.daemon import Daemon, MemoryDevices, session_config
 from tunneld.dataplane.udpencap import UdpKind, classify, ike_payload
 from tunneld.io.udp import MemoryNetwork, MemoryUdp
-from tunneld.lab import GWA_UNDERLAY, GWB_UNDERLAY, HOST_A, HOST_B, SiteOptions, write_site_configs
 from tunneld.peer import REAUTH_GRACE
 from tunneld.routes import MemoryRoutes
 

@@ -21,10 +21,10 @@ import trio
 import trio.testing
 
 from ike.entropy import DeterministicEntropy
+from tools.lab import SiteOptions, write_site_configs
 from tunneld.config import load_config
 from tunneld.daemon import Daemon, MemoryDevices
 from tunneld.io.udp import MemoryNetwork
-from tunneld.lab import SiteOptions, write_site_configs
 
 
 class IkeSpiPrefix:

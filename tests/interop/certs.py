@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunneld.lab import make_pki
+from tools.lab import make_pki
 
 GW_A, GW_B = "gw-a.example.org", "gw-b.example.org"
 

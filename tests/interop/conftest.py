@@ -22,7 +22,7 @@ import pytest
 
 from tests.interop.sitelab import Lab, lab_topology, processes_mentioning
 from tests.interop.swan import CHARON, StrongSwan, SwanError
-from tunneld.lab import Gateway
+from tools.lab import Gateway
 
 
 def _require_lab() -> None:

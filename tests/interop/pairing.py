@@ -45,7 +45,7 @@ from tests.interop.sitelab import (
 )
 from tests.interop.swan import StrongSwan, SwanConfig
 from tests.tools.probe import MAX_SIZE, MIN_SIZE
-from tunneld.lab import Gateway, SiteOptions, write_site_configs
+from tools.lab import Gateway, SiteOptions, write_site_configs
 
 REPO = Path(__file__).resolve().parents[2]
 IKE = "aes256gcm16-prfsha256-x25519"

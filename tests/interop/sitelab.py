@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tunneld.lab import (
+from tools.lab import (
     GWA_UNDERLAY,
     GWB_UNDERLAY,
     HOST_A,
@@ -27,7 +27,7 @@ from tunneld.lab import (
     SITE_B,
     unique_prefix,
 )
-from tunneld.lab import Lab as _Lab
+from tools.lab import Lab as _Lab
 
 SITE_A_HOST, SITE_A_NET = HOST_A, SITE_A
 SITE_B_HOST, SITE_B_NET = HOST_B, SITE_B

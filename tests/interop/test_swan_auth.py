@@ -38,8 +38,8 @@ from tests.interop.pairing import (
 )
 from tests.interop.sitelab import SITE_B_HOST, WAN_B, Lab
 from tests.interop.swan import StrongSwan, SwanConfig
+from tools.lab import Gateway
 from tunneld import pki
-from tunneld.lab import Gateway
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

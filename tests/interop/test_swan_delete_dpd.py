@@ -35,7 +35,7 @@ from tests.interop.pairing import (
 )
 from tests.interop.sitelab import SITE_A_NET, SITE_B_HOST, SITE_B_NET, Lab
 from tests.interop.swan import StrongSwan
-from tunneld.lab import Gateway
+from tools.lab import Gateway
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

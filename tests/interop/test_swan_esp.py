@@ -31,7 +31,7 @@ import pytest
 from tests.interop.pairing import Setup, assert_agree, check_traffic, start_pair, wait_until
 from tests.interop.sitelab import SITE_B_HOST, Lab
 from tests.interop.swan import StrongSwan
-from tunneld.lab import Gateway
+from tools.lab import Gateway
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

@@ -49,7 +49,7 @@ from tests.interop.pairing import (
 )
 from tests.interop.sitelab import WAN_A, Lab
 from tests.interop.swan import StrongSwan
-from tunneld.lab import Gateway
+from tools.lab import Gateway
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunneld import pki
-from tunneld.lab import (
+from tools.lab import (
     GWB_UNDERLAY,
     HOST_B,
     SITE_A,
@@ -34,6 +33,7 @@ from tunneld.lab import (
     unique_prefix,
     write_site_configs,
 )
+from tunneld import pki
 
 PROBE = Path(__file__).resolve().parents[1] / "tools" / "probe.py"  # run as a plain script
 TUN = "tunneld0"  # the name write_site_configs gives both TUN devices

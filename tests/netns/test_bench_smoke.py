@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark (`python -m tunneld.bench`, docs/performance.md).
+"""Smoke tests of the benchmark (`python -m tools.bench`, docs/performance.md).
 
 The quick mode runs end to end through plain routing and tunneld and reports numbers
 in the documented JSON shape; a SIGTERM in the middle of a run tears everything down.
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _bench(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tunneld.bench", *args]
+    return [sys.executable, "-m", "tools.bench", *args]
 
 
 def _namespaces(prefix: str) -> list[str]:

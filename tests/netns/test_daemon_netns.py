@@ -1,6 +1,6 @@
 """Two real tunneld daemons in the namespace lab, driven and inspected from outside (issue 3).
 
-Each test gets a fresh five-namespace lab (tunneld.lab.Lab, prefix ``hdn…``)
+Each test gets a fresh five-namespace lab (tools.lab.Lab, prefix ``hdn…``)
 and starts ``tunneld run`` in both gateway namespaces, exactly as the demo
 does. What the tests look at is what an operator sees: ``tunneld status
 --json`` (the real command line), ``ip route``/``ip link`` in the gateway
@@ -31,8 +31,8 @@ from daemon_fixtures import (
     use_untrusted_certificate,
 )
 
+from tools.lab import GWA_UNDERLAY, GWB_UNDERLAY, Lab, SiteOptions
 from tunneld.daemon import SHUTDOWN_GRACE
-from tunneld.lab import GWA_UNDERLAY, GWB_UNDERLAY, Lab, SiteOptions
 
 pytestmark = [
     pytest.mark.netns,

@@ -39,7 +39,7 @@ import pytest
 from daemon_fixtures import Sites, assert_probes_clean, open_sites, poll
 
 from ike.policy import DEFAULT_RETRANSMIT
-from tunneld.lab import Gateway, SiteOptions
+from tools.lab import Gateway, SiteOptions
 from tunneld.peer import WATCH_INTERVAL
 
 pytestmark = [
@@ -74,7 +74,7 @@ def make_sites(tmp_path: Path) -> Iterator[Callable[[SiteOptions], Sites]]:
 
 
 def add_peer_lines(conf: Path, *lines: str) -> None:
-    """More keys in the [[peer]] table (the last table of the files tunneld.lab writes)."""
+    """More keys in the [[peer]] table (the last table of the files tools.lab writes)."""
     conf.write_text(conf.read_text() + "".join(line + "\n" for line in lines))
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from daemon_fixtures import Sites, open_sites
 
-from tunneld.lab import HOST_A, HOST_B, SiteOptions
+from tools.lab import HOST_A, HOST_B, SiteOptions
 from tunneld.savekeys import ESP_TABLE, IKEV2_TABLE
 
 pytestmark = [

@@ -2,7 +2,7 @@
 
 A broken configuration exits 2 (configuration error, see tunneld.cli) and the
 one line on stderr names the file, the key path and what is wrong; the same
-file unbroken exits 0. The configurations are the lab's (tunneld.lab), so
+file unbroken exits 0. The configurations are the lab's (tools.lab), so
 these are the files the namespace tests and the demo run with.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tunneld.lab import SiteOptions, write_site_configs
+from tools.lab import SiteOptions, write_site_configs
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -34,7 +34,7 @@ from tests.tools.probe import (
     size_of,
     udp_bytes,
 )
-from tunneld.lab import unique_prefix
+from tools.lab import unique_prefix
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN, OTHER = b"\x01" * 16, b"\x02" * 16
