@@ -33,6 +33,7 @@ from ike.exchanges.ike_init import IkeInitResponder
 from ike.exchanges.informational import DeleteIkeTask, InformationalResponder, NotifyErrorTask
 from ike.ikesa import IkeSa
 from ike.payloads import DeletePayload, Payload
+from ike.policy import INIT_ERROR_GRACE
 from ike.rekeying import Rekeying
 from ike.sessioncore import SessionCore, error_notify
 from ike.states import (
@@ -85,10 +86,12 @@ class Dispatcher:
             core.drop("request out of window", f"message ID {header.message_id}")
         elif kind is RequestKind.RETRANSMIT:
             cached = sa.tm.cached
-            if cached is not None and cached.request == data:  # §2.1: answer from the cache
-                core.outbox.append((cached.datagram, dst, src))
-            else:
+            if cached is None or cached.request != data:
                 core.drop("different request under an answered message ID")
+            elif cached.peer is not None and cached.peer != src:  # no reflection to a third party
+                core.drop("retransmitted request from another address", f"{src}")
+            else:  # §2.1: answer from the cache
+                core.outbox.append((cached.datagram, dst, src))
         elif core.state is IkeState.CLOSED or sa.linger_until is not None:
             core.drop("request after the IKE SA was closed")
         elif late_init:  # unauthenticated: it must not move the window of an existing SA
@@ -179,7 +182,7 @@ class Dispatcher:
         )
         if header.exchange_type == ExchangeType.IKE_SA_INIT and not stateless:
             sa.ctx.init_response = datagram  # signed by our AUTH (§2.15)
-        sa.tm.answered(header.message_id, request, datagram)
+        sa.tm.answered(header.message_id, request, datagram, src)
         self.core.outbox.append((datagram, dst, src))
 
     def _responder_tasks(self, sa: IkeSa, inp: Input, message: Message) -> list[ResponderTask]:
@@ -222,6 +225,10 @@ class Dispatcher:
         if not sa.tm.is_response_to_in_flight(header.message_id, header.exchange_type):
             core.drop("response with unexpected message ID", f"message ID {header.message_id}")
             return
+        init = header.exchange_type == ExchangeType.IKE_SA_INIT
+        if init and src != sa.tm.in_flight_dst():  # §2.21.1: only the peer answers it
+            core.drop("IKE_SA_INIT response from another address", f"{src}")
+            return
         try:
             message = decode_message(sa.ctx, header, data)
         except PeerError as err:  # unauthenticated or garbled: keep waiting (§2.21)
@@ -251,11 +258,34 @@ class Dispatcher:
                         raise
                     child_failure = err
         except PeerError as err:
+            if inp is Input.IKE_SA_INIT_RESPONSE:  # unauthenticated: keep waiting (§2.21.1)
+                self._init_error(err, now)
+                return
             sa.tm.complete()
             self._exchange_failed(sa, inp, exchange, err, now)
             return
         sa.tm.complete()
         self._exchange_done(sa, inp, exchange, child_failure, now)
+
+    def _init_error(self, err: PeerError, now: float) -> None:
+        """An error (or garbage) in an IKE_SA_INIT response: anyone who saw our request
+        could have sent it, so the request stays in flight for INIT_ERROR_GRACE; a valid
+        response meanwhile wins, otherwise we fail with this error (see handle_init_error)."""
+        core = self.core
+        core.drop("IKE_SA_INIT error response (unauthenticated)", str(err))
+        if core.init_error is None:
+            core.init_error, core.init_error_deadline = err, now + INIT_ERROR_GRACE
+
+    def init_error_timer(self, now: float) -> None:
+        """The grace after an IKE_SA_INIT error response ran out: the error stands."""
+        core = self.core
+        deadline, err = core.init_error_deadline, core.init_error
+        if deadline is None or err is None or now < deadline:
+            return
+        core.init_error_deadline = None
+        if core.state is IkeState.INIT_SENT:
+            reason = f"IKE_SA_INIT failed: {err}"
+            core.go_down(Input.IKE_SA_INIT_FAILED, reason, err.notify, now)
 
     def _retry(self, exchange: Exchange, now: float) -> None:
         """IKE_SA_INIT again, same message ID 0, after INVALID_KE_PAYLOAD or COOKIE."""
@@ -355,7 +385,10 @@ class Dispatcher:
             tries = flight.attempt + 1
             if core.established_at is None:
                 reason = f"peer unreachable: no response to {name} after {tries} transmissions"
-                core.go_down(Input.TIMEOUT, reason, None, now)
+                err = core.init_error
+                if err is not None:  # only an error answered: report it
+                    reason = f"IKE_SA_INIT failed: {err}"
+                core.go_down(Input.TIMEOUT, reason, err.notify if err else None, now)
                 return
             descriptions = [t.description for t in flight.exchange.tasks if t.description]
             what = descriptions[0] if descriptions else name

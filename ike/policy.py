@@ -16,6 +16,14 @@ NONCE_SIZE = 32
 # IKE_AUTH yet). strongSwan's default half_open_timeout is 30 s.
 HALF_OPEN_TIMEOUT = 30.0
 
+# §2.21.1: an IKE_SA_INIT response is not authenticated, so an error notify in
+# it (or garbage under our SPI) may be forged by anyone who saw our request.
+# The initiator keeps its request going this long after the first such
+# response, taking a valid response if one comes, and only then fails with
+# the error it saw. Two seconds span one retransmission (1 s) and its answer:
+# a genuine refusal (a misconfiguration) is still reported within seconds.
+INIT_ERROR_GRACE = 2.0
+
 # Above this many half-open IKE SAs the daemon answers new IKE_SA_INIT requests
 # with a COOKIE first (§2.6): no state and no DH until the initiator proves it
 # receives at its address. strongSwan's default cookie_threshold is 30 (10 in 6.0).

@@ -224,6 +224,7 @@ class IkeSession:
                 core.go_down(Input.HALF_OPEN_EXPIRED, reason, None, now)
         if core.state is not IkeState.CLOSED:
             self._dispatcher.timers(now)
+            self._dispatcher.init_error_timer(now)
         self._rekeying.run(now)
         core.pump(now)
 
@@ -233,6 +234,7 @@ class IkeSession:
             core.tm.deadline,
             core.half_open_deadline,
             core.linger_deadline,
+            core.init_error_deadline,
             self._rekeying.deadline(),
         ]
         if core.state is not IkeState.CLOSED:

@@ -50,6 +50,9 @@ DROP_REASONS = (
     "unauthenticated or malformed request",
     "response with unexpected message ID",
     "unauthenticated or malformed response",
+    "retransmitted request from another address",
+    "IKE_SA_INIT response from another address",
+    "IKE_SA_INIT error response (unauthenticated)",
 )
 
 
@@ -66,6 +69,10 @@ class SessionCore:
         self.close_reason: tuple[str, NotifyType | None] = ("closed locally", None)
         self.established_at: float | None = None
         self.last_inbound = now
+        # §2.21.1: the first error seen in an IKE_SA_INIT response, and until when
+        # we keep waiting for a valid one
+        self.init_error: PeerError | None = None
+        self.init_error_deadline: float | None = None
         self.drops: Counter[str] = Counter()
         # §2.4: asked when IKE_AUTH is built; the daemon answers whether we hold no
         # other IKE SA with this peer (established or being set up)
@@ -176,7 +183,7 @@ class SessionCore:
             raise LocalError(f"bug: {inp.name} does not end the session")
         self.tm.abandon()
         self.sas.drop_others()
-        self.half_open_deadline = None
+        self.half_open_deadline = self.init_error_deadline = None
         self.ctx.drop_all_children(reason)
         self.emit(IkeSaDown(reason, notify_type, peer_dead))
         log.info("IKE SA %s down: %s", self.ctx.spi_i.hex(), reason)

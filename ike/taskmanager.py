@@ -74,6 +74,7 @@ class CachedResponse:
     message_id: int
     request: bytes = field(repr=False)  # the request datagram as first received
     datagram: bytes = field(repr=False)
+    peer: Address | None = None  # where the request came from: the only address we replay to
 
 
 class RequestKind(Enum):
@@ -168,6 +169,10 @@ class TaskManager:
             and flight.exchange.exchange_type == exchange_type
         )
 
+    def in_flight_dst(self) -> Address | None:
+        """Where our request in flight went (its response must come from there)."""
+        return None if self.in_flight is None else self.in_flight.dst
+
     def complete(self) -> Exchange:
         """The response arrived: the window is free again."""
         flight = self._require_in_flight()
@@ -213,11 +218,13 @@ class TaskManager:
             return RequestKind.RETRANSMIT
         return RequestKind.OUT_OF_WINDOW
 
-    def answered(self, message_id: int, request: bytes, response: bytes) -> None:
-        """The request with ``message_id`` was processed once; cache its response."""
+    def answered(
+        self, message_id: int, request: bytes, response: bytes, peer: Address | None = None
+    ) -> None:
+        """The request with ``message_id`` from ``peer`` was processed once; cache its response."""
         if message_id != self.expected_request_id:
             raise LocalError(f"answered request {message_id}, expected {self.expected_request_id}")
-        self.cached = CachedResponse(message_id, request, response)
+        self.cached = CachedResponse(message_id, request, response, peer)
         self.expected_request_id += 1
 
     @property

@@ -347,17 +347,23 @@ def encrypt_message(message: Message, aead: SkAead, iv: bytes, pad_length: int =
 def decrypt_message(data: bytes, aead: SkAead) -> Message:
     """Open a datagram whose only payload is SK; the Message holds the inner payloads.
 
-    A forged or truncated SK raises IntegrityError (drop silently, §2.21.2);
-    a bad pad length or inner chain, found only after the ICV verified, ParseError.
+    Anything wrong before the ICV verified (not an SK payload, a wrong SK
+    length, a forged or truncated SK) raises IntegrityError (drop silently,
+    §2.21.2); a bad pad length or inner chain, found only after the ICV
+    verified, ParseError (the authenticated peer gets INVALID_SYNTAX).
     """
     data = bytes(data)
     header = parse_header(data)
+    # Nothing before the ICV check is authenticated: whatever is wrong with it,
+    # the message is dropped silently, never answered (§2.21.2, §3.14).
     if header.next_payload != PayloadType.SK:
-        raise ParseError(f"expected an SK payload, got payload type {header.next_payload}")
-    r = Reader(data[IKE_HEADER_LEN:], "SK payload")
-    first_inner, _flags, sk_length = r.u8(), r.u8(), r.u16()
+        raise IntegrityError(f"expected an SK payload, got payload type {header.next_payload}")
+    if len(data) < IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN:
+        raise IntegrityError("message too short for an SK payload")
+    first_inner = data[IKE_HEADER_LEN]
+    sk_length = int.from_bytes(data[IKE_HEADER_LEN + 2 : IKE_HEADER_LEN + 4], "big")
     if sk_length != len(data) - IKE_HEADER_LEN:
-        raise ParseError("the SK payload must be the only payload and fill the message")
+        raise IntegrityError("the SK payload must be the only payload and fill the message")
     sk_start = IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN
     iv, sealed = data[sk_start : sk_start + aead.iv_len], data[sk_start + aead.iv_len :]
     if len(iv) != aead.iv_len or len(sealed) < aead.icv_len + 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from sessionpair import (
     ADDR_I,
     ADDR_R,
@@ -32,6 +33,7 @@ from ike.cookies import CookieJar, request_cookie
 from ike.entropy import DeterministicEntropy
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, InitialContact
 from ike.payloads import KePayload, NotifyPayload
+from ike.policy import INIT_ERROR_GRACE
 from ike.proposals import parse_esp_proposal, parse_ike_proposal
 from ike.session import IkeSession
 from ike.states import IkeState
@@ -97,10 +99,17 @@ def test_invalid_ke_for_a_group_we_did_not_offer_fails() -> None:
         payloads=[NotifyPayload(NotifyType.INVALID_KE_PAYLOAD, (20).to_bytes(2, "big"))],
     )
     session.receive_datagram(answer.build(), ADDR_R, ADDR_I, T0 + 0.1)
-    down = session.next_event()
-    assert isinstance(down, IkeSaDown)
+    # §2.21.1: unauthenticated, so the attempt waits a while for a valid response...
+    assert session.next_event() is None and session.state is IkeState.INIT_SENT
+    events, at = [], T0
+    while not session.finished:  # ...and then fails with the error it saw
+        at = session.next_deadline() or at
+        session.handle_timer(at)
+        while (event := session.next_event()) is not None:
+            events.append(event)
+    (down,) = [e for e in events if isinstance(e, IkeSaDown)]
     assert down.notify is NotifyType.INVALID_KE_PAYLOAD
-    assert session.finished and session.datagrams_to_send() == []
+    assert at == pytest.approx(T0 + 0.1 + INIT_ERROR_GRACE)
 
 
 def test_no_proposal_chosen_for_the_ike_sa() -> None:
@@ -109,10 +118,12 @@ def test_no_proposal_chosen_for_the_ike_sa() -> None:
     pair = run(SessionPair(i_cfg, r_cfg))
     assert NotifyType.NO_PROPOSAL_CHOSEN in wire_notifies(pair, "r")
     assert pair.down("i").notify is NotifyType.NO_PROPOSAL_CHOSEN
-    assert pair.down("r").notify is NotifyType.NO_PROPOSAL_CHOSEN
+    refusals = pair.of("r", IkeSaDown)  # one stateless refusal per request
+    assert refusals and {d.notify for d in refusals} == {NotifyType.NO_PROPOSAL_CHOSEN}
     assert not pair.of("i", IkeSaUp) and not pair.of("r", IkeSaUp)
     assert pair.initiator.finished and all(r.finished for r in pair.responders)
-    assert len(pair.wire) == 2  # request, refusal: nothing retransmitted
+    # request, refusal; within INIT_ERROR_GRACE (§2.21.1) one retransmission, refused again
+    assert len(pair.wire) == 4
 
 
 def test_no_proposal_chosen_for_the_child_sa_deletes_the_ike_sa() -> None:
@@ -257,6 +268,7 @@ def test_peer_hash_algorithms_that_exclude_our_key_fail_cleanly() -> None:
     ]
     pair.link.rules.append(lambda s: 0)  # from now on, we deliver by hand
     pair.initiator.receive_datagram(message.build(), answer.src, answer.dst, pair.now + 0.01)
+    pair.initiator.handle_timer(pair.now + 0.01 + INIT_ERROR_GRACE)  # §2.21.1: then it fails
     pair.flush()
     down = pair.down("i")
     assert down.notify is NotifyType.AUTHENTICATION_FAILED

@@ -137,8 +137,10 @@ def test_empty_inner_chain_round_trips() -> None:
     assert decrypt_message(data, AEAD) == msg
 
 
-# Next Payload, IKE Length and SK Length are checked before decrypting: ParseError.
-STRUCTURAL_OFFSETS = (16, 27, 31)
+# The IKE Length is the header's (ParseError, dropped before any SA is looked
+# up); a wrong Next Payload or SK Length is unauthenticated like a bad ICV:
+# IntegrityError, dropped silently and never answered (§2.21.2).
+STRUCTURAL_OFFSETS = (27,)
 
 
 @pytest.mark.parametrize(
@@ -204,8 +206,8 @@ def test_structural_checks_before_decryption() -> None:
         message_id=0,
         payloads=[KePayload(DhGroup.ECP_256, bytes(64))],
     ).build()
-    with pytest.raises(ParseError):
-        decrypt_message(plain, AEAD)  # no SK payload at all
+    with pytest.raises(IntegrityError):
+        decrypt_message(plain, AEAD)  # no SK payload at all: unauthenticated, dropped
     with pytest.raises(ParseError):
         decrypt_message(good[:-1], AEAD)  # IKE length disagrees
     too_short = seal_raw(b"\x00", 0)[: 28 + 4 + 8 + 16]  # no room for the pad length
