@@ -28,6 +28,20 @@ INIT_ERROR_GRACE = 2.0
 # with a COOKIE first (§2.6): no state and no DH until the initiator proves it
 # receives at its address. strongSwan's default cookie_threshold is 30 (10 in 6.0).
 COOKIE_THRESHOLD = 30
+# The same per source address: from the third half-open IKE SA of one address
+# on, that address must answer a cookie. Two leave room for a gateway whose
+# own first attempt is still half-open when it retries (and for both sides of
+# a simultaneous start); a spoofer using a real peer's address cannot answer.
+COOKIE_SOURCE_THRESHOLD = 2
+# Hard caps on half-open IKE SAs (RFC 8019 §4.1: limit them per source and in
+# all); beyond them even a request with a valid cookie is dropped until older
+# ones end (HALF_OPEN_TIMEOUT). Each costs one DH and ~10 KiB of state.
+MAX_HALF_OPEN = 1000
+MAX_HALF_OPEN_PER_PEER = 200  # a hub's wildcard peer entry serves many spokes
+MAX_HALF_OPEN_PER_SOURCE = 10
+# The cookie secret is replaced this often; cookies made with the previous
+# secret stay valid, so a cookie lives between one and two of these periods.
+COOKIE_SECRET_LIFETIME = 60.0
 
 # Lifetimes (DESIGN §4). The soft lifetime starts a rekey, moved earlier by a
 # random fraction in [0, rekey_jitter] so that two peers with the same policy

@@ -1,0 +1,193 @@
+"""The front door: which new IKE_SA_INIT requests may cost us state and a DH.
+
+A new IKE_SA_INIT (SPIr = 0) is the one message anyone can send from any
+address that makes a responder compute a DH and keep state. RFC 7296 §2.6
+(COOKIE) and RFC 8019 (half-open limits) bound that cost; this module is
+the pure policy the daemon asks before it creates a responder session:
+
+1. Half-open IKE SAs (IKE_SA_INIT answered, IKE_AUTH not yet verified) are
+   counted globally, per peer entry and per source address. The daemon
+   reports each one it opens (:meth:`FrontDoor.opened`) and each one that
+   ends or is established (:meth:`FrontDoor.closed`).
+2. A request without a valid cookie is admitted only while fewer than
+   ``cookie_threshold`` half-open SAs exist in all and fewer than
+   ``source_threshold`` from its source address. Otherwise it gets
+   ``HDR(SPIi, 0), N(COOKIE)`` and nothing else: no session, no DH, no
+   state at all (the cookie is an HMAC of the request, see
+   :mod:`ike.cookies`). The per-source threshold is what keeps a spoofer
+   who uses a real peer's address from filling that address's share: the
+   real peer answers the cookie, the spoofer cannot.
+3. A request with a valid cookie proves that its sender receives at its
+   address; it is admitted within the caps: at most ``max_half_open``
+   globally, ``max_per_peer`` per peer entry and ``max_per_source`` per
+   source address. Beyond them it is dropped (the initiator retransmits
+   and gets in once others expire).
+4. The cookie secret is drawn from the injected entropy and replaced every
+   ``secret_lifetime`` seconds; cookies of the previous secret stay valid,
+   so a cookie handed out just before a rotation still works.
+5. Every decision is counted under a fixed reason; nothing here grows with
+   what senders send except the per-key half-open counters, which are bounded
+   by the caps and emptied as SAs close.
+
+What it costs: parsing the request (no crypto) and, above the threshold,
+one HMAC. It never raises on a malformed request: that is a drop reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+
+from ike.cookies import CookieJar, cookie_challenge, request_cookie
+from ike.entropy import Entropy
+from ike.errors import ParseError
+from ike.events import Address
+from ike.policy import (
+    COOKIE_SECRET_LIFETIME,
+    COOKIE_SOURCE_THRESHOLD,
+    COOKIE_THRESHOLD,
+    MAX_HALF_OPEN,
+    MAX_HALF_OPEN_PER_PEER,
+    MAX_HALF_OPEN_PER_SOURCE,
+)
+from ike.wire import Message, parse_message
+
+COOKIE_SECRET_LEN = 32
+
+
+class Verdict(Enum):
+    ADMIT = "admit"  # create a responder session
+    COOKIE = "cookie"  # send ``reply`` (the COOKIE challenge), keep nothing
+    DROP = "drop"  # nothing to send, nothing kept
+
+
+# Fixed, enumerable reasons (counters never grow with what senders send).
+REASONS = (
+    "admitted",
+    "admitted with a valid cookie",
+    "cookie requested",
+    "invalid cookie",
+    "malformed IKE_SA_INIT",
+    "half-open limit (global)",
+    "half-open limit (peer)",
+    "half-open limit (source)",
+)
+
+
+@dataclass(frozen=True)
+class Admission:
+    verdict: Verdict
+    reason: str
+    reply: bytes = b""  # for COOKIE: the datagram to send back to the source
+
+
+class FrontDoor:
+    """Cookies and half-open limits for new IKE_SA_INIT requests (see the module docstring)."""
+
+    def __init__(
+        self,
+        entropy: Entropy,
+        now: float,
+        *,
+        cookie_threshold: int = COOKIE_THRESHOLD,
+        source_threshold: int = COOKIE_SOURCE_THRESHOLD,
+        max_half_open: int = MAX_HALF_OPEN,
+        max_per_peer: int = MAX_HALF_OPEN_PER_PEER,
+        max_per_source: int = MAX_HALF_OPEN_PER_SOURCE,
+        secret_lifetime: float = COOKIE_SECRET_LIFETIME,
+    ) -> None:
+        self._entropy = entropy
+        self.cookie_threshold = cookie_threshold
+        self.source_threshold = source_threshold
+        self.max_half_open = max_half_open
+        self.max_per_peer = max_per_peer
+        self.max_per_source = max_per_source
+        self._secret_lifetime = secret_lifetime
+        self._jar = CookieJar(entropy.random_bytes(COOKIE_SECRET_LEN))
+        self._rotate_at = now + secret_lifetime
+        self.half_open = 0
+        self._per_peer: Counter[str] = Counter()
+        self._per_source: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+
+    # -- the decision ----------------------------------------------------------------
+
+    def admit(self, data: bytes, src: Address, peer: str, now: float) -> Admission:
+        """Decide about a new IKE_SA_INIT request (SPIr = 0) from ``src`` for ``peer``."""
+        self._maybe_rotate(now)
+        try:
+            request = parse_message(data)
+        except ParseError:
+            return self._count(Admission(Verdict.DROP, "malformed IKE_SA_INIT"))
+        host = src[0]
+        busy = (
+            self.half_open >= self.cookie_threshold
+            or self._per_source[host] >= self.source_threshold
+        )
+        if busy or request_cookie(request) is not None:
+            if request_cookie(request) is None:
+                return self._challenge(request, host)
+            if not self._jar.valid(request, host):
+                # §2.6: a stale cookie (say, from before two rotations) gets a fresh one
+                self.counters["invalid cookie"] += 1
+                return self._challenge(request, host)
+            limit = self._limit(peer, host)
+            if limit is not None:
+                return self._count(Admission(Verdict.DROP, limit))
+            return self._count(Admission(Verdict.ADMIT, "admitted with a valid cookie"))
+        limit = self._limit(peer, host)
+        if limit is not None:
+            return self._count(Admission(Verdict.DROP, limit))
+        return self._count(Admission(Verdict.ADMIT, "admitted"))
+
+    def _challenge(self, request: Message, host: str) -> Admission:
+        reply = cookie_challenge(request, self._jar.cookie(request, host))
+        return self._count(Admission(Verdict.COOKIE, "cookie requested", reply))
+
+    def _limit(self, peer: str, host: str) -> str | None:
+        if self.half_open >= self.max_half_open:
+            return "half-open limit (global)"
+        if self._per_peer[peer] >= self.max_per_peer:
+            return "half-open limit (peer)"
+        if self._per_source[host] >= self.max_per_source:
+            return "half-open limit (source)"
+        return None
+
+    def _count(self, admission: Admission) -> Admission:
+        self.counters[admission.reason] += 1
+        return admission
+
+    def _maybe_rotate(self, now: float) -> None:
+        if now >= self._rotate_at:
+            self._jar.rotate(self._entropy.random_bytes(COOKIE_SECRET_LEN))
+            self._rotate_at = now + self._secret_lifetime
+
+    # -- half-open accounting (rule 1) ----------------------------------------------
+
+    def opened(self, peer: str, src: Address) -> None:
+        """A responder session was created for an admitted request."""
+        self.half_open += 1
+        self._per_peer[peer] += 1
+        self._per_source[src[0]] += 1
+
+    def closed(self, peer: str, src: Address) -> None:
+        """A session reported with :meth:`opened` was established or ended."""
+        self.half_open = max(0, self.half_open - 1)
+        for counter, key in ((self._per_peer, peer), (self._per_source, src[0])):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+
+    def status(self) -> dict[str, object]:
+        """For the control socket: counts only, never the secret."""
+        return {
+            "half_open": self.half_open,
+            "cookie_threshold": self.cookie_threshold,
+            "cookies_required": self.half_open >= self.cookie_threshold,
+            "max_half_open": self.max_half_open,
+            "decisions": {reason: self.counters[reason] for reason in REASONS},
+        }
+
+    def __repr__(self) -> str:
+        return f"<FrontDoor half_open={self.half_open} <secret redacted>>"
