@@ -2,14 +2,28 @@
 
 Nothing secret is ever passed to a logger: key-holding objects redact their
 repr, and log calls name SPIs, identities and reasons only.
+
+Two defences against hostile input reaching the log:
+
+- :func:`escape`: every string a line carries (message and fields) has its
+  control characters escaped, so an identity with a newline or a terminal
+  escape sequence (a DN is the peer's choice) cannot forge log lines or
+  repaint an operator's terminal; the JSON format escapes them by itself.
+- :class:`LogThrottle`: events anyone can cause without keys (an IKE_SA_INIT
+  from an unknown address, a refused or dropped datagram) are logged at most
+  once per reason per interval; the rest are counted and summarised in one
+  line ("N more in the last S s"). The reasons are a fixed set, so neither
+  the log volume nor the throttle's memory grows with what attackers send.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -36,18 +50,97 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, sort_keys=False)
 
 
+# C0 controls, DEL, C1 controls and the Unicode line/paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character written as ``\\xNN`` / ``\\uNNNN``."""
+
+    def one(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _CONTROL.sub(one, text)
+
+
+def _field(value: object) -> str:
+    text = escape(str(value))
+    if not text or any(c in text for c in ' "='):
+        return json.dumps(text)  # quoted, so a value cannot pose as another field
+    return text
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        base = super().format(record)
+        base = escape(super().format(record))
         extras = {
             k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
         }
         if extras:
-            base += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            base += " " + " ".join(f"{k}={_field(v)}" for k, v in extras.items())
         return base
+
+
+@dataclass
+class _Window:
+    until: float
+    suppressed: int = 0
+
+
+class LogThrottle:
+    """At most one line per reason per ``interval`` seconds; the rest summarised.
+
+    ``reasons`` is the fixed set of reasons this throttle accepts (a reason
+    outside it is a bug: attacker-controlled detail goes into a field, never
+    into the reason). Time comes from the caller (``now``), so tests run it
+    on a virtual clock.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        reasons: tuple[str, ...],
+        *,
+        interval: float = 10.0,
+        level: int = logging.INFO,
+    ) -> None:
+        self._log = logger
+        self._reasons = frozenset(reasons)
+        self._interval = interval
+        self._level = level
+        self._windows: dict[str, _Window] = {}
+        self.counts: dict[str, int] = dict.fromkeys(reasons, 0)
+
+    def __call__(self, reason: str, now: float, **fields: object) -> None:
+        if reason not in self._reasons:
+            raise ValueError(f"bug: {reason!r} is not one of this throttle's reasons")
+        self.counts[reason] += 1
+        window = self._windows.get(reason)
+        if window is not None and now < window.until:
+            window.suppressed += 1
+            return
+        self._summarise(reason, window)
+        self._windows[reason] = _Window(now + self._interval)
+        self._log.log(self._level, reason, extra=fields)
+
+    def flush(self, now: float) -> None:
+        """Summarise the windows that have ended (call it now and then)."""
+        for reason, window in list(self._windows.items()):
+            if now >= window.until:
+                self._summarise(reason, window)
+                del self._windows[reason]
+
+    def _summarise(self, reason: str, window: _Window | None) -> None:
+        if window is not None and window.suppressed:
+            self._log.log(
+                self._level,
+                f"{reason}: {window.suppressed} more in the last {self._interval:g} s",
+                extra={"suppressed": window.suppressed},
+            )
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:

@@ -1,0 +1,64 @@
+"""tunneld/log.py: hostile strings cannot forge lines; unauthenticated events are throttled."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from tunneld.log import JsonFormatter, LogThrottle, TextFormatter, escape
+
+EVIL_DN = "CN=gw-b\nFAKE 2026-12-03 ERROR tunneld.peer: peer dead peer=gw-a\x1b[2J\u2028"
+
+
+def record(msg: str, **extra: object) -> logging.LogRecord:
+    rec = logging.makeLogRecord({"name": "tunneld.peer", "levelno": 20, "levelname": "INFO"})
+    rec.msg = msg
+    for key, value in extra.items():
+        setattr(rec, key, value)
+    return rec
+
+
+def test_escape_writes_every_control_character_visibly() -> None:
+    assert escape("a\nb\r\tc\x00\x7f\x9b\u2028\u2029") == (
+        "a\\x0ab\\x0d\\x09c\\x00\\x7f\\x9b\\u2028\\u2029"
+    )
+    assert escape("CN=gw-b, O=Example, ünïcode") == "CN=gw-b, O=Example, ünïcode"
+
+
+def test_a_text_line_stays_one_line_whatever_the_peer_sends() -> None:
+    line = TextFormatter().format(record(EVIL_DN, remote_id=EVIL_DN, peer="gw-b"))
+    assert "\n" not in line and "\x1b" not in line and "\u2028" not in line
+    # A field value with spaces or '=' is quoted: it cannot pose as another field.
+    assert " peer=gw-b" in line and 'remote_id="CN=gw-b\\\\x0aFAKE' in line
+
+
+def test_a_json_line_is_one_valid_object() -> None:
+    line = JsonFormatter().format(record("x", remote_id=EVIL_DN))
+    assert "\n" not in line and json.loads(line)["remote_id"] == EVIL_DN
+
+
+def test_the_throttle_logs_once_per_interval_and_summarises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("tunneld.test.throttle")
+    throttle = LogThrottle(log, ("IKE_SA_INIT from unknown address",), interval=10.0)
+    with caplog.at_level(logging.INFO, logger="tunneld.test.throttle"):
+        for i in range(10_000):
+            throttle(
+                "IKE_SA_INIT from unknown address", 100.0 + i / 2000, remote=f"2001:db8::{i:x}"
+            )
+        throttle.flush(200.0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "IKE_SA_INIT from unknown address",
+        "IKE_SA_INIT from unknown address: 9999 more in the last 10 s",
+    ]
+    assert throttle.counts == {"IKE_SA_INIT from unknown address": 10_000}
+
+
+def test_the_throttle_refuses_a_reason_outside_its_fixed_set() -> None:
+    throttle = LogThrottle(logging.getLogger("x"), ("known",))
+    with pytest.raises(ValueError):
+        throttle("request with message ID 12345 out of window", 0.0)
