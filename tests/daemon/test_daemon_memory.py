@@ -3,99 +3,26 @@
 Everything but the kernel is real: configuration files, PKI, IKE sessions,
 the SA database, the packet pumps and the control socket. The TUN devices,
 UDP sockets and routes are the in-memory twins from ``tunneld.io`` and
-``tunneld.routes``.
+``tunneld.routes``. The ``pair`` fixture and its helpers, shared by the other
+tests here: tests/helpers/daemon_memory.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import struct
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from tools.lab import SiteOptions, write_site_configs
+from tests.helpers.daemon_memory import Pair, children, wait_for_children
+from tests.helpers.packets import udp_packet
+from tools.lab import SiteOptions
 from tunneld import control
 from tunneld.cli import format_status
-from tunneld.config import load_config
-from tunneld.daemon import Daemon, MemoryDevices
-from tunneld.io.udp import MemoryNetwork
 
 SITE_A = ipaddress.ip_network("198.51.100.0/24")
 SITE_B = ipaddress.ip_network("203.0.113.0/24")
-
-
-def udp_packet(src: str, dst: str, payload: bytes) -> bytes:
-    """A minimal IPv4/UDP packet (checksums are not checked by the tunnel)."""
-    total = 20 + 8 + len(payload)
-    ip = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0,
-        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
-    )  # fmt: skip
-    return ip + struct.pack("!HHHH", 40000, 9, 8 + len(payload), 0) + payload
-
-
-@dataclass
-class Site:
-    daemon: Daemon
-    devices: MemoryDevices
-    socket: Path
-
-
-@dataclass
-class Pair:
-    a: Site
-    b: Site
-    network: MemoryNetwork
-    nursery: trio.Nursery
-    cancel_a: trio.CancelScope
-    cancel_b: trio.CancelScope
-
-
-async def start_site(
-    nursery: trio.Nursery, conf: Path, network: MemoryNetwork
-) -> tuple[Site, trio.CancelScope]:
-    config = load_config(conf)
-    devices = MemoryDevices(network)
-    daemon = Daemon(config, devices=devices)
-    scope = trio.CancelScope()
-
-    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with scope:
-            await daemon.run(task_status=task_status)
-
-    await nursery.start(run)
-    return Site(daemon, devices, config.gateway.control_socket), scope
-
-
-def opts(**kw: object) -> SiteOptions:
-    return SiteOptions(**kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def pair(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
-    options = getattr(request, "param", None) or SiteOptions()
-    conf_a, conf_b = write_site_configs(tmp_path, "mem", options)
-    network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        b, cancel_b = await start_site(nursery, conf_b, network)
-        a, cancel_a = await start_site(nursery, conf_a, network)
-        yield Pair(a, b, network, nursery, cancel_a, cancel_b)
-        nursery.cancel_scope.cancel()
-
-
-def children(site: Site) -> list[dict[str, object]]:
-    return [c for p in site.daemon.status()["peers"] for c in p["child_sas"]]
-
-
-async def wait_for_children(*sites: Site, timeout: float = 30) -> None:
-    with trio.fail_after(timeout):
-        while not all(children(s) for s in sites):
-            await trio.sleep(0.05)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from tests.daemon.test_daemon_memory import children, start_site, udp_packet, wait_for_children
+from tests.helpers.daemon_memory import children, start_site, wait_for_children
+from tests.helpers.packets import udp_packet
 from tools.lab import SiteOptions, write_site_configs
 from tunneld.io.udp import Address, MemoryNetwork
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from tests.daemon.test_daemon_memory import Pair, children, pair, udp_packet, wait_for_children
-
-__all__ = ["pair"]
+from tests.helpers.daemon_memory import Pair, children, wait_for_children
+from tests.helpers.packets import udp_packet
 
 
 async def pump_traffic(pair: Pair, n: int, tag: bytes) -> tuple[list[bytes], list[bytes]]:

@@ -25,7 +25,8 @@ from ike.constants import EncrId, ExchangeType
 from ike.crypto import SkCipher
 from ike.payloads import IdPayload
 from ike.wire import decrypt_message, parse_header
-from tests.daemon.test_daemon_memory import Site, start_site, udp_packet, wait_for_children
+from tests.helpers.daemon_memory import Site, start_site, wait_for_children
+from tests.helpers.packets import udp_packet
 from tools.lab import SiteOptions, write_site_configs
 from tunneld.dataplane.sa import InboundSA
 from tunneld.io.udp import MemoryNetwork

@@ -9,9 +9,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from tests.daemon.test_daemon_memory import Pair, Site, children, pair, wait_for_children
+from tests.helpers.daemon_memory import Pair, Site, children, wait_for_children
 
-__all__ = ["pair"]
 REKEYS = 40
 
 

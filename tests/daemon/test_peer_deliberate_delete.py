@@ -19,7 +19,7 @@ import trio.testing
 
 from ike.entropy import DeterministicEntropy
 from ike.policy import DEFAULT_RETRANSMIT
-from tests.daemon.test_peer_restart import IkeSpiPrefix, established, run_daemon
+from tests.helpers.daemon_memory import IkeSpiPrefix, established, run_daemon
 from tools.lab import SiteOptions, write_site_configs
 from tunneld.config import load_config
 from tunneld.daemon import Daemon, MemoryDevices

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from test_daemon_memory import Pair, children, start_site, wait_for_children
 
+from tests.helpers.daemon_memory import Pair, children, start_site, wait_for_children
 from tools.lab import SiteOptions, write_site_configs
 from tunneld.io.udp import MemoryNetwork
 

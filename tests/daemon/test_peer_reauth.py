@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import struct
 from pathlib import Path
 
 import trio
@@ -30,6 +29,7 @@ from ike.entropy import DeterministicEntropy
 from ike.events import ChildSaUp
 from ike.session import IkeSession, peek_header
 from ike.sessionconfig import SessionConfig
+from tests.helpers.packets import udp_packet
 from tools.lab import GWA_UNDERLAY, GWB_UNDERLAY, HOST_A, HOST_B, SiteOptions, write_site_configs
 from tunneld.childsas import data_plane_sas
 from tunneld.config import load_config
@@ -40,15 +40,6 @@ from tunneld.peer import REAUTH_GRACE
 from tunneld.routes import MemoryRoutes
 
 SITE_B = ipaddress.ip_network("203.0.113.0/24")
-
-
-def udp_packet(src: str, dst: str, payload: bytes) -> bytes:
-    total = 20 + 8 + len(payload)
-    ip = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0,
-        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
-    )  # fmt: skip
-    return ip + struct.pack("!HHHH", 40000, 9, 8 + len(payload), 0) + payload
 
 
 class RecordingRoutes(MemoryRoutes):

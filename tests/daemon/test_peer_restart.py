@@ -13,52 +13,18 @@ chosen so that the stale IKE SA always has the larger SPI pair.
 
 from __future__ import annotations
 
-import ipaddress
-import struct
 from pathlib import Path
 
 import trio
 import trio.testing
 
 from ike.entropy import DeterministicEntropy
+from tests.helpers.daemon_memory import IkeSpiPrefix, established, run_daemon
+from tests.helpers.packets import udp_packet
 from tools.lab import SiteOptions, write_site_configs
 from tunneld.config import load_config
 from tunneld.daemon import Daemon, MemoryDevices
 from tunneld.io.udp import MemoryNetwork
-
-
-class IkeSpiPrefix:
-    """Deterministic randomness whose 8-byte draws (IKE SPIs) start with ``first``."""
-
-    def __init__(self, seed: str, first: int) -> None:
-        self._inner = DeterministicEntropy(seed)
-        self._first = first
-
-    def random_bytes(self, n: int) -> bytes:
-        data = self._inner.random_bytes(n)
-        return bytes((self._first,)) + data[1:] if n == 8 else data
-
-
-def udp_packet(src: str, dst: str, payload: bytes) -> bytes:
-    total = 20 + 8 + len(payload)
-    ip = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0,
-        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
-    )  # fmt: skip
-    return ip + struct.pack("!HHHH", 40000, 9, 8 + len(payload), 0) + payload
-
-
-async def run_daemon(nursery: trio.Nursery, daemon: Daemon, scope: trio.CancelScope) -> None:
-    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with scope:
-            await daemon.run(task_status=task_status)
-
-    await nursery.start(run)
-
-
-def established(daemon: Daemon) -> list[dict[str, object]]:
-    (peer,) = daemon.status()["peers"]
-    return [ike for ike in peer["ike_sas"] if ike["state"] == "established"]
 
 
 async def test_initial_contact_from_a_restarted_peer_replaces_the_stale_ike_sa(

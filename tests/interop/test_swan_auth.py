@@ -26,19 +26,17 @@ from typing import Literal
 
 import pytest
 
-from tests.interop.pairing import (
+from tests.helpers.pairing import (
     IKE,
     Initiator,
     Pair,
     Setup,
     assert_agree,
     check_traffic,
-    start_pair,
     wait_until,
 )
-from tests.interop.sitelab import SITE_B_HOST, WAN_B, Lab
-from tests.interop.swan import StrongSwan, SwanConfig
-from tools.lab import Gateway
+from tests.helpers.sitelab import SITE_B_HOST, WAN_B
+from tests.helpers.swan import SwanConfig
 from tunneld import pki
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
@@ -72,12 +70,9 @@ MATRIX = {
 @pytest.mark.parametrize("setup", list(MATRIX.values()), ids=list(MATRIX))
 def test_authentication_and_dh_group_matrix(
     setup: Setup,
-    lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
-    pair = start_pair(setup, lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(setup)
     check_traffic(pair)
     assert_agree(pair, counters=True)
     log = pair.swan.log_text()
@@ -130,16 +125,10 @@ def _rogue(kind: Refusal, work: Path, config: SwanConfig) -> SwanConfig:
 def test_a_peer_that_cannot_authenticate_is_refused(
     kind: Refusal,
     initiator: Initiator,
-    lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
     setup = Setup(initiator, auth="psk" if kind == "wrong-psk" else "pubkey")
-    pair = start_pair(
-        setup, lab, tmp_path, strongswan, tunneld_gateway,
-        alter_swan=lambda config, work: _rogue(kind, work, config), wait=False,
-    )  # fmt: skip
+    pair = swan_pair(setup, alter_swan=lambda config, work: _rogue(kind, work, config), wait=False)
     if initiator == "swanctl":
         out = pair.swan.swanctl("--initiate", "--child", "net", "--timeout", "5", check=False)
         assert out.returncode != 0 and "received AUTHENTICATION_FAILED notify error" in out.stdout

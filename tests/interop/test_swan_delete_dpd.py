@@ -19,23 +19,19 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-from tests.interop.pairing import (
+from tests.helpers.pairing import (
     Initiator,
     Pair,
     Setup,
     assert_agree,
     check_traffic,
     only,
-    start_pair,
     wait_until,
 )
-from tests.interop.sitelab import SITE_A_NET, SITE_B_HOST, SITE_B_NET, Lab
-from tests.interop.swan import StrongSwan
-from tools.lab import Gateway
+from tests.helpers.sitelab import SITE_A_NET, SITE_B_HOST, SITE_B_NET, Lab
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
@@ -65,11 +61,9 @@ def test_ike_sa_delete_from_either_side_takes_both_down(
     initiator: Initiator,
     deleter: str,
     lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
-    pair = start_pair(Setup(initiator), lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(Setup(initiator))
     assert lab.ping("a", SITE_B_HOST, count=1) == 1
     if deleter == "swanctl":
         pair.swan.terminate()  # swanctl --terminate --ike gw
@@ -91,12 +85,9 @@ def test_ike_sa_delete_from_either_side_takes_both_down(
 
 
 def test_child_sa_delete_keeps_the_ike_sa_and_a_new_child_sa_follows(
-    lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
-    pair = start_pair(Setup("swanctl"), lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(Setup("swanctl"))
     ike_before = only(pair.swan.list_sas_raw())["initiator-spi"]
     old, _ = assert_agree(pair)
     pair.swan.terminate(child="net")  # INFORMATIONAL { D(ESP, SPI) } for the Child SA only
@@ -131,13 +122,10 @@ def _informational_pairs(log: str, direction: str) -> tuple[int, int]:
 
 
 def test_strongswan_dpd_is_answered_and_charon_keeps_the_sa(
-    lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
     setup = Setup("tunneld", tunneld_extra="dpd_delay = 0\n", swan={"dpd_delay": "1s"})
-    pair = start_pair(setup, lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(setup)
     spis = only(pair.swan.list_sas_raw())["initiator-spi"]
     time.sleep(DPD_WAIT)
     log = pair.swan.log_text()
@@ -150,13 +138,10 @@ def test_strongswan_dpd_is_answered_and_charon_keeps_the_sa(
 
 
 def test_tunneld_dpd_is_answered_by_strongswan(
-    lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
     setup = Setup("swanctl", tunneld_extra='dpd_delay = "1s"\n', swan={"dpd_delay": "0s"})
-    pair = start_pair(setup, lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(setup)
     time.sleep(DPD_WAIT)
     received, answered = _informational_pairs(pair.swan.log_text(), "received")
     assert received >= 2 and answered == received

@@ -24,14 +24,11 @@ tests/daemon) and against scapy, not here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-from tests.interop.pairing import Setup, assert_agree, check_traffic, start_pair, wait_until
-from tests.interop.sitelab import SITE_B_HOST, Lab
-from tests.interop.swan import StrongSwan
-from tools.lab import Gateway
+from tests.helpers.pairing import Pair, Setup, assert_agree, check_traffic, wait_until
+from tests.helpers.sitelab import SITE_B_HOST
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
@@ -41,13 +38,10 @@ LIBIPSEC_NO_ESN = "IPsec SA: ESN not supported"
 @pytest.mark.parametrize("tunneld_esp", ["aes256gcm16", "aes256gcm16-noesn-esn"])
 def test_strongswan_offers_esn_and_no_esn_and_tunneld_picks_no_esn(
     tunneld_esp: str,
-    lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
     setup = Setup("swanctl", tunneld_esp=(tunneld_esp,), swan={"esn": "both"})
-    pair = start_pair(setup, lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(setup)
     log = pair.swan.log_text()
     assert "configured proposals: ESP:AES_GCM_16_256/EXT_SEQ/NO_EXT_SEQ" in log
     assert "selected proposal: ESP:AES_GCM_16_256/NO_EXT_SEQ" in log
@@ -58,13 +52,10 @@ def test_strongswan_offers_esn_and_no_esn_and_tunneld_picks_no_esn(
 
 
 def test_limitation_tunneld_preferring_esn_leaves_libipsec_without_a_child_sa(
-    lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
     setup = Setup("swanctl", tunneld_esp=("aes256gcm16-esn-noesn",), swan={"esn": "both"})
-    pair = start_pair(setup, lab, tmp_path, strongswan, tunneld_gateway, wait=False)
+    pair = swan_pair(setup, wait=False)
     out = pair.swan.swanctl("--initiate", "--child", "net", "--timeout", "5", check=False)
     assert out.returncode != 0 and "establishing CHILD_SA 'net' failed" in out.stderr
     assert LIBIPSEC_NO_ESN in out.stdout and "sending DELETE for ESP CHILD_SA" in out.stdout
@@ -79,13 +70,10 @@ def test_limitation_tunneld_preferring_esn_leaves_libipsec_without_a_child_sa(
 
 
 def test_limitation_esn_only_is_refused_by_a_libipsec_responder(
-    lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
     setup = Setup("tunneld", tunneld_esp=("aes256gcm16-esn",), swan={"esn": "yes"})
-    pair = start_pair(setup, lab, tmp_path, strongswan, tunneld_gateway, wait=False)
+    pair = swan_pair(setup, wait=False)
     wait_until(lambda: pair.peer()["last_error"] is not None, 10, "tunneld's last_error")
     log = pair.swan.log_text()
     assert "selected proposal: ESP:AES_GCM_16_256/EXT_SEQ" in log and LIBIPSEC_NO_ESN in log

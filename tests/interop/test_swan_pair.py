@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.certs import GW_A, GW_B, lab_pki
-from tests.interop.sitelab import SITE_A_NET, SITE_B_HOST, SITE_B_NET, WAN_A, WAN_B, Lab
-from tests.interop.swan import (
+from tests.helpers.certs import GW_A, GW_B, lab_pki
+from tests.helpers.sitelab import SITE_A_NET, SITE_B_HOST, SITE_B_NET, WAN_A, WAN_B, Lab
+from tests.helpers.swan import (
     SCRIPT,
     StrongSwan,
     SwanConfig,

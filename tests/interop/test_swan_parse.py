@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.interop.swan import parse_vici_pretty
+from tests.helpers.swan import parse_vici_pretty
 
 # Shape as printed by swanctl 5.9.8, with a DN identity (spaces and '=' in a value).
 LIST_SAS = """\

@@ -31,12 +31,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.interop.pairing import (
+from tests.helpers.pairing import (
     Initiator,
     Pair,
     ProbeRun,
@@ -44,12 +43,9 @@ from tests.interop.pairing import (
     assert_agree,
     assert_clean,
     probing,
-    start_pair,
     wait_until,
 )
-from tests.interop.sitelab import WAN_A, Lab
-from tests.interop.swan import StrongSwan
-from tools.lab import Gateway
+from tests.helpers.sitelab import WAN_A, Lab
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
@@ -99,11 +95,9 @@ def _finish(pair: Pair, run: ProbeRun, count: int) -> dict[str, Any]:
 def test_forced_rekeys_from_both_sides_lose_nothing(
     initiator: Initiator,
     lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
-    pair = start_pair(Setup(initiator), lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(Setup(initiator))
     swan, count = pair.swan, 8_000
     with probing(lab, count, rate=RATE) as run:
         time.sleep(0.5)
@@ -158,11 +152,9 @@ TIMERS = {
 def test_lifetimes_rekey_without_loss(
     setup: Setup,
     lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
-    pair = start_pair(setup, lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(setup)
     first_ike = _ike_spis(pair)
     count = 6_500  # the first Child SA rekey at 3 s or 5 s, the IKE SA's at 5 s or 6 s
     with probing(lab, count, rate=RATE) as run:
@@ -224,11 +216,9 @@ def _collide(pair: Pair, *, ike: bool) -> None:
 
 def test_simultaneous_rekeys_resolve_without_loss(
     lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
-    pair = start_pair(Setup("tunneld"), lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(Setup("tunneld"))
     count = 9_000
     with probing(lab, count, rate=RATE) as run:
         time.sleep(0.5)
@@ -260,9 +250,7 @@ def test_simultaneous_rekeys_resolve_without_loss(
 
 def test_strongswan_make_before_break_reauthentication(
     lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
     """tunneld keeps sending on the old Child SA until charon deletes the old IKE SA.
 
@@ -275,7 +263,7 @@ def test_strongswan_make_before_break_reauthentication(
     """
     # esp=2: charon logs each ESP packet it drops for want of an SA only at level 2
     setup = Setup("tunneld", swan={"make_before_break": True, "log_levels": ("esp=2",)})
-    pair = start_pair(setup, lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(setup)
     count, reauths = 4_000, 2
     with probing(lab, count, rate=RATE) as run:
         for _ in range(reauths):

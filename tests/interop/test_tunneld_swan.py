@@ -1,7 +1,7 @@
 """tunneld against strongSwan 5.9 (charon + kernel-libipsec): the main pairings.
 
 tunneld runs on gw-a, charon on gw-b, in the lab of netns-scripts/lab.sh
-(tests/interop/pairing.py). The main pairing: ECDSA P-256 certificates from
+(tests/helpers/pairing.py). The main pairing: ECDSA P-256 certificates from
 `tunneld pki`, IKE aes256gcm16-prfsha256-x25519, ESP aes256gcm16 without ESN
 (libipsec has none), each side initiating once with 10,000 probes. Variants
 change one thing each (cipher, DH group negotiation, how charon initiates).
@@ -27,22 +27,18 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.interop.pairing import (
+from tests.helpers.pairing import (
     Pair,
     Setup,
     assert_agree,
     check_traffic,
     only,
-    start_pair,
 )
-from tests.interop.sitelab import SITE_A_NET, SITE_B_HOST, SITE_B_NET, Lab
-from tests.interop.swan import StrongSwan
-from tools.lab import Gateway
+from tests.helpers.sitelab import SITE_A_NET, SITE_B_HOST, SITE_B_NET, Lab
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
@@ -87,13 +83,11 @@ CASES = {
 def test_tunneld_and_strongswan_carry_traffic_and_agree(
     case: Case,
     lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
     # Without a tunnel site A cannot reach site B.
     assert lab.ping("a", SITE_B_HOST, count=1, timeout=0.3) == 0
-    pair = start_pair(case.setup, lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(case.setup)
     check_traffic(pair, case.probes)
     child, _ = assert_agree(pair, counters=True)
     assert child["out"]["packets"] >= case.probes + 3 and child["in"]["packets"] >= case.probes + 3
@@ -131,14 +125,11 @@ def swan_terminates_and_tunneld_sees_delete(pair: Pair) -> None:
 
 
 def test_charon_restart_replaces_the_stale_ike_sa(
-    lab: Lab,
-    tmp_path: Path,
-    strongswan: Callable[[str], StrongSwan],
-    tunneld_gateway: Callable[[str, Path], Gateway],
+    swan_pair: Callable[..., Pair],
 ) -> None:
     """charon dies (no DELETE), restarts and initiates with INITIAL_CONTACT: tunneld must
     keep the new IKE SA, not the stale one (tests/daemon/test_peer_restart.py)."""
-    pair = start_pair(Setup("swanctl"), lab, tmp_path, strongswan, tunneld_gateway)
+    pair = swan_pair(Setup("swanctl"))
     gw, swan = pair.tunneld, pair.swan
     (stale,) = _established(pair)
     assert swan.started_pid is not None and swan.config is not None

@@ -1,6 +1,6 @@
 """Two real tunneld daemons in the namespace lab, driven and inspected from outside (issue 3).
 
-Each test gets a fresh five-namespace lab (tools.lab.Lab, prefix ``hdn…``)
+Each test gets a fresh five-namespace lab (the ``lab`` fixture, prefix ``hdn…``)
 and starts ``tunneld run`` in both gateway namespaces, exactly as the demo
 does. What the tests look at is what an operator sees: ``tunneld status
 --json`` (the real command line), ``ip route``/``ip link`` in the gateway
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import subprocess
 import time
 from collections import Counter
@@ -23,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_fixtures import (
+
+from tests.helpers.lab_sites import (
     Sites,
     assert_probes_clean,
-    open_sites,
     poll,
     use_untrusted_certificate,
 )
-
+from tests.helpers.packets import UDP, ipv4_packets
 from tools.lab import GWA_UNDERLAY, GWB_UNDERLAY, Lab, SiteOptions
 from tunneld.daemon import SHUTDOWN_GRACE
 
@@ -47,9 +46,8 @@ IPV4_UDP_HEADERS = 20 + 8  # the tunnel counts whole inner packets
 
 
 @pytest.fixture
-def make_sites(tmp_path: Path) -> Iterator[Callable[[SiteOptions], Sites]]:
-    with open_sites(tmp_path) as make:
-        yield make
+def lab_stem() -> str:
+    return "hdn"
 
 
 # --- 1 + 2: establishment, traffic, status -----------------------------------------
@@ -165,18 +163,9 @@ class EspCapture:
 
 def esp_spis(pcap: bytes) -> Iterator[tuple[str, str]]:
     """(source IPv4, SPI) of each UDP-encapsulated ESP packet (RFC 3948) in a pcap file."""
-    assert struct.unpack_from("<I", pcap)[0] == 0xA1B2C3D4  # microsecond pcap, little endian
-    offset = 24
-    while offset + 16 <= len(pcap):
-        caplen = struct.unpack_from("<I", pcap, offset + 8)[0]
-        frame = pcap[offset + 16 : offset + 16 + caplen]
-        offset += 16 + caplen
-        if frame[12:14] != b"\x08\x00":  # Ethernet type IPv4
-            continue
-        ihl = (frame[14] & 0x0F) * 4
-        payload = frame[14 + ihl + 8 : 14 + ihl + 12]
-        if len(payload) == 4 and payload != b"\x00\x00\x00\x00":  # not the non-ESP marker
-            yield ".".join(map(str, frame[26:30])), payload.hex()
+    for src, _, proto, _, _, payload in ipv4_packets(pcap):
+        if proto == UDP and len(payload) >= 4 and payload[:4] != b"\x00\x00\x00\x00":
+            yield src, payload[:4].hex()  # (all zeros: the non-ESP marker of IKE)
 
 
 # --- 3: an untrusted certificate ------------------------------------------------------

@@ -20,12 +20,13 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers.packets import ipv4_packets
+from tests.helpers.sitelab import REPO, run
 from tests.tools.probe import TOKEN_LEN
 from tests.tools.static_pair import stats
 
@@ -35,14 +36,6 @@ GW_A, GW_B = "192.0.2.1", "192.0.2.2"
 HOST_B = "203.0.113.10"
 PROBE_PORT = 7777
 PROBES = 10_000
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(*argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    if proc.returncode != 0:
-        raise AssertionError(f"{argv} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 # -- capture on the wan bridge ------------------------------------------------------
@@ -67,28 +60,6 @@ class Capture:
             self.proc.send_signal(signal.SIGINT)
             self.proc.wait(timeout=10)
         return self.path.read_bytes()
-
-
-def ipv4_packets(pcap: bytes) -> Iterator[tuple[str, str, int, int, int, bytes]]:
-    """(src, dst, protocol, sport, dport, l4 payload) of each IPv4 frame (Ethernet pcap)."""
-    magic, _, _, _, _, _, linktype = struct.unpack_from("<IHHiIII", pcap)
-    assert magic == 0xA1B2C3D4 and linktype == 1, "expected a little-endian Ethernet pcap"
-    off = 24
-    while off + 16 <= len(pcap):
-        incl = struct.unpack_from("<I", pcap, off + 8)[0]
-        frame = pcap[off + 16 : off + 16 + incl]
-        off += 16 + incl
-        if len(frame) < 34 or frame[12:14] != b"\x08\x00":
-            continue  # ARP, IPv6 (link-local noise): the assertions are about IPv4
-        ip = frame[14:]
-        ihl = (ip[0] & 0x0F) * 4
-        src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
-        sport = dport = 0
-        payload = b""
-        if ip[9] == 17:
-            sport, dport = struct.unpack_from("!HH", ip, ihl)
-            payload = ip[ihl + 8 : struct.unpack_from("!H", ip, 2)[0]]
-        yield src, dst, ip[9], sport, dport, payload
 
 
 # -- helpers --------------------------------------------------------------------------

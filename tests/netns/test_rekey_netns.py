@@ -29,16 +29,16 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_fixtures import Sites, assert_probes_clean, open_sites, poll
 
 from ike.policy import DEFAULT_RETRANSMIT
+from tests.helpers.lab_sites import Sites, assert_probes_clean, poll
 from tools.lab import Gateway, SiteOptions
 from tunneld.peer import WATCH_INTERVAL
 
@@ -68,9 +68,8 @@ RSS_GROWTH_MAX_KB = 10 * 1024
 
 
 @pytest.fixture
-def make_sites(tmp_path: Path) -> Iterator[Callable[[SiteOptions], Sites]]:
-    with open_sites(tmp_path, "hrn") as make:
-        yield make
+def lab_stem() -> str:
+    return "hrn"
 
 
 def add_peer_lines(conf: Path, *lines: str) -> None:

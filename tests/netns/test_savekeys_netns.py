@@ -16,12 +16,12 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_fixtures import Sites, open_sites
 
+from tests.helpers.lab_sites import Sites
 from tools.lab import HOST_A, HOST_B, SiteOptions
 from tunneld.savekeys import ESP_TABLE, IKEV2_TABLE
 
@@ -40,9 +40,8 @@ TSHARK_PREFS = (
 
 
 @pytest.fixture
-def make_sites(tmp_path: Path) -> Iterator[Callable[[SiteOptions], Sites]]:
-    with open_sites(tmp_path, stem="hsk") as make:
-        yield make
+def lab_stem() -> str:
+    return "hsk"
 
 
 class Capture:

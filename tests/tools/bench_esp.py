@@ -18,7 +18,6 @@ run is the least disturbed one). No I/O is involved.
 from __future__ import annotations
 
 import argparse
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 
+from tests.helpers.packets import ipv4
 from tunneld.dataplane import esp
 from tunneld.dataplane.sa import InboundSA, OutboundSA
 from tunneld.dataplane.sadb import SADatabase
@@ -36,11 +36,7 @@ SPI = 0x10203040
 
 
 def inner_packet(size: int) -> bytes:
-    header = struct.pack(
-        ">BBHHHBBH4s4s", 0x45, 0, size, 1, 0, 64, 17, 0,
-        bytes((198, 51, 100, 1)), bytes((203, 0, 113, 1)),
-    )  # fmt: skip
-    return header + bytes(size - len(header))
+    return ipv4("198.51.100.1", "203.0.113.1", bytes(size - 20), ident=1)
 
 
 def best_rate(run: Callable[[], None], count: int, runs: int) -> float:

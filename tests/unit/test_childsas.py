@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import struct
 from typing import Any
 
 import pytest
 
 from ike.constants import EncrId
 from ike.events import ChildSaKeys, ChildSaUp
+from tests.helpers.packets import ipv4
 from tunneld.childsas import SEQ32_MAX, SEQ_HEADROOM, ChildSet, Limits, data_plane_sas
 from tunneld.dataplane.drops import DropReason, EspDrop
 from tunneld.dataplane.sa import InboundSA, OutboundSA
@@ -26,12 +26,7 @@ SESSION: Any = object()  # ChildSet only stores it
 
 
 def inner(payload: bytes = b"x") -> bytes:
-    src, dst = ipaddress.IPv4Address("198.51.100.10"), ipaddress.IPv4Address("203.0.113.10")
-    total = 20 + len(payload)
-    return (
-        struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 253, 0, src.packed, dst.packed)
-        + payload
-    )
+    return ipv4("198.51.100.10", "203.0.113.10", payload, proto=253)  # 253: experimental
 
 
 def event(

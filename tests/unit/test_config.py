@@ -8,7 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from configfiles import (
+from cryptography.hazmat.primitives import serialization
+
+from ike.constants import IdType
+from ike.identity import Identity
+from tests.helpers.configfiles import (
     NOW,
     PSK_TEXT,
     REPO,
@@ -19,10 +23,6 @@ from configfiles import (
     write,
     write_private,
 )
-from cryptography.hazmat.primitives import serialization
-
-from ike.constants import IdType
-from ike.identity import Identity
 from tunneld import pki
 from tunneld.config import (
     DEFAULT_CHILD_BYTES,

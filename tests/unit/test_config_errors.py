@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from configfiles import (
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed448
+
+from tests.helpers.configfiles import (
     NOW,
     base,
     load,
@@ -18,9 +21,6 @@ from configfiles import (
     write,
     write_private,
 )
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed448
-
 from tunneld.config import (
     ConfigError,
     load_config,

@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.helpers import packets
 from tunneld.datapath import IKE_INBOX_FULL, DataPath, IkeDatagram
 from tunneld.dataplane.drops import DropReason, EspDrop
 from tunneld.io import MemoryNetwork, MemoryTun, MemoryUdp
@@ -29,12 +30,8 @@ FAKE_ICV = bytes(16)  # with the 8-byte "IV", the fake ESP is as long as real ES
 
 
 def ipv4(src: str, dst: str, payload: bytes = b"payload") -> bytes:
-    """A minimal IPv4 packet (no checksum: only the fake SADB reads it)."""
-    total = 20 + len(payload)
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0, b"", b"")
-    return (
-        header[:12] + ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
-    ) + payload
+    """A minimal IPv4 packet (only the fake SADB reads it)."""
+    return packets.ipv4(src, dst, payload)
 
 
 async def recv(tun: MemoryTun) -> bytes:

@@ -9,12 +9,12 @@ authenticated bytes, the original inner packet.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.packets import ipv4
 from tunneld.dataplane.replay import ReplayWindow
 from tunneld.dataplane.sa import DropReason, EspDrop, InboundSA, OutboundSA
 from tunneld.dataplane.sadb import SADatabase
@@ -23,9 +23,7 @@ from tunneld.dataplane.udpencap import UdpKind, classify
 KEY = bytes(range(32))
 SALT = b"fuzz"
 SPI = 0x00F0220E
-INNER = struct.pack(
-    ">BBHHHBBH4s4s", 0x45, 0, 28, 1, 0, 64, 17, 0, bytes((198, 51, 100, 1)), bytes((203, 0, 113, 1))
-) + bytes(8)
+INNER = ipv4("198.51.100.1", "203.0.113.1", bytes(8), ident=1, checksums=False)  # UDP, zeroed
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -7,6 +7,7 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tests.helpers import packets
 from tunneld.dataplane import esp
 from tunneld.dataplane.sa import DropReason, EspDrop, InboundSA, OutboundSA
 
@@ -17,19 +18,13 @@ SPI = 0xC0DE0001
 
 
 def ipv4(payload_len: int) -> bytes:
-    total = 20 + payload_len
-    header = struct.pack(
-        ">BBHHHBBH4s4s", 0x45, 0, total, 7, 0, 64, 17, 0,
-        bytes((198, 51, 100, 1)), bytes((203, 0, 113, 9)),
-    )  # fmt: skip
-    return header + bytes((i * 7) & 0xFF for i in range(payload_len))
+    payload = bytes((i * 7) & 0xFF for i in range(payload_len))
+    return packets.ipv4("198.51.100.1", "203.0.113.9", payload, ident=7)
 
 
 def ipv6(payload_len: int) -> bytes:
-    src = bytes.fromhex("20010db8000000000000000000000001")
-    dst = bytes.fromhex("20010db8000000010000000000000002")
-    header = struct.pack(">IHBB16s16s", 6 << 28, payload_len, 17, 64, src, dst)
-    return header + bytes((i * 11) & 0xFF for i in range(payload_len))
+    payload = bytes((i * 11) & 0xFF for i in range(payload_len))
+    return packets.ipv6("2001:db8::1", "2001:db8:0:1::2", payload)
 
 
 def pair(key: bytes, esn: bool, **kw: int) -> tuple[OutboundSA, InboundSA]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import struct
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
+from tests.helpers.packets import checksum
 from tunneld.io.offload import (
     MAX_PACKET,
     MAX_SEGMENTS,
@@ -53,13 +52,7 @@ def merged(write: Write) -> tuple[tuple[int, ...], bytes]:
 
 def completed_tcp_checksum(packet: bytes, ihl: int) -> int:
     """What the kernel writes for CHECKSUM_PARTIAL: ~sum over the TCP bytes as they are."""
-    tcp = packet[ihl:]
-    if len(tcp) % 2:
-        tcp += b"\x00"
-    total = sum(struct.unpack(f"!{len(tcp) // 2}H", tcp))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return 0xFFFF - total
+    return checksum(packet[ihl:])
 
 
 def test_a_run_of_segments_becomes_one_gso_write() -> None:

@@ -8,6 +8,7 @@ from ipaddress import ip_address
 
 import pytest
 
+from tests.helpers import packets
 from tunneld.dataplane.sa import DropReason, EspDrop, InboundSA, OutboundSA
 from tunneld.dataplane.sadb import SADatabase
 
@@ -19,18 +20,11 @@ PEER_B = ("192.0.2.2", 4500)
 
 
 def ipv4(src: str, dst: str, payload: bytes = b"ping") -> bytes:
-    header = struct.pack(
-        ">BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, 1, 0,
-        ip_address(src).packed, ip_address(dst).packed,
-    )  # fmt: skip
-    return header + payload
+    return packets.ipv4(src, dst, payload, proto=packets.ICMP, ident=1)
 
 
 def ipv6(src: str, dst: str, payload: bytes = b"ping6") -> bytes:
-    header = struct.pack(
-        ">IHBB16s16s", 6 << 28, len(payload), 58, 64, ip_address(src).packed, ip_address(dst).packed
-    )
-    return header + payload
+    return packets.ipv6(src, dst, payload, next_header=58)  # ICMPv6
 
 
 def drop_reason(call: object, *args: object) -> DropReason:

@@ -1,12 +1,12 @@
-"""Two real ``tunneld run`` daemons in the namespace lab, for tests/netns/test_daemon_netns.py.
+"""Two real ``tunneld run`` daemons in the namespace lab, for the tests in tests/netns/.
 
-:func:`open_sites` brings up a fresh lab (``tunneld.lab.Lab``, a unique
-``hdn…`` prefix) and hands out :class:`Sites`: the two gateways of one
-configuration, plus what the tests look at from outside the daemons: routes
-and links in the gateway namespaces (``ip``), ``tunneld status --json`` run
-as a subprocess, the JSON log lines, ping and UDP probes between the site
-hosts. Everything is killed and the namespaces removed on exit, also on
-failure; the gateways' logs are printed then (pytest shows them on failure).
+:func:`open_sites` (the ``make_sites`` fixture) hands out :class:`Sites` in a
+lab (the ``lab`` fixture): the two gateways of one configuration, plus what
+the tests look at from outside the daemons: routes and links in the gateway
+namespaces (``ip``), ``tunneld status --json`` run as a subprocess, the JSON
+log lines, ping and UDP probes between the site hosts. The gateways are
+killed on exit, also on failure, and their logs printed then (pytest shows
+them on failure); the ``lab`` fixture then removes the namespaces.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from tools.lab import (
     Lab,
     SiteOptions,
     gateways,
-    unique_prefix,
     write_site_configs,
 )
 from tunneld import pki
@@ -218,10 +217,9 @@ def use_untrusted_certificate(sites: Sites, ca_name: str) -> None:
 
 
 @contextlib.contextmanager
-def open_sites(work: Path, stem: str = "hdn") -> Iterator[Callable[[SiteOptions], Sites]]:
-    """A fresh lab (namespace prefix ``stem`` + random); the factory writes configurations
-    for it (not started yet)."""
-    lab = Lab(unique_prefix(stem))
+def open_sites(lab: Lab, work: Path) -> Iterator[Callable[[SiteOptions], Sites]]:
+    """A factory that writes configurations for two gateways in ``lab`` (not started
+    yet); every gateway started is killed on the way out."""
     made: list[Sites] = []
 
     def make(opts: SiteOptions) -> Sites:
@@ -231,11 +229,10 @@ def open_sites(work: Path, stem: str = "hdn") -> Iterator[Callable[[SiteOptions]
         made.append(Sites(lab, directory, conf_a, conf_b, gwa, gwb, opts))
         return made[-1]
 
-    with lab.running():
-        try:
-            yield make
-        finally:
-            for sites in made:
-                for gw in sites.started:
-                    gw.kill()
-                    print(f"--- {gw.node} log ({gw.log}):\n{gw.tail_log(60)}")
+    try:
+        yield make
+    finally:
+        for sites in made:
+            for gw in sites.started:
+                gw.kill()
+                print(f"--- {gw.node} log ({gw.log}):\n{gw.tail_log(60)}")

@@ -1,4 +1,4 @@
-"""The lab for interop tests: netns-scripts/lab.sh (through tunneld.lab.Lab) plus test helpers.
+"""The lab of the netns and interop tests: netns-scripts/lab.sh (tools.lab.Lab) plus helpers.
 
     PREFIX-a ---- PREFIX-gwa ==== PREFIX-wan (bridge) ==== PREFIX-gwb ---- PREFIX-b
     198.51.100.10  198.51.100.1    192.0.2.0/24             203.0.113.1     203.0.113.10
@@ -7,7 +7,8 @@
 The gateways forward but have no route to the far site: site-to-site traffic
 only passes through a tunnel. :func:`lab_topology` brings the lab up and, on
 the way out, tears it down (lab.sh kills whatever still runs inside) and
-checks that no namespace of it is left.
+checks that no namespace of it is left; the ``lab`` fixture
+(tests/helpers/fixtures.py) is built on it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from tools.lab import (
     GWB_UNDERLAY,
     HOST_A,
     HOST_B,
+    LAB_SH,
+    REPO,
     SITE_A,
     SITE_B,
     unique_prefix,
@@ -33,7 +36,15 @@ SITE_A_HOST, SITE_A_NET = HOST_A, SITE_A
 SITE_B_HOST, SITE_B_NET = HOST_B, SITE_B
 WAN_A, WAN_B = GWA_UNDERLAY, GWB_UNDERLAY
 ROLES = ("a", "gwa", "wan", "gwb", "b")
-PREFIX_STEM = "hmx"  # namespace names of these tests: hmxXXXXX-{a,gwa,wan,gwb,b}
+PREFIX_STEM = "hlab"  # namespace names: hlabXXXX-{a,gwa,wan,gwb,b} (suites pick their own)
+
+
+def run(*argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run a command from the repository root, raise with its output if it fails."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if proc.returncode != 0:
+        raise AssertionError(f"{argv} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
 
 
 def netns_list() -> set[str]:
@@ -42,7 +53,15 @@ def netns_list() -> set[str]:
 
 
 class Lab(_Lab):
-    """tunneld.lab.Lab with the unchecked ``exec`` and ``ping`` the interop tests use."""
+    """tools.lab.Lab with the unchecked ``exec`` and ``ping`` the tests use."""
+
+    def up(self) -> None:
+        """lab.sh up; on failure, an error that shows lab.sh's output."""
+        proc = subprocess.run(
+            ["bash", str(LAB_SH), "up", self.prefix], capture_output=True, text=True, timeout=120
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"lab.sh up {self.prefix} failed:\n{proc.stdout}{proc.stderr}")
 
     def exec(self, role: str, *cmd: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
         return self.run(role, *cmd, check=False, timeout=timeout)
@@ -63,9 +82,10 @@ class Lab(_Lab):
 
 
 @contextmanager
-def lab_topology(prefix: str | None = None) -> Iterator[Lab]:
-    """Bring the five namespaces up; tear them down on exit and check they are gone."""
-    lab = Lab(prefix or unique_prefix(PREFIX_STEM))
+def lab_topology(prefix: str | None = None, stem: str = PREFIX_STEM) -> Iterator[Lab]:
+    """Bring the five namespaces up (``prefix``, else ``stem`` + random); tear them down
+    on exit and check they are gone."""
+    lab = Lab(prefix or unique_prefix(stem))
     try:
         lab.up()
         yield lab

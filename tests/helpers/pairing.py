@@ -33,8 +33,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.interop.certs import GW_A, GW_B, lab_credentials
-from tests.interop.sitelab import (
+from tests.helpers.certs import GW_A, GW_B, lab_credentials
+from tests.helpers.sitelab import (
     SITE_A_HOST,
     SITE_A_NET,
     SITE_B_HOST,
@@ -43,7 +43,7 @@ from tests.interop.sitelab import (
     WAN_B,
     Lab,
 )
-from tests.interop.swan import StrongSwan, SwanConfig
+from tests.helpers.swan import StrongSwan, SwanConfig
 from tests.tools.probe import MAX_SIZE, MIN_SIZE
 from tools.lab import Gateway, SiteOptions, write_site_configs
 
