@@ -25,9 +25,13 @@ own the state: key, salt, sequence counter, replay window):
 5. Every failure is an :class:`~tunneld.dataplane.drops.EspDrop`; the codec
    never lets IndexError, struct.error or InvalidTag escape.
 6. The hot path seals and opens *into* caller buffers (``AESGCM.encrypt_into``
-   / ``decrypt_into``, cryptography >= 45), see :meth:`OutboundSA.seal_into` and
+   / ``decrypt_into``, cryptography >= 48), see :meth:`OutboundSA.seal_into` and
    :meth:`InboundSA.open_into`; :func:`sealed_len` tells the caller how much
    room one packet takes.
+7. :func:`seal` is the *reference* codec: one packet, allocating, easy to
+   read against the RFCs. The data plane never calls it; the published test
+   vectors and the tests of the hot path (``seal_into``, the batch calls)
+   check against it.
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def seal(
     esn: bool = False,
     iv: bytes | None = None,
 ) -> bytes:
-    """Build one ESP packet (SPI .. ICV).
+    """Build one ESP packet (SPI .. ICV): the reference codec (rule 7), not the hot path.
 
     ``seq`` is the full sequence number (64-bit with ESN); the IV is ``seq``
     unless ``iv`` is given (only for published test vectors, whose IVs are
