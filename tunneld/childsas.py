@@ -14,6 +14,10 @@ Theory of operation:
    active Child SA takes over, else the tunnel stops sending and its routes
    go), but keeps its inbound SA for ``delete_delay`` seconds so packets in
    flight still decrypt; ``expire`` drops it when that time has come.
+   ``withdraw`` marks a Child SA whose IKE SA is being deleted: it is no
+   outbound choice while a confirmed one exists (that one takes over at
+   once); it keeps sending only while no confirmed Child SA is left (the
+   survivor's may still wait for the peer, rule 6), until ``remove``.
 4. ``watch`` is called about once a second with the peer's limits: it reports
    Child SAs whose soft packet/byte/sequence limits are reached (rekey), whose
    hard limits are reached (delete), and which received authenticated ESP
@@ -24,6 +28,13 @@ Theory of operation:
    DELETE) just before ``activate`` names the new one. Removing the routes
    in between and adding them back a moment later made the kernel drop the
    packets that arrived meanwhile (no route: ICMP unreachable).
+6. A Child SA is *confirmed* once the peer must have its inbound SA: at once
+   when the peer answered the exchange that made it (we initiated it), else
+   from ``activate`` on (ESP arrived on it, the peer deleted what it
+   replaces, the rekey completed). An unconfirmed Child SA may still send
+   when nothing else can (``install`` with ``outbound_active``), but it
+   never takes over from a confirmed one: sending on it could lose the
+   packets that arrive before the peer has processed our answer.
 """
 
 from __future__ import annotations
@@ -70,6 +81,8 @@ class ChildRecord:
     installed_at: float
     generation: int = 0  # how many rekeys led to this Child SA
     active: bool = False  # its outbound SA is (or was) the tunnel's current one
+    withdrawn: bool = False  # its IKE SA is being deleted (rule 3)
+    confirmed: bool = True  # the peer has its inbound SA (rule 6)
     rekey_requested: bool = False
     seen_inbound: int = 0  # inbound packets at the last watch()
 
@@ -133,7 +146,9 @@ class ChildSet:
 
     # -- rule 2: install, activate ---------------------------------------------------
 
-    def install(self, session: IkeSession, event: ChildSaUp, now: float) -> ChildRecord:
+    def install(
+        self, session: IkeSession, event: ChildSaUp, now: float, *, confirmed: bool = True
+    ) -> ChildRecord:
         inbound, outbound = self._sa_factory(event, self.replay_window)
         if self.name not in {t.name for t in self._sadb.tunnels}:
             self._sadb.add_tunnel(self.name, event.remote_addr, event.local_ts, event.remote_ts)
@@ -141,7 +156,7 @@ class ChildSet:
             self._sadb.set_peer(self.name, event.remote_addr)
         self._sadb.add_inbound(self.name, inbound)
         old = self.records.get(event.rekey_of) if event.rekey_of is not None else None
-        record = ChildRecord(session, inbound, outbound, event, now)
+        record = ChildRecord(session, inbound, outbound, event, now, confirmed=confirmed)
         record.seen_inbound = 0
         if old is not None:
             record.generation = old.generation + 1
@@ -153,9 +168,50 @@ class ChildSet:
         return record
 
     def activate(self, inbound_spi: int) -> None:
+        """The peer has the Child SA's inbound SA (rule 6): it sends from now on,
+        unless it is withdrawn, or already active and a confirmed one is current."""
         record = self.records.get(inbound_spi)
-        if record is not None and not record.active:
+        if record is None:
+            return
+        record.confirmed = True
+        current = self._current()
+        if current is record:
+            return
+        if record.withdrawn:  # rule 3: only if nothing else sends
+            if current is None:
+                self._make_current(record)
+            return
+        if not record.active or current is None or current.withdrawn or not current.confirmed:
             self._make_current(record)
+
+    def withdraw(self, inbound_spi: int) -> None:
+        """Rule 3: the Child SA's IKE SA is being deleted; a confirmed one takes over."""
+        record = self.records.get(inbound_spi)
+        if record is None or record.withdrawn:
+            return
+        record.withdrawn = True
+        successor = self.successor(record)
+        if self._current() is record and successor is not None:
+            self._make_current(successor)
+
+    def successor(self, record: ChildRecord) -> ChildRecord | None:
+        """The newest other active, confirmed Child SA that is not withdrawn."""
+        usable = [
+            r
+            for r in self.records.values()
+            if r is not record and r.active and r.confirmed and not r.withdrawn
+        ]
+        return max(usable, key=lambda r: r.installed_at) if usable else None
+
+    def carrying(self) -> bool:
+        """Whether a Child SA sends the tunnel's traffic now."""
+        return self._current() is not None
+
+    def _current(self) -> ChildRecord | None:
+        if self.name not in {t.name for t in self._sadb.tunnels}:
+            return None
+        outbound = self._sadb.tunnel(self.name).current
+        return next((r for r in self.records.values() if r.outbound is outbound), None)
 
     def _make_current(self, record: ChildRecord) -> None:
         tunnel = self._sadb.tunnel(self.name)
@@ -190,8 +246,10 @@ class ChildSet:
         return record
 
     def _newest_active(self) -> ChildRecord | None:
+        """The newest active Child SA, preferring confirmed ones not withdrawn (rules 3, 6)."""
         active = [r for r in self.records.values() if r.active]
-        return max(active, key=lambda r: r.installed_at) if active else None
+        key = lambda r: (not r.withdrawn, r.confirmed, r.installed_at)  # noqa: E731
+        return max(active, key=key) if active else None
 
     def _awaiting_activation(self) -> bool:
         """Whether a rekeyed Child SA's successor has not been activated yet (rule 5)."""
@@ -263,6 +321,8 @@ class ChildSet:
             "age": round(now - r.installed_at, 3),
             "generation": r.generation,
             "outbound_active": r.active,
+            "withdrawn": r.withdrawn,
+            "confirmed": r.confirmed,
             "in": {"packets": r.inbound.packets, "bytes": r.inbound.bytes},
             "out": {
                 "packets": r.outbound.packets,

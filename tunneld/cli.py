@@ -3,7 +3,8 @@
     tunneld run -c FILE [--log-format text|json] [--log-level info]
     tunneld check -c FILE
     tunneld status (-c FILE | -s SOCKET) [--json]
-    tunneld up|down PEER (-c FILE | -s SOCKET)
+    tunneld up PEER (-c FILE | -s SOCKET)
+    tunneld down PEER [--for SECONDS] (-c FILE | -s SOCKET)
     tunneld rekey PEER [--ike] (-c FILE | -s SOCKET)
     tunneld pki init-ca ... | tunneld pki issue ...
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,11 +66,31 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_cmd_status)
 
-    for name, text in (("up", "bring a peer's tunnel up"), ("down", "delete a peer's SAs")):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("peer")
-        _add_target(cmd)
-        cmd.set_defaults(func=_cmd_peer, cmd=name)
+    up = sub.add_parser(
+        "up", help="bring a peer's tunnel up (and accept its new IKE SAs again after `down`)"
+    )
+    up.add_argument("peer")
+    _add_target(up)
+    up.set_defaults(func=_cmd_peer, cmd="up")
+
+    down = sub.add_parser(
+        "down",
+        help="delete a peer's SAs and refuse its new ones until `tunneld up PEER`",
+        description="Delete the peer's IKE and Child SAs (its routes go at once) and hold it "
+        "down: IKE_SA_INIT from the peer is dropped and counted (refused_initiations) until "
+        "`tunneld up PEER`, or with --for until SECONDS have passed; then the peer's "
+        "configured auto applies again (auto = start initiates).",
+    )
+    down.add_argument("peer")
+    down.add_argument(
+        "--for",
+        dest="hold",
+        type=_seconds,
+        metavar="SECONDS",
+        help="refuse the peer's new IKE SAs only this long (default: until `tunneld up`)",
+    )
+    _add_target(down)
+    down.set_defaults(func=_cmd_peer, cmd="down")
 
     rekey = sub.add_parser("rekey", help="rekey a peer's Child SAs now (--ike: its IKE SA)")
     rekey.add_argument("peer")
@@ -134,12 +156,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
 def _cmd_peer(args: argparse.Namespace) -> int:
-    response = control.request(_socket_of(args), {"cmd": args.cmd, "peer": args.peer})
+    request: dict[str, Any] = {"cmd": args.cmd, "peer": args.peer}
+    hold = getattr(args, "hold", None)
+    if hold is not None:
+        request["for"] = hold
+    response = control.request(_socket_of(args), request)
     if not response.get("ok"):
         print(f"tunneld: {response.get('error')}", file=sys.stderr)
         return 1
-    print(f"{args.cmd} {args.peer}: ok")
+    if args.cmd == "down":
+        until = f"for {hold:g}s" if hold is not None else f"until `tunneld up {args.peer}`"
+        print(f"down {args.peer}: ok (its new IKE SAs are refused {until})")
+    else:
+        print(f"{args.cmd} {args.peer}: ok")
     return 0
 
 
@@ -158,6 +198,14 @@ def format_status(st: dict[str, Any]) -> str:
     lines = [f"gateway {st['gateway']} (tun {st['tun']}, up {st['uptime']:.0f}s)"]
     for peer in st["peers"]:
         err = f", last error: {peer['last_error']}" if peer.get("last_error") else ""
+        hold = peer.get("held_down")
+        if hold is not None:
+            left = hold.get("remaining")
+            err += (
+                f", held down until `tunneld up {peer['name']}`"
+                if left is None
+                else f", held down for {left:.0f}s more"
+            )
         live = peer["liveness"]
         heard = "never" if live["last_heard"] is None else f"{live['last_heard']:.0f}s ago"
         lines.append(

@@ -1,7 +1,9 @@
 """The control socket: one JSON request line in, one JSON response line out.
 
 Requests: ``{"cmd": "status"}``, ``{"cmd": "up", "peer": NAME}``,
-``{"cmd": "down", "peer": NAME}``, ``{"cmd": "rekey", "peer": NAME, "ike": bool}``.
+``{"cmd": "down", "peer": NAME}`` (optionally ``"for": SECONDS``: how long the
+peer's new IKE SAs are refused; without it until ``up``),
+``{"cmd": "rekey", "peer": NAME, "ike": bool}``.
 Responses: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 
 The server side is a trio task; the client side (used by the CLI) is plain

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -390,7 +391,13 @@ class Daemon:
             peer = self.peers.get(str(request.get("peer")))
             if peer is None:
                 return {"ok": False, "error": f"no peer named {request.get('peer')!r}"}
-            peer.up() if cmd == "up" else peer.down()
+            if cmd == "up":
+                peer.up()
+                return {"ok": True}
+            hold = request.get("for")
+            if hold is not None and not _positive_seconds(hold):
+                return {"ok": False, "error": f"'for' must be a positive number, not {hold!r}"}
+            peer.down(None if hold is None else float(hold))
             return {"ok": True}
         if cmd == "rekey":
             peer = self.peers.get(str(request.get("peer")))
@@ -417,6 +424,10 @@ class Daemon:
             "ike_dispatch": vars(self.dispatch).copy(),
             "tasks": task_count(),
         }
+
+
+def _positive_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def task_count() -> int:

@@ -4,44 +4,71 @@ Theory of operation:
 
 1. A :class:`Peer` owns every :class:`ike.session.IkeSession` with one
    configured peer (usually one; two while a duplicate or a restart is being
-   resolved). Only this task calls into those sessions, so a session is never
-   touched concurrently.
+   resolved), each with one :class:`SessionRecord`: what the peer knows about
+   it beyond the session's own state (when it began and came up, whether we
+   delete it on purpose, whether a reauthentication supersedes it, which of
+   its Child SAs wait to send). Records are dropped in one place, when their
+   session is finished. Only this task calls into those sessions, so a
+   session is never touched concurrently. The peer talks to the daemon only
+   through :class:`PeerHost`.
 2. The dispatcher in :mod:`tunneld.daemon` routes each IKE datagram to the
    peer's inbox; the peer feeds it to the session whose SPI it names (or
    creates a responder session for a new IKE_SA_INIT), then flushes:
    datagrams out through the data path, events into the SA database.
 3. The task sleeps until the earliest deadline of its sessions or its own
-   retry timer (``trio.move_on_at``) and then calls ``handle_timer(now)``.
+   timers (``trio.move_on_at``) and then calls ``handle_timer(now)``.
    Time is ``trio.current_time()`` only, so tests run it on a virtual clock.
 4. Child SAs reach the data plane through :class:`tunneld.childsas.ChildSet`
    (make-before-break; see there). About once a second the peer task lets it
    look at the SA counters: authenticated inbound ESP is reported to the
    session (liveness), soft packet/byte/sequence limits start a Child SA
    rekey, hard limits delete the Child SA. Time limits are the session's.
+5. One IKE SA per peer (RFC 7296 §2.4), by three rules:
+
+   a. INITIAL_CONTACT goes out in our IKE_AUTH only when, as it is built, we
+      hold no other IKE SA with the peer, established or being set up (in
+      either role). Received, it makes *stale* only the IKE SAs that were
+      established before the fresh one's negotiation began here: the peer
+      restarted and forgot them, so they are forgotten on the spot (Child
+      SAs out of the data plane, no DELETE nobody could answer). An IKE SA
+      negotiated concurrently is not stale (the peer may have sent
+      INITIAL_CONTACT before it learned of it); rule c decides.
+   b. Without INITIAL_CONTACT, an IKE SA established before a fresh one the
+      peer initiated began is being reauthenticated make-before-break
+      (§2.8.3, strongSwan's ``make_before_break``): the peer deletes it
+      itself once its new Child SA is installed, so it stays, and keeps
+      carrying our traffic, until then (at most :data:`REAUTH_GRACE`
+      seconds; then we delete it; if the fresh IKE SA goes first, it is ours
+      again). The new Child SA's outbound SA waits meanwhile, like a rekey
+      responder's (the peer installs its inbound SA only when our IKE_AUTH
+      answer arrives): it takes over when the old Child SA goes or ESP
+      arrives on the new one.
+   c. Duplicates, IKE SAs negotiated concurrently (both sides initiated):
+      the one with the larger (SPIi, SPIr) pair survives; both gateways see
+      both pairs, so both pick the same one, and each deletes the other with
+      a DELETE (both may: a DELETE collision, which both answer). The
+      loser's Child SAs stop being the outbound choice at once if the
+      survivor has an active Child SA here (``ChildSet.withdraw``); a
+      survivor's Child SA still waiting as in rule b takes over when the
+      loser's Child SAs go (the DELETE was answered, so the peer has
+      processed our IKE_AUTH answer before it) or ESP arrives on it.
 6. A peer declared dead (liveness checks unanswered) is handled by
    ``dpd_action``: ``restart`` initiates again at once (if the peer's address
    is known), ``clear`` leaves the tunnel down until an operator or the peer
    brings it up. An IKE SA we chose to delete (operator ``down``, a stale or
    duplicate one, rule 5) whose DELETE goes unanswered says nothing about the
    peer: a restarted peer has forgotten the stale SA, while the new one works.
-5. One IKE SA per peer. An IKE SA that was already established when a new
-   one began is stale. With INITIAL_CONTACT (RFC 7296 §2.4: the peer
-   restarted) its Child SAs leave the data plane at once and it is deleted.
-   Without it, a new IKE SA the peer initiated is a make-before-break
-   reauthentication (§2.8.3, strongSwan's ``make_before_break``): the peer
-   deletes the old IKE SA itself once its new Child SA is installed, so the
-   old one stays, and keeps carrying our traffic, until then (at most
-   :data:`REAUTH_GRACE` seconds; then we delete it). The new Child SA's
-   outbound SA waits meanwhile, like a rekey responder's (the peer installs
-   its inbound SA only when our IKE_AUTH answer arrives): it takes over when
-   the old Child SA goes or ESP arrives on the new one. IKE SAs negotiated
-   at the same time (both sides initiated) resolve deterministically: the
-   one with the larger (SPIi, SPIr) pair survives on both sides.
 7. ``save_keys = true`` (a debugging aid, :mod:`tunneld.savekeys`): after
    each flush the keys of every IKE SA the session holds are appended to
    Wireshark's tables once (from IKE_SA_INIT on, so a failing IKE_AUTH can
    be decrypted too; after an IKE rekey, the new SA's), and both directions
    of every Child SA as it is installed.
+8. Operator ``down`` (``tunneld down PEER [--for SECONDS]``): every Child SA
+   leaves the data plane at once (outbound and routes; inbound SAs stay for
+   the delete delay), every IKE SA is deleted, and the peer is *held*: a
+   new IKE_SA_INIT from it is dropped and counted (``refused_initiations``,
+   logged once per hold) until ``tunneld up PEER``, or until the hold's
+   time has passed; then ``auto`` applies again (``start`` initiates).
 """
 
 from __future__ import annotations
@@ -52,11 +79,13 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
+from ike.entropy import Entropy
 from ike.events import (
+    Address,
     ChildSaDown,
     ChildSaOutboundActive,
     ChildSaUp,
@@ -73,9 +102,6 @@ from tunneld.childsas import ChildSet, Limits
 from tunneld.datapath import IkeDatagram
 from tunneld.savekeys import KeyTables
 
-if TYPE_CHECKING:
-    from tunneld.daemon import Daemon
-
 log = logging.getLogger("tunneld.peer")
 
 INBOX_SIZE = 64  # IKE datagrams queued per peer; beyond this they are dropped (peer retransmits)
@@ -86,11 +112,26 @@ RETRY_INITIAL = 2.0  # seconds before re-initiating after a failed IKE SA (auto 
 # seconds of an outage ending, however long the outage was.
 RETRY_MAX = 4.0
 WATCH_INTERVAL = 1.0  # seconds between looks at the SA counters (rule 4)
-REAUTH_GRACE = 10.0  # seconds a reauthenticating peer gets to delete its old IKE SA (rule 5)
+REAUTH_GRACE = 10.0  # seconds a reauthenticating peer gets to delete its old IKE SA (rule 5b)
 NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: "a default of 20 seconds"
 
 
 _Input = tuple[IkeDatagram, IkeHeader]
+
+
+class PeerHost(Protocol):
+    """What a :class:`Peer` uses of the daemon (:class:`tunneld.daemon.Daemon` is one)."""
+
+    @property
+    def entropy(self) -> Entropy: ...
+
+    def send_ike(self, data: bytes, src: Address, dst: Address) -> None: ...
+
+    def send_keepalive(self, dst: Address) -> None: ...
+
+    def register_session(self, session: IkeSession, peer: Peer) -> None: ...
+
+    def unregister_session(self, session: IkeSession) -> None: ...
 
 
 @dataclass
@@ -100,6 +141,7 @@ class PeerStatus:
     ike_sas_established: int = 0
     ike_rekeys: int = 0
     dead_peer_detections: int = 0
+    refused_initiations: int = 0  # IKE_SA_INIT from the peer while held down (rule 8)
 
 
 @dataclass(frozen=True)
@@ -111,12 +153,31 @@ class PeerPolicy:
     limits: Limits
 
 
+@dataclass(eq=False)
+class SessionRecord:
+    """What the peer knows about one of its IKE sessions (rule 1)."""
+
+    session: IkeSession
+    begun: float  # its negotiation began here (IKE_SA_INIT sent or received)
+    # IkeSaUp was applied (a session is CLOSED by the time its IkeSaDown is
+    # applied, so it can no longer say whether it ever was up)
+    up_at: float | None = None
+    deleting: bool = False  # we delete it on purpose: its DELETE may time out (rule 6)
+    # rule 5b: a reauthentication by the peer supersedes it until then
+    superseded_until: float | None = None
+    superseded_by: SessionRecord | None = None
+
+    def established_before(self, other: SessionRecord) -> bool:
+        """Whether this IKE SA was up before ``other``'s negotiation began (rule 5a/b)."""
+        return self.up_at is not None and self.up_at < other.begun
+
+
 class Peer:
     """Drives the IKE sessions with one configured peer (see the module docstring)."""
 
     def __init__(
         self,
-        daemon: Daemon,
+        host: PeerHost,
         name: str,
         session_config: SessionConfig,
         *,
@@ -126,7 +187,7 @@ class Peer:
         local_addr: Callable[[], tuple[str, int]],
         key_tables: KeyTables | None = None,
     ) -> None:
-        self.daemon = daemon
+        self.host = host
         self.name = name
         self.session_config = session_config
         self.remote = remote
@@ -135,30 +196,25 @@ class Peer:
         self.children = children
         self._local_addr = local_addr
         self.key_tables = key_tables  # save_keys = true (rule 7)
-        self.sessions: list[IkeSession] = []
+        self._records: dict[IkeSession, SessionRecord] = {}
         self.status = PeerStatus()
         self._watch_at = math.inf
         self._keepalive_at = math.inf
         self.keepalives_sent = 0
         self._last_heard: float | None = None
         self._declared_dead = False
-        # sessions that reported IkeSaUp: a session is CLOSED by the time its
-        # IkeSaDown is applied, so it can no longer say whether it ever was up
-        self._were_up: set[IkeSession] = set()
-        # rule 5: when each session's negotiation began and when it came up
-        self._begun: dict[IkeSession, float] = {}
-        self._up_at: dict[IkeSession, float] = {}
-        # rule 6: sessions we are deleting on purpose; their DELETE may time out
-        self._deleting: set[IkeSession] = set()
-        # rule 5: old IKE SAs a reauthenticating peer should delete (until when), and
-        # the new Child SAs (inbound SPIs) whose outbound SA waits for that
-        self._superseded: dict[IkeSession, float] = {}
-        self._deferred: set[int] = set()
         self._send, self._recv = trio.open_memory_channel[_Input | None](INBOX_SIZE)
         self._want_up = policy.auto == "start"
         self._retry_at = math.inf
         self._retry_delay = RETRY_INITIAL
+        # rule 8: the operator's hold (math.inf: until `up`); None: not held
+        self._held_until: float | None = None
+        self._refusal_logged = False
         self.inbox_drops = 0
+
+    @property
+    def sessions(self) -> list[IkeSession]:
+        return list(self._records)
 
     # -- called by the daemon (same trio thread, never concurrently with run) -------
 
@@ -185,18 +241,29 @@ class Peer:
         return started
 
     def up(self) -> None:
-        """Operator asked for the tunnel: initiate now if no IKE SA is in progress."""
+        """Operator asked for the tunnel: end a hold, initiate now if no IKE SA is in progress."""
+        if self._held_until is not None:
+            log.info("hold lifted by the operator", extra={"peer": self.name})
+        self._held_until = None
         self._want_up = True
         self._retry_at = trio.current_time()
         self._poke()
 
-    def down(self) -> None:
-        """Operator asked to take the tunnel down: DELETE every IKE SA, stay down."""
+    def down(self, hold: float | None = None) -> None:
+        """Operator asked to take the tunnel down (rule 8): Child SAs out of the data
+        plane, DELETE every IKE SA, refuse the peer's new ones for ``hold`` seconds
+        (None: until ``up``)."""
+        now = trio.current_time()
         self._want_up = False
         self._retry_at = math.inf
-        now = trio.current_time()
-        for session in self.sessions:
-            self._delete(session, now)
+        self._held_until = math.inf if hold is None else now + hold
+        self._refusal_logged = False
+        records = list(self._records.values())
+        for record in records:  # none of them takes over from another (_hand_over)
+            record.deleting = True
+        for record in records:
+            self._remove_children(record, now, "taken down by the operator")
+            self._delete(record, now)
         self._poke()
 
     # -- the task ------------------------------------------------------------------
@@ -227,18 +294,20 @@ class Peer:
 
     def _next_deadline(self) -> float:
         deadlines = [self._retry_at, self._watch_at, self._keepalive_at]
-        deadlines += self._superseded.values()
+        deadlines += [r.superseded_until for r in self._records.values() if r.superseded_until]
+        if self._held_until is not None:
+            deadlines.append(self._held_until)
         expiry = self.children.next_expiry()
         if expiry is not None:
             deadlines.append(expiry)
-        for session in self.sessions:
+        for session in self._records:
             d = session.next_deadline()
             if d is not None:
                 deadlines.append(d)
         return min(deadlines)
 
     def _on_timer(self, now: float) -> None:
-        for session in list(self.sessions):
+        for session in list(self._records):
             d = session.next_deadline()
             if d is not None and d <= now:
                 session.handle_timer(now)
@@ -248,38 +317,56 @@ class Peer:
             self._watch(now)
         if self._keepalive_at <= now:
             self._send_keepalives(now)
-        for stale, deadline in list(self._superseded.items()):  # rule 5
-            if deadline <= now:
-                del self._superseded[stale]
-                if stale.state is IkeState.ESTABLISHED:
+        for record in list(self._records.values()):  # rule 5b
+            if record.superseded_until is not None and record.superseded_until <= now:
+                record.superseded_until = record.superseded_by = None
+                if record.session.state is IkeState.ESTABLISHED:
                     log.info("old IKE SA outlived the reauthentication", extra={"peer": self.name})
-                    self._replace_stale(stale, now)
+                    self._replace_stale(record, now)
+        if self._held_until is not None and self._held_until <= now:  # rule 8
+            self._held_until = None
+            log.info(
+                "hold ran out, auto applies again", extra={"peer": self.name, "auto": self.auto}
+            )
+            if self.auto == "start":
+                self._want_up = True
+                self._retry_at = now
         if self._retry_at <= now:
             self._retry_at = math.inf
             if self._want_up and not self._live_sessions():
                 self._initiate(now)
 
     def _live_sessions(self) -> list[IkeSession]:
-        return [s for s in self.sessions if s.state is not IkeState.CLOSED]
+        return [s for s in self._records if s.state is not IkeState.CLOSED]
 
     @property
     def state(self) -> str:
         """established | connecting | deleting | down, from the sessions' states."""
-        states = {s.state for s in self.sessions}
+        states = {s.state for s in self._records}
         if IkeState.ESTABLISHED in states:
             return "established"
         if states - {IkeState.DELETING, IkeState.CLOSED}:
             return "connecting"
         return "deleting" if IkeState.DELETING in states else "down"
 
+    def _held(self, now: float) -> bool:
+        return self._held_until is not None and now < self._held_until
+
     def _initiate(self, now: float) -> None:
         assert self.remote is not None
+
+        def alone() -> bool:  # rule 5a, asked when IKE_AUTH is built
+            return not any(
+                s is not session and s.state is not IkeState.CLOSED for s in self._records
+            )
+
         session = IkeSession.initiator(
             self.session_config,
-            self.daemon.entropy,
+            self.host.entropy,
             now,
             local_addr=self._local_addr(),
             remote_addr=self.remote,
+            initial_contact=alone,
         )
         session.initiate(now)  # picks our SPI
         self._adopt(session, now)
@@ -295,62 +382,81 @@ class Peer:
             self._last_heard = now
 
     def _session_for(self, header: IkeHeader, dgram: IkeDatagram, now: float) -> IkeSession | None:
-        for session in self.sessions:
+        for session in self._records:
             if session.matches(header):
                 return session
         if not any(header.spi_r) and not header.is_response and header.is_initiator:
+            if self._held(now):
+                self._refuse(dgram, now)
+                return None
             session = IkeSession.responder(
-                self.session_config, self.daemon.entropy, now, dgram.local, dgram.remote
+                self.session_config, self.host.entropy, now, dgram.local, dgram.remote
             )
             self._adopt(session, now)
             return session
         return None
 
+    def _refuse(self, dgram: IkeDatagram, now: float) -> None:
+        """Rule 8: the peer initiates while the operator holds it down."""
+        self.status.refused_initiations += 1
+        if self._refusal_logged:
+            return
+        self._refusal_logged = True
+        assert self._held_until is not None
+        until = "tunneld up" if self._held_until == math.inf else f"{self._held_until - now:.0f}s"
+        log.info(
+            "refusing the peer's new IKE SA: held down by the operator "
+            f"(run `tunneld up {self.name}` to accept it)",
+            extra={"peer": self.name, "remote": dgram.remote[0], "held_until": until},
+        )
+
     def _adopt(self, session: IkeSession, now: float) -> None:
-        self.sessions.append(session)
-        self._begun[session] = now
-        self.daemon.register_session(session, self)
+        self._records[session] = SessionRecord(session, begun=now)
+        self.host.register_session(session, self)
 
     # -- after every input: send, apply events, forget dead sessions --------------
 
     def _after_io(self) -> None:
-        came_up = [session for session in list(self.sessions) if self._flush(session)]
+        came_up = [session for session in list(self._records) if self._flush(session)]
+        now = trio.current_time()
         for session in came_up:  # rule 5, once the new IKE SA's Child SA is installed
-            self._resolve_duplicates(session, trio.current_time())
-        for session in list(self.sessions) if came_up else ():
+            self._resolve_duplicates(session, now)
+        for session in list(self._records) if came_up else ():
             self._flush(session)  # the DELETEs rule 5 queued leave now
-        for session in [s for s in self.sessions if s.finished]:
-            self.sessions.remove(session)
-            self._begun.pop(session, None)
-            self._up_at.pop(session, None)
-            self._deleting.discard(session)
-            self._superseded.pop(session, None)
-            self.daemon.unregister_session(session)
-        for session in self.sessions:  # IKE SPIs come and go with IKE rekeys (rule 2)
-            self.daemon.register_session(session, self)
+        self._forget_finished()
+        for session in self._records:  # IKE SPIs come and go with IKE rekeys (rule 2)
+            self.host.register_session(session, self)
         if (
             not self._live_sessions()
             and self._want_up
             and self.remote is not None
             and self._retry_at == math.inf
         ):
-            self._retry_at = trio.current_time() + self._retry_delay
+            self._retry_at = now + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
 
+    def _forget_finished(self) -> None:
+        """The one place a session's record goes: once the session is finished."""
+        for session in [s for s in self._records if s.finished]:
+            del self._records[session]
+            self.host.unregister_session(session)
+
     def _flush(self, session: IkeSession) -> bool:
-        """Send the session's datagrams and apply its events; True if it came up."""
-        for data, src, dst in session.datagrams_to_send():
-            self.daemon.send_ike(data, src, dst)
+        """Apply the session's events, then send its datagrams (a ChildSaUp's inbound SA
+        is installed before the answer carrying its SPI leaves); True if it came up."""
         came_up = False
         while (event := session.next_event()) is not None:
-            self._apply(session, event)
+            self._apply(self._records[session], event)
             came_up = came_up or isinstance(event, IkeSaUp)
+        for data, src, dst in session.datagrams_to_send():
+            self.host.send_ike(data, src, dst)
         if self.key_tables is not None:  # rule 7: keys exist from IKE_SA_INIT on
             self.key_tables.save_ike(self.name, session.ike_sa_keys())
         return came_up
 
-    def _apply(self, session: IkeSession, event: object) -> None:
+    def _apply(self, record: SessionRecord, event: object) -> None:
         now = trio.current_time()
+        session = record.session
         if isinstance(event, IkeSaUp):
             self.status.established_at = now
             self._last_heard = now
@@ -360,14 +466,19 @@ class Peer:
             self.status.ike_sas_established += 1
             self.status.last_error = None
             self._retry_delay = RETRY_INITIAL
-            self._were_up.add(session)
-            self._up_at[session] = now
+            record.up_at = now
             log.info(
                 "IKE SA established",
-                extra={"peer": self.name, "remote_id": event.remote_id, "alg": event.algorithms},
+                extra={
+                    "peer": self.name,
+                    "remote_id": event.remote_id,
+                    "alg": event.algorithms,
+                    "spi_i": session.spi_i.hex(),
+                    "spi_r": session.spi_r.hex(),
+                },
             )
         elif isinstance(event, ChildSaUp):
-            self._install_child(session, event, now)
+            self._install_child(record, event, now)
         elif isinstance(event, ChildSaOutboundActive):
             self.children.activate(event.inbound_spi)
             log.info(
@@ -378,7 +489,7 @@ class Peer:
             self._remove_child(event.inbound_spi, now, event.reason)
         elif isinstance(event, IkeSaRekeyed):
             self.status.ike_rekeys += 1
-            self.daemon.register_session(session, self)
+            self.host.register_session(session, self)
             log.info(
                 "IKE SA rekeyed",
                 extra={
@@ -388,70 +499,102 @@ class Peer:
                 },
             )
         elif isinstance(event, InitialContact):
-            self._initial_contact(session, now)
+            self._initial_contact(record, now)
         elif isinstance(event, IkeSaDown):
-            self._ike_down(session, event, now)
+            self._ike_down(record, event, now)
 
     def _resolve_duplicates(self, fresh: IkeSession, now: float) -> None:
-        """Rule 5, when ``fresh`` came up: stale IKE SAs go, simultaneous ones by SPI pair.
+        """Rule 5b/c, when ``fresh`` came up: reauthenticated IKE SAs wait for the
+        peer's DELETE; of concurrent ones, the larger (SPIi, SPIr) pair survives.
 
-        Only ESTABLISHED sessions count: one being deleted is already going.
+        Only ESTABLISHED sessions we are not deleting count: the others are going.
         """
-        up = [s for s in self.sessions if s.state is IkeState.ESTABLISHED]
-        begun = self._begun.get(fresh, now)
-        for stale in [s for s in up if s is not fresh and self._up_at.get(s, now) <= begun]:
-            if fresh.is_initiator:
-                self._replace_stale(stale, now)
-            else:  # the peer reauthenticates and deletes ``stale`` itself
-                self._superseded.setdefault(stale, now + REAUTH_GRACE)
-            up.remove(stale)
+        record = self._records[fresh]
+        if fresh.state is not IkeState.ESTABLISHED:
+            return
+        up = [
+            r
+            for r in self._records.values()
+            if r.session.state is IkeState.ESTABLISHED and not r.deleting
+        ]
+        if not fresh.is_initiator:  # (we initiate only while we hold no other IKE SA)
+            for old in [r for r in up if r.established_before(record) and not r.superseded_by]:
+                old.superseded_by = record  # the peer reauthenticates and deletes it
+                old.superseded_until = now + REAUTH_GRACE
+        up = [r for r in up if r.superseded_by is None]
         if len(up) < 2:
             return
-        keep = max(up, key=lambda s: (s.spi_i, s.spi_r))
-        for session in up:
-            if session is not keep:
-                log.info("deleting duplicate IKE SA", extra={"peer": self.name})
-                self._delete(session, now)
-
-    def _delete(self, session: IkeSession, now: float) -> None:
-        """Delete an IKE SA on purpose (rule 6: its DELETE timing out is no dead peer)."""
-        self._deleting.add(session)
-        session.close(now)
-
-    def _replace_stale(self, stale: IkeSession, now: float) -> None:
-        """An IKE SA the peer has most likely forgotten: its Child SAs leave the data
-        plane now; the DELETE we still send may go unanswered (it then times out)."""
-        log.info("replacing stale IKE SA", extra={"peer": self.name, "spi_i": stale.spi_i.hex()})
-        for spi, record in list(self.children.records.items()):
-            if record.session is stale:
-                self._remove_child(spi, now, "replaced by a newer IKE SA")
-        self._delete(stale, now)
-
-    def _initial_contact(self, fresh: IkeSession, now: float) -> None:
-        """The peer holds no other IKE SA with us (RFC 7296 §2.4): older ones are
-        forgotten on the spot, without a DELETE nobody could answer."""
-        for session in list(self.sessions):
-            if session is not fresh and session.state in (IkeState.ESTABLISHED, IkeState.DELETING):
+        keep = max(up, key=lambda r: (r.session.spi_i, r.session.spi_r))
+        for loser in up:
+            if loser is not keep:
                 log.info(
-                    "replacing stale IKE SA",
+                    "deleting duplicate IKE SA",
                     extra={
                         "peer": self.name,
-                        "spi_i": session.spi_i.hex(),
-                        "how": "initial_contact_no_delete",
+                        "spi_i": loser.session.spi_i.hex(),
+                        "spi_r": loser.session.spi_r.hex(),
+                        "kept_spi_i": keep.session.spi_i.hex(),
+                        "kept_spi_r": keep.session.spi_r.hex(),
                     },
                 )
-                session.forget(now)
-                self._flush(session)
+                self._delete(loser, now)
 
-    def _ike_down(self, session: IkeSession, event: IkeSaDown, now: float) -> None:
-        self._superseded.pop(session, None)
-        for spi, record in list(self.children.records.items()):
-            if record.session is session:
-                self._remove_child(spi, now, event.reason)
+    def _delete(self, record: SessionRecord, now: float) -> None:
+        """Delete an IKE SA on purpose (rule 6: its DELETE timing out is no dead peer).
+
+        Its Child SAs stop being the outbound choice (rule 5c); they leave the
+        data plane when the DELETE completes.
+        """
+        record.deleting = True
+        record.superseded_by = record.superseded_until = None
+        for spi, child in list(self.children.records.items()):
+            if child.session is record.session:
+                self.children.withdraw(spi)
+        record.session.close(now)
+
+    def _replace_stale(self, stale: SessionRecord, now: float) -> None:
+        """An IKE SA the peer has most likely forgotten: its Child SAs leave the data
+        plane now; the DELETE we still send may go unanswered (it then times out)."""
+        log.info(
+            "replacing stale IKE SA", extra={"peer": self.name, "spi_i": stale.session.spi_i.hex()}
+        )
+        self._remove_children(stale, now, "replaced by a newer IKE SA")
+        self._delete(stale, now)
+
+    def _initial_contact(self, fresh: SessionRecord, now: float) -> None:
+        """Rule 5a: the peer holds no other IKE SA with us (RFC 7296 §2.4). The IKE SAs
+        established before ``fresh`` began are forgotten on the spot, without a DELETE
+        nobody could answer; concurrent ones are left to rule 5c."""
+        for record in list(self._records.values()):
+            session = record.session
+            if record is fresh or session.state not in (IkeState.ESTABLISHED, IkeState.DELETING):
+                continue
+            if not record.established_before(fresh):
+                log.info(
+                    "INITIAL_CONTACT on a concurrent IKE SA: the duplicate rule decides",
+                    extra={"peer": self.name, "spi_i": session.spi_i.hex()},
+                )
+                continue
+            log.info(
+                "replacing stale IKE SA",
+                extra={
+                    "peer": self.name,
+                    "spi_i": session.spi_i.hex(),
+                    "how": "initial_contact_no_delete",
+                },
+            )
+            session.forget(now)
+            self._flush(session)
+
+    def _ike_down(self, record: SessionRecord, event: IkeSaDown, now: float) -> None:
+        record.superseded_by = record.superseded_until = None
+        for other in self._records.values():  # rule 5b: the reauthentication failed
+            if other.superseded_by is record:
+                other.superseded_by = other.superseded_until = None
+        self._remove_children(record, now, event.reason)
         reason = event.reason + (f" ({event.notify.name})" if event.notify is not None else "")
-        was_up = session in self._were_up
-        self._were_up.discard(session)
-        peer_dead = event.peer_dead and session not in self._deleting  # rule 6
+        was_up = record.up_at is not None
+        peer_dead = event.peer_dead and not record.deleting  # rule 6
         if event.notify is not None or not was_up or peer_dead:  # a clean DELETE is no error
             self.status.last_error = reason
         log.info("IKE SA down", extra={"peer": self.name, "reason": reason})
@@ -464,7 +607,7 @@ class Peer:
         self._declared_dead = True
         action = self.policy.dpd_action
         log.warning("peer dead", extra={"peer": self.name, "action": action})
-        if action == "restart" and self.remote is not None:
+        if action == "restart" and self.remote is not None and not self._held(now):
             self._want_up = True
             self._retry_delay = RETRY_INITIAL
             self._retry_at = now  # initiate again at once
@@ -474,11 +617,18 @@ class Peer:
 
     # -- the data plane side (rule 4) ---------------------------------------------
 
-    def _install_child(self, session: IkeSession, event: ChildSaUp, now: float) -> None:
-        if event.outbound_active and self._defers_outbound(session, event):
+    def _install_child(self, record: SessionRecord, event: ChildSaUp, now: float) -> None:
+        """Rule 5b: the first Child SA of an IKE SA the peer set up is unconfirmed (the
+        peer installs its inbound SA when our IKE_AUTH answer arrives); its outbound
+        SA waits while a Child SA of another IKE SA carries the traffic."""
+        session = record.session
+        answered = not session.is_initiator and event.rekey_of is None
+        confirmed = event.outbound_active and not answered
+        if event.outbound_active and not confirmed and self.children.carrying():
             event = dataclasses.replace(event, outbound_active=False)
-            self._deferred.add(event.inbound_spi)
-        record = self.children.install(session, event, now)
+        child = self.children.install(session, event, now, confirmed=confirmed)
+        if record.deleting:  # rule 5c: e.g. a rekey the peer made while we delete
+            self.children.withdraw(event.inbound_spi)
         if self.key_tables is not None:
             self.key_tables.save_child(self.name, event, session.local_addr[0])
         log.info(
@@ -488,41 +638,40 @@ class Peer:
                 "spi_in": f"{event.inbound_spi:08x}",
                 "spi_out": f"{event.outbound_spi:08x}",
                 "alg": event.algorithms,
-                "generation": record.generation,
+                "generation": child.generation,
                 "outbound_active": event.outbound_active,
                 "local_ts": ",".join(map(str, event.local_ts)),
                 "remote_ts": ",".join(map(str, event.remote_ts)),
             },
         )
 
-    def _defers_outbound(self, session: IkeSession, event: ChildSaUp) -> bool:
-        """Rule 5: the first Child SA of an IKE SA the peer set up while another IKE SA
-        of ours still carries traffic (a reauthentication): the peer may not have it yet."""
-        if session.is_initiator or event.rekey_of is not None:
-            return False
-        return any(
-            r.active and r.session is not session and r.session.state is IkeState.ESTABLISHED
-            for r in self.children.records.values()
+    def _hand_over(self, but_not: IkeSession) -> None:
+        """Rule 5b/c: the last confirmed Child SA goes (the peer deleted it, or answered
+        our DELETE, after our IKE_AUTH answer): the unconfirmed Child SAs of the other
+        IKE SAs we keep are confirmed and take over."""
+        for spi, child in list(self.children.records.items()):
+            record = self._records.get(child.session)
+            if child.session is but_not or child.confirmed or record is None or record.deleting:
+                continue
+            self._confirm(spi)
+
+    def _confirm(self, spi: int) -> None:
+        child = self.children.records[spi]
+        self.children.activate(spi)
+        log.info(
+            "Child SA outbound active",
+            extra={"peer": self.name, "spi_out": f"{child.outbound.spi:08x}", "confirmed": True},
         )
 
-    def _activate_deferred(self, but_not: IkeSession | None = None) -> None:
-        """Rule 5: deferred Child SAs (of IKE SAs other than ``but_not``) start sending."""
-        for spi in list(self._deferred):
-            record = self.children.records.get(spi)
-            if record is None or record.session is but_not:
-                continue
-            self._deferred.discard(spi)
-            self.children.activate(spi)
-            log.info(
-                "Child SA outbound active",
-                extra={"peer": self.name, "spi_out": f"{record.outbound.spi:08x}"},
-            )
+    def _remove_children(self, record: SessionRecord, now: float, reason: str) -> None:
+        for spi, child in list(self.children.records.items()):
+            if child.session is record.session:
+                self._remove_child(spi, now, reason)
 
     def _remove_child(self, inbound_spi: int, now: float, reason: str) -> None:
-        record = self.children.records.get(inbound_spi)
-        if record is not None and record.active:  # hand over before the tunnel goes idle
-            self._activate_deferred(but_not=record.session)
-        self._deferred.discard(inbound_spi)
+        child = self.children.records.get(inbound_spi)
+        if child is not None and child.active and self.children.successor(child) is None:
+            self._hand_over(but_not=child.session)  # before the tunnel goes idle
         if self.children.remove(inbound_spi, now) is not None:
             log.info(
                 "Child SA removed",
@@ -532,30 +681,29 @@ class Peer:
     def _watch(self, now: float) -> None:
         """Rule 4: liveness notices, soft limits (rekey), hard limits (delete)."""
         result = self.children.watch(self.policy.limits)
-        for record in result.inbound_seen:
+        for child in result.inbound_seen:
             self._last_heard = now
-            record.session.notice_inbound(now, record.inbound.spi)
-            if record.inbound.spi in self._deferred:  # rule 5: the peer installed it
-                self._deferred.discard(record.inbound.spi)
-                self.children.activate(record.inbound.spi)
-        for record in result.rekey:
+            child.session.notice_inbound(now, child.inbound.spi)
+            if not child.confirmed:  # rule 5b: the peer has it
+                self._confirm(child.inbound.spi)
+        for child in result.rekey:
             log.info(
                 "Child SA soft limit reached, rekeying",
-                extra={"peer": self.name, "spi_in": f"{record.inbound.spi:08x}"},
+                extra={"peer": self.name, "spi_in": f"{child.inbound.spi:08x}"},
             )
-            record.session.rekey_child(record.inbound.spi, now)
-        for record in result.expire:
+            child.session.rekey_child(child.inbound.spi, now)
+        for child in result.expire:
             log.warning(
                 "Child SA hard limit reached, deleting",
-                extra={"peer": self.name, "spi_in": f"{record.inbound.spi:08x}"},
+                extra={"peer": self.name, "spi_in": f"{child.inbound.spi:08x}"},
             )
-            record.session.delete_child(record.inbound.spi, now)
+            child.session.delete_child(child.inbound.spi, now)
 
     def _send_keepalives(self, now: float) -> None:
         """RFC 3948 §2.3: one 0xFF datagram on the NAT-T port keeps our NAT mapping open."""
-        targets = {s.remote_addr for s in self.sessions if s.established and s.behind_nat}
+        targets = {s.remote_addr for s in self._records if s.established and s.behind_nat}
         for addr in targets:
-            self.daemon.send_keepalive(addr)
+            self.host.send_keepalive(addr)
             self.keepalives_sent += 1
         self._keepalive_at = now + NAT_KEEPALIVE_INTERVAL if targets else math.inf
 
@@ -578,8 +726,16 @@ class Peer:
             state = "checking"
         return {"state": state, "last_heard": heard, "dpd_delay": delay}
 
+    def _hold(self, now: float) -> dict[str, Any] | None:
+        """Rule 8: None, or how long the operator's hold lasts (None: until `up`)."""
+        if not self._held(now):
+            return None
+        assert self._held_until is not None
+        left = None if self._held_until == math.inf else round(self._held_until - now, 3)
+        return {"remaining": left}
+
     def snapshot(self, now: float) -> dict[str, Any]:
-        ike_sas = [s.status(now) for s in self.sessions]
+        ike_sas = [s.status(now) for s in self._records]
         timers = {c["spi_in"]: c for ike in ike_sas for c in ike.get("child_sas", [])}
         children = self.children.snapshot(now)
         for child in children:  # the session owns the time limits (rekey_in, expires_in)
@@ -591,6 +747,7 @@ class Peer:
             "remote": None if self.remote is None else f"{self.remote[0]}:{self.remote[1]}",
             "auto": self.auto,
             "state": self.state,
+            "held_down": self._hold(now),
             "last_error": self.status.last_error,
             "liveness": self._liveness(now),
             "ike_sas": ike_sas,
@@ -602,6 +759,7 @@ class Peer:
                 "child_sas_installed": self.children.installed_total,
                 "child_rekeys": self.children.rekeys_total,
                 "dead_peer_detections": self.status.dead_peer_detections,
+                "refused_initiations": self.status.refused_initiations,
                 "inbox_drops": self.inbox_drops,
                 "nat_keepalives_sent": self.keepalives_sent,
             },

@@ -202,3 +202,55 @@ def test_a_sequence_number_near_2_32_forces_a_rekey_before_it_wraps() -> None:
     sadb.encapsulate(inner())
     assert record.outbound.seq == SEQ32_MAX - SEQ_HEADROOM
     assert children.watch(LIMITS).rekey == [record]
+
+
+# -- rules 3 and 6: Child SAs of an IKE SA being deleted (withdrawn), Child SAs the
+# peer may not have installed yet (unconfirmed); issue #8 ---------------------------
+
+
+def make_logged() -> tuple[ChildSet, SADatabase, LoggedRoutes]:
+    sadb, routes = SADatabase(), LoggedRoutes()
+    return ChildSet("gw-b", sadb, routes, delete_delay=5.0, replay_window=64), sadb, routes
+
+
+def test_a_withdrawn_child_hands_over_to_a_confirmed_one_at_once() -> None:
+    children, sadb, routes = make_logged()
+    children.install(SESSION, event(0x1001, 0x2001), now=0.0)  # the survivor's
+    children.install(SESSION, event(0x1002, 0x2002), now=1.0)  # the loser's, newer: current
+    assert sent_spi(sadb) == 0x2002
+    children.withdraw(0x1002)
+    assert sent_spi(sadb) == 0x2001
+    children.remove(0x1002, now=2.0)  # the DELETE completes
+    assert sent_spi(sadb) == 0x2001 and routes.log == [("add", SITE_B)]
+
+
+def test_a_withdrawn_child_keeps_sending_until_the_unconfirmed_one_is_confirmed() -> None:
+    children, sadb, routes = make_logged()
+    # the survivor's Child SA: we answered its IKE_AUTH, the peer may not have it yet
+    children.install(SESSION, event(0x1001, 0x2001), now=0.0, confirmed=False)
+    children.install(SESSION, event(0x1002, 0x2002), now=1.0)  # the loser's, confirmed
+    children.withdraw(0x1002)
+    assert sent_spi(sadb) == 0x2002  # nothing confirmed to hand over to
+    assert children.successor(children.records[0x1002]) is None
+    children.activate(0x1001)  # ESP arrived on it, or the loser's DELETE was answered
+    assert sent_spi(sadb) == 0x2001
+    children.remove(0x1002, now=2.0)
+    assert sent_spi(sadb) == 0x2001 and routes.log == [("add", SITE_B)]
+
+
+def test_a_withdrawn_child_never_takes_over_from_a_current_one() -> None:
+    children, sadb, _ = make_logged()
+    children.install(SESSION, event(0x1001, 0x2001), now=0.0)
+    children.install(SESSION, event(0x1002, 0x2002, active=False), now=1.0, confirmed=False)
+    children.withdraw(0x1002)
+    children.activate(0x1002)  # e.g. a late ChildSaOutboundActive
+    assert sent_spi(sadb) == 0x2001
+
+
+def test_the_last_withdrawn_child_still_sends_and_its_removal_unroutes() -> None:
+    children, sadb, routes = make_logged()
+    children.install(SESSION, event(0x1001, 0x2001), now=0.0)
+    children.withdraw(0x1001)
+    assert sent_spi(sadb) == 0x2001 and routes.installed() == {SITE_B}
+    children.remove(0x1001, now=1.0)
+    assert routes.installed() == set() and not children.carrying()
