@@ -250,15 +250,24 @@ class SaContext:
         """Forget a Child SA and tell the daemon to remove it.
 
         The peer-made successors of a replaced Child SA may start sending now:
-        whoever deleted it has installed them (§2.8, make-before-break).
+        whoever deleted it has installed them (§2.8, make-before-break). A
+        peer-made SA that lost a simultaneous rekey to this one is redundant
+        no longer (the peer may never learn that it lost).
         """
         child = self.children.pop(inbound_spi, None)
         if child is None:
             return
         self.emit(ChildSaDown(child.inbound_spi, child.outbound_spi, reason))
-        for successor in list(self.children.values()):
-            if successor.rekey_of == inbound_spi:
-                self.activate_outbound(successor)
+        for other in list(self.children.values()):
+            if other.rekey_of == inbound_spi:
+                self.activate_outbound(other)
+            elif _lost_to(other, child):
+                # §2.8.1: the peer deletes ``other`` only if it still holds ``child``
+                # when its own rekey completes. ``child`` may be gone before that,
+                # so the peer may keep ``other``: it is a plain successor again.
+                other.redundant = False
+                if other.rekey_of not in self.children:  # the old SA is gone already
+                    self.activate_outbound(other)
 
     def activate_outbound(self, child: ChildSa) -> None:
         """Let the daemon send on a Child SA the peer has surely installed (not a redundant one)."""
@@ -273,6 +282,17 @@ class SaContext:
 
     def child_by_outbound(self, outbound_spi: int) -> ChildSa | None:
         return next((c for c in self.children.values() if c.outbound_spi == outbound_spi), None)
+
+
+def _lost_to(peers: ChildSa, ours: ChildSa) -> bool:
+    """Whether ``peers`` (the peer's new SA) lost a simultaneous rekey to ``ours`` (§2.8.1)."""
+    return (
+        peers.redundant
+        and not peers.created_by_us
+        and ours.created_by_us
+        and ours.rekey_of is not None
+        and peers.rekey_of == ours.rekey_of
+    )
 
 
 # -- payload helpers shared by the exchanges --------------------------------
