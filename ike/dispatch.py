@@ -125,8 +125,9 @@ class Dispatcher:
             if err.notify is None:  # e.g. a forged SK payload: drop silently (§2.21.2)
                 core.drop("unauthenticated or malformed request", f"{type(err).__name__}: {err}")
                 return
-            log.info("refusing %s: %s", exchange_name(header.exchange_type), err)
-            stateless = inp is Input.IKE_SA_INIT_REQUEST
+            stateless = inp is Input.IKE_SA_INIT_REQUEST  # unauthenticated: no log line each
+            level = logging.DEBUG if stateless else logging.INFO
+            log.log(level, "refusing %s: %s", exchange_name(header.exchange_type), err)
             self._respond(sa, header, [error_notify(err)], src, dst, data, stateless=stateless)
             if expected and inp is not None and sa is core.sas.current:
                 self._request_refused(inp, err, now)

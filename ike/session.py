@@ -426,6 +426,21 @@ class IkeSession:
         return self._core.state in (IkeState.ESTABLISHED, IkeState.DELETING)
 
     @property
+    def half_open(self) -> bool:
+        """A responder session whose initiator has not authenticated yet (IKE_SA_INIT
+        answered at most): it proves nothing about the peer (RFC 7296 §2.6)."""
+        return not self._core.ctx.is_initiator and self._core.state in (
+            IkeState.INIT_WAIT,
+            IkeState.AUTH_WAIT,
+        )
+
+    @property
+    def last_heard(self) -> float:
+        """When the peer last proved it is there: an authenticated message, or ESP
+        reported with ``notice_inbound`` (the session's creation time until then)."""
+        return self._core.last_inbound
+
+    @property
     def finished(self) -> bool:
         """True once the session has nothing left to do: the daemon may forget it."""
         return self._core.finished

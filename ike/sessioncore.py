@@ -186,7 +186,10 @@ class SessionCore:
         self.half_open_deadline = self.init_error_deadline = None
         self.ctx.drop_all_children(reason)
         self.emit(IkeSaDown(reason, notify_type, peer_dead))
-        log.info("IKE SA %s down: %s", self.ctx.spi_i.hex(), reason)
+        # A responder that never got an authenticated IKE_AUTH may be anyone's spoof:
+        # its end is the daemon's to count, not a log line per datagram.
+        level = logging.INFO if self.ctx.is_initiator or self.established_at else logging.DEBUG
+        log.log(level, "IKE SA %s down: %s", self.ctx.spi_i.hex(), reason)
         if linger and self.tm.cached is not None:
             # Answer retransmissions of the last request until the peer gives up.
             self.linger_deadline = now + self.ctx.config.retransmit.total

@@ -10,7 +10,9 @@ Theory of operation:
 2. The dispatcher parses only the IKE header of each datagram and hands it to
    the peer that owns the SPI it names; a new IKE_SA_INIT (SPIr = 0) goes to
    the peer configured for its source address (or a peer without an address).
-   Anything else is counted and dropped: the dispatcher never raises.
+   Anything else is counted and dropped: the dispatcher never raises. The
+   lookup is O(1) (dicts by our SPI, and by the initiator's SPI and address
+   for a retransmitted IKE_SA_INIT), never a walk over sessions.
 3. The SA database and the routes change only through each peer's
    :class:`tunneld.childsas.ChildSet`, called by that peer's task.
 4. Shutdown (SIGTERM/SIGINT or cancellation): every peer sends DELETE for its
@@ -19,6 +21,17 @@ Theory of operation:
    restart never reuses keys, SPIs or counters. (The one exception is opt-in
    and write-only: a peer with ``save_keys = true`` appends its SA keys to
    Wireshark's decryption tables, :mod:`tunneld.savekeys`; they are never read.)
+5. The front door (:class:`ike.frontdoor.FrontDoor`) decides about each new
+   IKE_SA_INIT before any peer sees it: above the half-open threshold (in
+   all, or from one source address) a request without a valid cookie gets a
+   COOKIE challenge straight from the dispatcher, with no session and no DH;
+   over a cap it is dropped. Peers report the half-open sessions they open
+   and close (:meth:`Daemon.half_open_changed`).
+6. An exception escaping one peer's task is a bug, but it must not stop the
+   gateway: it is logged with the peer's name and the traceback, that peer
+   is reset (its Child SAs leave the data plane, its sessions are
+   forgotten) and its task starts again after :data:`PEER_RESET_DELAY`; the
+   other peers, the data plane and the control socket go on.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,11 +53,13 @@ import trio
 from ike.auth import PrivateKey as SigningKey
 from ike.entropy import Entropy
 from ike.errors import ParseError
+from ike.events import Address
+from ike.frontdoor import FrontDoor, Verdict
 from ike.identity import Identity as IkeIdentity
 from ike.session import IkeSession
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
-from tunneld import control
+from tunneld import control, hardening
 from tunneld.childsas import ChildSet, Limits
 from tunneld.config import Config, PeerConfig
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
@@ -51,6 +67,7 @@ from tunneld.dataplane.sadb import SADatabase
 from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
+from tunneld.log import LogThrottle
 from tunneld.peer import Peer, PeerPolicy
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
 from tunneld.savekeys import KeyTables
@@ -110,9 +127,23 @@ class MemoryDevices:
 
 @dataclass
 class DispatchStats:
+    """What the dispatcher dropped, by fixed reason (rule 2)."""
+
     unparsable: int = 0
     unknown_spi: int = 0
     no_peer: int = 0
+    cookies_sent: int = 0  # COOKIE challenges: no state, no DH (rule 5)
+    half_open_limit: int = 0  # new IKE_SA_INIT over a half-open cap
+    malformed_init: int = 0
+    peer_task_resets: int = 0  # rule 6
+
+
+# Unauthenticated events anyone can cause: logged once per reason per interval.
+UNAUTHENTICATED_LOG = (
+    "IKE_SA_INIT from an address no peer is configured for",
+    "IKE_SA_INIT dropped: half-open limit",
+)
+PEER_RESET_DELAY = 1.0  # seconds before a peer whose task failed starts again (rule 6)
 
 
 def session_config(
@@ -182,6 +213,11 @@ class Daemon:
         self.dispatch = DispatchStats()
         self._by_spi: dict[bytes, Peer] = {}
         self._spis_of: dict[IkeSession, tuple[bytes, ...]] = {}
+        # half-open responder sessions by (initiator's SPI, its address): a
+        # retransmitted IKE_SA_INIT (SPIr = 0) finds its session in O(1)
+        self._by_init: dict[tuple[bytes, Address], Peer] = {}
+        self.front_door: FrontDoor | None = None  # made in run (it needs the clock)
+        self._unauth_log = LogThrottle(log, UNAUTHENTICATED_LOG)
         self._datapath: DataPath | None = None
         self._routes: RouteTable | None = None
         self._udp: dict[int, Udp] = {}
@@ -195,25 +231,41 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         gw = self.config.gateway
-        tun = self.devices.open_tun(gw.tun, gw.mtu)
+        account = _account(gw.user, gw.group)  # [gateway] user: who we become once open
+        # The control socket first: another tunneld with this name refuses the start before
+        # its TUN device is touched (control.py rules 1-3).
+        control_socket = control.bind(
+            gw.control_socket,
+            owner=os.geteuid() if account is None else account.uid,
+            group=-1 if account is None else account.gid,
+        )
         try:
-            self._routes = self.devices.routes(gw.tun)
-            self._local_host = str(gw.listen[0])
-            self._udp = {
-                gw.port: self.devices.bind_udp(self._local_host, gw.port),
-                gw.nat_t_port: self.devices.bind_udp(self._local_host, gw.nat_t_port),
-            }
-            await self._run_tasks(tun, task_status)
+            tun = self.devices.open_tun(gw.tun, gw.mtu)
+            try:
+                self._routes = self.devices.routes(gw.tun)
+                self._local_host = str(gw.listen[0])
+                self._udp = {
+                    gw.port: self.devices.bind_udp(self._local_host, gw.port),
+                    gw.nat_t_port: self.devices.bind_udp(self._local_host, gw.nat_t_port),
+                }
+                if account is not None:
+                    _drop_privileges(account)
+                await self._run_tasks(tun, control_socket, task_status)
+            finally:
+                self._close_devices(tun)
         finally:
-            self._close_devices(tun)
+            control_socket.close()
 
-    async def _run_tasks(self, tun: Tun, task_status: trio.TaskStatus[None]) -> None:
+    async def _run_tasks(
+        self, tun: Tun, control_socket: control.ControlSocket, task_status: trio.TaskStatus[None]
+    ) -> None:
         gw = self.config.gateway
         send, recv = trio.open_memory_channel[IkeDatagram](IKE_INBOX)
         self._datapath = DataPath(
             self.sadb, tun, self._udp, send, esp_port=gw.nat_t_port, ike_port=gw.port
         )
         self._started_at = trio.current_time()
+        self.front_door = FrontDoor(self.entropy, self._started_at)
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._datapath.run)
@@ -221,8 +273,8 @@ class Daemon:
                 for pc in self.config.peers:
                     peer = self._make_peer(pc)
                     self.peers[pc.name] = peer
-                    nursery.start_soon(peer.run)
-                await nursery.start(control.serve, str(gw.control_socket), self._control)
+                    nursery.start_soon(self._run_peer, peer)
+                await nursery.start(control.serve, control_socket, self._control)
                 nursery.start_soon(self._shutdown_watcher)
                 if self.handle_signals:
                     nursery.start_soon(self._signal_watcher)
@@ -231,6 +283,21 @@ class Daemon:
                     extra={"gateway": gw.name, "tun": gw.tun, "peers": len(self.peers)},
                 )
                 task_status.started()
+
+    async def _run_peer(self, peer: Peer) -> None:
+        """Rule 6: one peer's task; a bug in it resets that peer, nothing else."""
+        while True:
+            try:
+                await peer.run()
+                return
+            except Exception:
+                self.dispatch.peer_task_resets += 1
+                log.exception(
+                    "peer task failed (a bug): resetting this peer, the others go on",
+                    extra={"peer": peer.name},
+                )
+                peer.reset(trio.current_time())
+                await trio.sleep(PEER_RESET_DELAY)
 
     def _make_peer(self, pc: PeerConfig) -> Peer:
         remote = None if pc.address is None else (str(pc.address), pc.port)
@@ -320,16 +387,40 @@ class Daemon:
             return
         own_spi = header.spi_r if header.is_initiator else header.spi_i
         peer = self._by_spi.get(own_spi)
-        if peer is None and not any(header.spi_r) and not header.is_response:
-            peer = self._peer_for_address(dgram.remote[0])
+        new_init = not any(header.spi_r) and not header.is_response and header.is_initiator
+        if peer is None and new_init:
+            peer = self._by_init.get((header.spi_i, dgram.remote))  # a retransmission
             if peer is None:
-                self.dispatch.no_peer += 1
-                log.info("IKE_SA_INIT from unknown address", extra={"remote": dgram.remote[0]})
-                return
+                peer = self._admit(dgram)
+                if peer is None:
+                    return
         if peer is None:
             self.dispatch.unknown_spi += 1
             return
         peer.deliver(dgram, header)
+
+    def _admit(self, dgram: IkeDatagram) -> Peer | None:
+        """Rule 5: a new IKE_SA_INIT; the peer to deliver it to, or None (answered or dropped)."""
+        now = trio.current_time()
+        peer = self._peer_for_address(dgram.remote[0])
+        if peer is None:
+            self.dispatch.no_peer += 1
+            self._unauth_log(UNAUTHENTICATED_LOG[0], now, remote=dgram.remote[0])
+            return None
+        assert self.front_door is not None
+        admission = self.front_door.admit(dgram.data, dgram.remote, peer.name, now)
+        if admission.verdict is Verdict.COOKIE:
+            self.dispatch.cookies_sent += 1
+            self.send_ike(admission.reply, dgram.local, dgram.remote)
+            return None
+        if admission.verdict is Verdict.DROP:
+            if admission.reason == "malformed IKE_SA_INIT":
+                self.dispatch.malformed_init += 1
+            else:
+                self.dispatch.half_open_limit += 1
+                self._unauth_log(UNAUTHENTICATED_LOG[1], now, why=admission.reason)
+            return None
+        return peer
 
     def _peer_for_address(self, host: str) -> Peer | None:
         addr = ipaddress.ip_address(host)
@@ -360,6 +451,23 @@ class Daemon:
     def unregister_session(self, session: IkeSession) -> None:
         for spi in self._spis_of.pop(session, ()):
             self._by_spi.pop(spi, None)
+
+    def half_open_changed(
+        self, peer: Peer, session: IkeSession, remote: Address, *, opened: bool
+    ) -> None:
+        """Rule 5: a responder session was created (``opened``) or left the half-open
+        state (established, or ended); keeps the front door's counts and the O(1)
+        route of a retransmitted IKE_SA_INIT."""
+        key = (session.spi_i, remote)
+        if opened:
+            self._by_init[key] = peer
+        else:
+            self._by_init.pop(key, None)
+        if self.front_door is not None:
+            if opened:
+                self.front_door.opened(peer.name, remote)
+            else:
+                self.front_door.closed(peer.name, remote)
 
     def send_ike(self, data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
         if self._datapath is None:
@@ -422,12 +530,39 @@ class Daemon:
                 "pumps": dp.stats() if dp is not None else {},
             },
             "ike_dispatch": vars(self.dispatch).copy(),
+            "front_door": self.front_door.status() if self.front_door is not None else {},
             "tasks": task_count(),
         }
 
 
 def _positive_seconds(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return 0 < float(value) < math.inf
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+def _account(user: str | None, group: str | None) -> hardening.Account | None:
+    """``[gateway] user``/``group`` (checked by the configuration; gone since: OSError)."""
+    if user is None:
+        return None
+    try:
+        return hardening.lookup(user, group)
+    except KeyError as exc:
+        raise OSError(f"[gateway] user/group: {exc.args[0]}") from None
+
+
+def _drop_privileges(account: hardening.Account) -> None:
+    """Become ``account`` with only CAP_NET_ADMIN (routes into the TUN device, via the
+    netlink socket opened before); nothing else the daemon does from here needs root."""
+    hardening.drop_privileges(account)
+    log.info(
+        "privileges dropped",
+        extra={"user": account.user, "uid": account.uid, "gid": account.gid,
+               "capabilities": "CAP_NET_ADMIN"},
+    )  # fmt: skip
 
 
 def task_count() -> int:

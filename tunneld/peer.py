@@ -63,6 +63,15 @@ Theory of operation:
    Wireshark's tables once (from IKE_SA_INIT on, so a failing IKE_AUTH can
    be decrypted too; after an IKE rekey, the new SA's), and both directions
    of every Child SA as it is installed.
+9. Cost per input is independent of how many sessions exist: the session a
+   datagram names is found by SPI in O(1) (our SPIs, or the initiator's SPI
+   and address for a retransmitted IKE_SA_INIT), timers sit in a heap, and
+   after an input only the sessions it touched are flushed. Half-open
+   responder sessions (IKE_SA_INIT answered, no authenticated IKE_AUTH yet)
+   are anyone's to create: they are reported to the daemon's front door, do
+   not count as "live" (they never stop ``auto = start`` from initiating),
+   never set ``last_error`` or liveness, and are logged through a throttle.
+   Only authenticated messages (or our own timeouts) change what status says.
 8. Operator ``down`` (``tunneld down PEER [--for SECONDS]``): every Child SA
    leaves the data plane at once (outbound and routes; inbound SAs stay for
    the delete delay), every IKE SA is deleted, and the peer is *held*: a
@@ -75,11 +84,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
+import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
@@ -100,6 +111,7 @@ from ike.states import IkeState
 from ike.wire import IkeHeader
 from tunneld.childsas import ChildSet, Limits
 from tunneld.datapath import IkeDatagram
+from tunneld.log import LogThrottle
 from tunneld.savekeys import KeyTables
 
 log = logging.getLogger("tunneld.peer")
@@ -117,6 +129,53 @@ NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: "a default of 20 seconds"
 
 
 _Input = tuple[IkeDatagram, IkeHeader]
+# Unauthenticated endings (a half-open responder session refused or timed out):
+# anyone can cause them, so they are logged once per interval, never per datagram.
+HALF_OPEN_LOG = ("half-open IKE SA ended",)
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Deadlines(Generic[K]):
+    """The earliest of many keys' deadlines without walking them (a heap, lazy deletion)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, K]] = []
+        self._at: dict[K, float] = {}
+        self._seq = itertools.count()
+
+    def set(self, key: K, at: float | None) -> None:
+        if at is None or at == math.inf:
+            self._at.pop(key, None)
+            return
+        if self._at.get(key) == at:
+            return
+        self._at[key] = at
+        heapq.heappush(self._heap, (at, next(self._seq), key))
+        if len(self._heap) > 4 * len(self._at) + 64:  # superseded entries: compact
+            self._heap = [(t, n, k) for t, n, k in self._heap if self._at.get(k) == t]
+            heapq.heapify(self._heap)
+
+    def earliest(self) -> float:
+        while self._heap:
+            at, _, key = self._heap[0]
+            if self._at.get(key) == at:
+                return at
+            heapq.heappop(self._heap)
+        return math.inf
+
+    def pop_due(self, now: float) -> list[K]:
+        """The keys whose deadline is at or before ``now`` (forgotten here)."""
+        due: list[K] = []
+        while self._heap and self._heap[0][0] <= now:
+            at, _, key = heapq.heappop(self._heap)
+            if self._at.get(key) == at:
+                del self._at[key]
+                due.append(key)
+        return due
+
+    def __len__(self) -> int:
+        return len(self._at)
 
 
 class PeerHost(Protocol):
@@ -133,6 +192,10 @@ class PeerHost(Protocol):
 
     def unregister_session(self, session: IkeSession) -> None: ...
 
+    def half_open_changed(
+        self, peer: Peer, session: IkeSession, remote: Address, *, opened: bool
+    ) -> None: ...
+
 
 @dataclass
 class PeerStatus:
@@ -142,6 +205,9 @@ class PeerStatus:
     ike_rekeys: int = 0
     dead_peer_detections: int = 0
     refused_initiations: int = 0  # IKE_SA_INIT from the peer while held down (rule 8)
+    half_open_ended: int = 0  # responder sessions that ended unauthenticated (rule 9)
+    # rule 9: the last unauthenticated failure (it may be anyone's), kept apart
+    last_unauthenticated: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +232,9 @@ class SessionRecord:
     # rule 5b: a reauthentication by the peer supersedes it until then
     superseded_until: float | None = None
     superseded_by: SessionRecord | None = None
+    # rule 9: a responder session still half-open, and the address it came from
+    half_open_from: Address | None = None
+    spis: tuple[bytes, ...] = ()  # our SPIs it is indexed under (rule 9)
 
     def established_before(self, other: SessionRecord) -> bool:
         """Whether this IKE SA was up before ``other``'s negotiation began (rule 5a/b)."""
@@ -197,6 +266,13 @@ class Peer:
         self._local_addr = local_addr
         self.key_tables = key_tables  # save_keys = true (rule 7)
         self._records: dict[IkeSession, SessionRecord] = {}
+        # rule 9: O(1) routing and timers, and the sessions the current input touched
+        self._by_spi: dict[bytes, IkeSession] = {}
+        self._by_init: dict[tuple[bytes, Address], IkeSession] = {}
+        self._timers: Deadlines[IkeSession] = Deadlines()
+        self._supersede_timers: Deadlines[SessionRecord] = Deadlines()
+        self._dirty: set[IkeSession] = set()
+        self._half_open_log = LogThrottle(log, HALF_OPEN_LOG)
         self.status = PeerStatus()
         self._watch_at = math.inf
         self._keepalive_at = math.inf
@@ -231,6 +307,7 @@ class Peer:
         for session in self.sessions:
             if session.state is not IkeState.ESTABLISHED:
                 continue
+            self._dirty.add(session)
             if ike:
                 started = session.rekey_ike(now) or started
             else:
@@ -294,32 +371,28 @@ class Peer:
 
     def _next_deadline(self) -> float:
         deadlines = [self._retry_at, self._watch_at, self._keepalive_at]
-        deadlines += [r.superseded_until for r in self._records.values() if r.superseded_until]
+        deadlines += [self._timers.earliest(), self._supersede_timers.earliest()]
         if self._held_until is not None:
             deadlines.append(self._held_until)
         expiry = self.children.next_expiry()
         if expiry is not None:
             deadlines.append(expiry)
-        for session in self._records:
-            d = session.next_deadline()
-            if d is not None:
-                deadlines.append(d)
         return min(deadlines)
 
     def _on_timer(self, now: float) -> None:
-        for session in list(self._records):
-            d = session.next_deadline()
-            if d is not None and d <= now:
+        for session in self._timers.pop_due(now):  # rule 9: no walk over sessions
+            if session in self._records:
                 session.handle_timer(now)
+                self._dirty.add(session)
         self.children.expire(now)
         if self._watch_at <= now:
             self._watch_at = now + WATCH_INTERVAL
             self._watch(now)
         if self._keepalive_at <= now:
             self._send_keepalives(now)
-        for record in list(self._records.values()):  # rule 5b
+        for record in self._supersede_timers.pop_due(now):  # rule 5b
             if record.superseded_until is not None and record.superseded_until <= now:
-                record.superseded_until = record.superseded_by = None
+                self._supersede(record, None, None)
                 if record.session.state is IkeState.ESTABLISHED:
                     log.info("old IKE SA outlived the reauthentication", extra={"peer": self.name})
                     self._replace_stale(record, now)
@@ -336,13 +409,23 @@ class Peer:
             if self._want_up and not self._live_sessions():
                 self._initiate(now)
 
-    def _live_sessions(self) -> list[IkeSession]:
-        return [s for s in self._records if s.state is not IkeState.CLOSED]
+    def _live_sessions(self) -> bool:
+        """Whether an IKE SA with the peer exists or is being set up by us or by the
+        authenticated peer; a half-open responder session proves nothing (rule 9)."""
+        return any(s.state is not IkeState.CLOSED and not s.half_open for s in self._records)
+
+    def _supersede(
+        self, record: SessionRecord, by: SessionRecord | None, until: float | None
+    ) -> None:
+        """Rule 5b: mark (or unmark) ``record`` as superseded by a reauthentication."""
+        record.superseded_by, record.superseded_until = by, until
+        self._supersede_timers.set(record, until)
 
     @property
     def state(self) -> str:
-        """established | connecting | deleting | down, from the sessions' states."""
-        states = {s.state for s in self._records}
+        """established | connecting | deleting | down, from the sessions' states
+        (half-open responder sessions do not count: rule 9)."""
+        states = {s.state for s in self._records if not s.half_open}
         if IkeState.ESTABLISHED in states:
             return "established"
         if states - {IkeState.DELETING, IkeState.CLOSED}:
@@ -378,23 +461,34 @@ class Peer:
         if session is None:
             return
         session.receive_datagram(dgram.data, dgram.remote, dgram.local, now)
-        if session.established:
-            self._last_heard = now
+        self._dirty.add(session)
+        if session.established:  # rule 9: only what the session authenticated counts
+            heard = session.last_heard
+            self._last_heard = heard if self._last_heard is None else max(self._last_heard, heard)
 
     def _session_for(self, header: IkeHeader, dgram: IkeDatagram, now: float) -> IkeSession | None:
-        for session in self._records:
-            if session.matches(header):
-                return session
-        if not any(header.spi_r) and not header.is_response and header.is_initiator:
-            if self._held(now):
-                self._refuse(dgram, now)
-                return None
-            session = IkeSession.responder(
-                self.session_config, self.host.entropy, now, dgram.local, dgram.remote
-            )
-            self._adopt(session, now)
-            return session
-        return None
+        """Rule 9: the session a datagram names, by SPI (O(1)); or a new responder."""
+        own_spi = header.spi_r if header.is_initiator else header.spi_i
+        session = self._by_spi.get(own_spi)
+        new_init = not any(header.spi_r) and not header.is_response and header.is_initiator
+        if session is None and new_init:
+            session = self._by_init.get((header.spi_i, dgram.remote))
+        if session is not None:
+            return session if session.matches(header) else None
+        if not new_init:
+            return None
+        if self._held(now):
+            self._refuse(dgram, now)
+            return None
+        session = IkeSession.responder(
+            self.session_config, self.host.entropy, now, dgram.local, dgram.remote
+        )
+        self._adopt(session, now)
+        record = self._records[session]
+        record.half_open_from = dgram.remote
+        self._by_init[(header.spi_i, dgram.remote)] = session
+        self.host.half_open_changed(self, session, dgram.remote, opened=True)
+        return session
 
     def _refuse(self, dgram: IkeDatagram, now: float) -> None:
         """Rule 8: the peer initiates while the operator holds it down."""
@@ -412,20 +506,65 @@ class Peer:
 
     def _adopt(self, session: IkeSession, now: float) -> None:
         self._records[session] = SessionRecord(session, begun=now)
+        self._dirty.add(session)
+        self._index(self._records[session])
+
+    def _index(self, record: SessionRecord) -> None:
+        """Route the session's SPIs here and in the daemon (they change with IKE rekeys)."""
+        session = record.session
+        spis = tuple(session.local_spis)
+        if spis != record.spis:
+            for spi in record.spis:
+                if self._by_spi.get(spi) is session:
+                    del self._by_spi[spi]
+            for spi in spis:
+                self._by_spi[spi] = session
+            record.spis = spis
         self.host.register_session(session, self)
+
+    def _unindex(self, record: SessionRecord) -> None:
+        session = record.session
+        for spi in record.spis:
+            if self._by_spi.get(spi) is session:
+                del self._by_spi[spi]
+        record.spis = ()
+        self._end_half_open(record)
+        self._timers.set(session, None)
+        self._supersede_timers.set(record, None)
+        self.host.unregister_session(session)
+
+    def _end_half_open(self, record: SessionRecord) -> None:
+        remote = record.half_open_from
+        if remote is None:
+            return
+        record.half_open_from = None
+        key = (record.session.spi_i, remote)
+        if self._by_init.get(key) is record.session:
+            del self._by_init[key]
+        self.host.half_open_changed(self, record.session, remote, opened=False)
 
     # -- after every input: send, apply events, forget dead sessions --------------
 
     def _after_io(self) -> None:
-        came_up = [session for session in list(self._records) if self._flush(session)]
+        """Flush the sessions this input touched (rule 9), resolve duplicates, forget
+        finished sessions, re-index SPIs and timers, and schedule re-initiation."""
         now = trio.current_time()
-        for session in came_up:  # rule 5, once the new IKE SA's Child SA is installed
-            self._resolve_duplicates(session, now)
-        for session in list(self._records) if came_up else ():
-            self._flush(session)  # the DELETEs rule 5 queued leave now
-        self._forget_finished()
-        for session in self._records:  # IKE SPIs come and go with IKE rekeys (rule 2)
-            self.host.register_session(session, self)
+        while self._dirty:
+            touched, self._dirty = self._dirty, set()
+            came_up = [s for s in touched if s in self._records and self._flush(s)]
+            for session in came_up:  # rule 5, once the new IKE SA's Child SA is installed
+                self._resolve_duplicates(session, now)  # may touch others: loop again
+            for session in touched:
+                record = self._records.get(session)
+                if record is None:
+                    continue
+                if session.finished:
+                    self._forget(record)
+                    continue
+                if record.half_open_from is not None and not session.half_open:
+                    self._end_half_open(record)
+                self._index(record)  # IKE SPIs come and go with IKE rekeys (rule 2)
+                self._timers.set(session, session.next_deadline())
         if (
             not self._live_sessions()
             and self._want_up
@@ -435,11 +574,21 @@ class Peer:
             self._retry_at = now + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
 
-    def _forget_finished(self) -> None:
+    def _forget(self, record: SessionRecord) -> None:
         """The one place a session's record goes: once the session is finished."""
-        for session in [s for s in self._records if s.finished]:
-            del self._records[session]
-            self.host.unregister_session(session)
+        del self._records[record.session]
+        self._unindex(record)
+
+    def reset(self, now: float) -> None:
+        """After a bug in this peer's task (daemon rule 6): forget every session,
+        take every Child SA out of the data plane, start over as at start-up."""
+        for record in list(self._records.values()):
+            self._remove_children(record, now, "peer reset after an internal error")
+            self._forget(record)
+        self._dirty.clear()
+        self._retry_at = math.inf
+        self._retry_delay = RETRY_INITIAL
+        self.status.last_error = "internal error: the peer was reset (see the log)"
 
     def _flush(self, session: IkeSession) -> bool:
         """Apply the session's events, then send its datagrams (a ChildSaUp's inbound SA
@@ -489,7 +638,7 @@ class Peer:
             self._remove_child(event.inbound_spi, now, event.reason)
         elif isinstance(event, IkeSaRekeyed):
             self.status.ike_rekeys += 1
-            self.host.register_session(session, self)
+            self._index(record)
             log.info(
                 "IKE SA rekeyed",
                 extra={
@@ -500,6 +649,8 @@ class Peer:
             )
         elif isinstance(event, InitialContact):
             self._initial_contact(record, now)
+        elif isinstance(event, IkeSaDown) and record.half_open_from is not None:
+            self._half_open_down(record, event, now)
         elif isinstance(event, IkeSaDown):
             self._ike_down(record, event, now)
 
@@ -519,8 +670,7 @@ class Peer:
         ]
         if not fresh.is_initiator:  # (we initiate only while we hold no other IKE SA)
             for old in [r for r in up if r.established_before(record) and not r.superseded_by]:
-                old.superseded_by = record  # the peer reauthenticates and deletes it
-                old.superseded_until = now + REAUTH_GRACE
+                self._supersede(old, record, now + REAUTH_GRACE)  # the peer deletes it
         up = [r for r in up if r.superseded_by is None]
         if len(up) < 2:
             return
@@ -546,11 +696,12 @@ class Peer:
         data plane when the DELETE completes.
         """
         record.deleting = True
-        record.superseded_by = record.superseded_until = None
+        self._supersede(record, None, None)
         for spi, child in list(self.children.records.items()):
             if child.session is record.session:
                 self.children.withdraw(spi)
         record.session.close(now)
+        self._dirty.add(record.session)
 
     def _replace_stale(self, stale: SessionRecord, now: float) -> None:
         """An IKE SA the peer has most likely forgotten: its Child SAs leave the data
@@ -584,13 +735,25 @@ class Peer:
                 },
             )
             session.forget(now)
+            self._dirty.add(session)
             self._flush(session)
 
+    def _half_open_down(self, record: SessionRecord, event: IkeSaDown, now: float) -> None:
+        """Rule 9: a responder session that never authenticated its initiator ended
+        (refused IKE_SA_INIT, half-open timeout, failed IKE_AUTH): counted, kept apart
+        from last_error, logged through the throttle."""
+        self._end_half_open(record)
+        self.status.half_open_ended += 1
+        reason = event.reason + (f" ({event.notify.name})" if event.notify is not None else "")
+        self.status.last_unauthenticated = reason
+        remote = record.session.remote_addr[0]
+        self._half_open_log(HALF_OPEN_LOG[0], now, peer=self.name, remote=remote, why=reason)
+
     def _ike_down(self, record: SessionRecord, event: IkeSaDown, now: float) -> None:
-        record.superseded_by = record.superseded_until = None
+        self._supersede(record, None, None)
         for other in self._records.values():  # rule 5b: the reauthentication failed
             if other.superseded_by is record:
-                other.superseded_by = other.superseded_until = None
+                self._supersede(other, None, None)
         self._remove_children(record, now, event.reason)
         reason = event.reason + (f" ({event.notify.name})" if event.notify is not None else "")
         was_up = record.up_at is not None
@@ -682,8 +845,9 @@ class Peer:
         """Rule 4: liveness notices, soft limits (rekey), hard limits (delete)."""
         result = self.children.watch(self.policy.limits)
         for child in result.inbound_seen:
-            self._last_heard = now
+            self._last_heard = now  # authenticated ESP (its ICV verified)
             child.session.notice_inbound(now, child.inbound.spi)
+            self._dirty.add(child.session)
             if not child.confirmed:  # rule 5b: the peer has it
                 self._confirm(child.inbound.spi)
         for child in result.rekey:
@@ -692,12 +856,14 @@ class Peer:
                 extra={"peer": self.name, "spi_in": f"{child.inbound.spi:08x}"},
             )
             child.session.rekey_child(child.inbound.spi, now)
+            self._dirty.add(child.session)
         for child in result.expire:
             log.warning(
                 "Child SA hard limit reached, deleting",
                 extra={"peer": self.name, "spi_in": f"{child.inbound.spi:08x}"},
             )
             child.session.delete_child(child.inbound.spi, now)
+            self._dirty.add(child.session)
 
     def _send_keepalives(self, now: float) -> None:
         """RFC 3948 §2.3: one 0xFF datagram on the NAT-T port keeps our NAT mapping open."""
@@ -735,7 +901,9 @@ class Peer:
         return {"remaining": left}
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        ike_sas = [s.status(now) for s in self._records]
+        # rule 9: half-open sessions are counted, not listed (anyone can make them)
+        ike_sas = [s.status(now) for s in self._records if not s.half_open]
+        half_open = sum(1 for r in self._records.values() if r.half_open_from is not None)
         timers = {c["spi_in"]: c for ike in ike_sas for c in ike.get("child_sas", [])}
         children = self.children.snapshot(now)
         for child in children:  # the session owns the time limits (rekey_in, expires_in)
@@ -749,6 +917,8 @@ class Peer:
             "state": self.state,
             "held_down": self._hold(now),
             "last_error": self.status.last_error,
+            "last_unauthenticated_failure": self.status.last_unauthenticated,
+            "half_open_ike_sas": half_open,
             "liveness": self._liveness(now),
             "ike_sas": ike_sas,
             "child_sas": children,
@@ -760,6 +930,7 @@ class Peer:
                 "child_rekeys": self.children.rekeys_total,
                 "dead_peer_detections": self.status.dead_peer_detections,
                 "refused_initiations": self.status.refused_initiations,
+                "half_open_ended": self.status.half_open_ended,
                 "inbox_drops": self.inbox_drops,
                 "nat_keepalives_sent": self.keepalives_sent,
             },
