@@ -26,8 +26,9 @@ names certificates by subject only (written as strongSwan writes DNs).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -64,7 +65,7 @@ def load_certificate(der: bytes) -> x509.Certificate:
     """A certificate from a CERT payload (encoding 4, DER), or ParseError."""
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise ParseError("CERT payload does not hold a DER X.509 certificate") from None
 
 
@@ -152,23 +153,34 @@ def verify_chain(
     """
     if at.tzinfo is None:
         at = at.replace(tzinfo=datetime.UTC)
-    try:
-        leaf = x509.load_der_x509_certificate(leaf_der)
-        intermediates = [x509.load_der_x509_certificate(d) for d in intermediates_der]
-    except ValueError:
-        raise AuthenticationFailed("peer sent a malformed certificate") from None
     if not trust_anchors:
         raise AuthenticationFailed("no trusted CA configured")
-    path = _build_path(leaf, intermediates, trust_anchors)
-    try:
+    with malformed_certificates_refused():
+        leaf = x509.load_der_x509_certificate(leaf_der)
+        intermediates = [x509.load_der_x509_certificate(d) for d in intermediates_der]
+        path = _build_path(leaf, intermediates, trust_anchors)
         for cert in path:
             _check_common(cert, at)
         _check_leaf(leaf)
         for index, issuer in enumerate(path[1:], start=1):
             _check_issuer(issuer, certs_below=index - 1)
-    except ValueError:  # cryptography parses extensions lazily
-        raise AuthenticationFailed("certificate with a malformed extension") from None
     return leaf
+
+
+# cryptography parses a certificate lazily: a malformed name, extension or
+# version surfaces as one of these when a field is first read, anywhere.
+CERT_PARSE_ERRORS = (ValueError, KeyError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
+
+
+@contextlib.contextmanager
+def malformed_certificates_refused() -> Iterator[None]:
+    """Turn cryptography's lazy parse errors into AuthenticationFailed (the peer's fault)."""
+    try:
+        yield
+    except CERT_PARSE_ERRORS as err:
+        raise AuthenticationFailed(
+            f"peer sent a malformed certificate ({type(err).__name__})"
+        ) from None
 
 
 # --- CERTREQ (§3.7) --------------------------------------------------------------

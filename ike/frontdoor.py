@@ -41,7 +41,7 @@ from enum import Enum
 
 from ike.cookies import CookieJar, cookie_challenge, request_cookie
 from ike.entropy import Entropy
-from ike.errors import ParseError
+from ike.errors import PeerError
 from ike.events import Address
 from ike.policy import (
     COOKIE_SECRET_LIFETIME,
@@ -118,7 +118,7 @@ class FrontDoor:
         self._maybe_rotate(now)
         try:
             request = parse_message(data)
-        except ParseError:
+        except PeerError:  # ParseError, or e.g. an unsupported critical payload
             return self._count(Admission(Verdict.DROP, "malformed IKE_SA_INIT"))
         host = src[0]
         busy = (

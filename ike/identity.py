@@ -59,6 +59,11 @@ _DN_PRINT_NAMES: dict[str, str] = {
 # A DN as a list of RDNs, each a list of (OID dotted string, value).
 _Rdns = list[list[tuple[str, str]]]
 
+# Ours, not the RFC's: an identity is a name, not a document. Real DNs are a few
+# hundred bytes; 2 KiB leaves room for long ones and keeps a peer's ID payload,
+# parsed before its AUTH is verified, from costing more than a few milliseconds.
+MAX_ID_LEN = 2048
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -72,11 +77,13 @@ class Identity:
 
     @classmethod
     def from_payload(cls, id_type: int, data: bytes) -> Identity:
-        """From a received ID payload; ParseError if malformed or unknown."""
+        """From a received ID payload; ParseError if malformed, unknown or too long."""
         try:
             kind = IdType(id_type)
         except ValueError:
             raise ParseError(f"unknown ID type {id_type}") from None
+        if len(data) > MAX_ID_LEN:  # read before AUTH is verified: bound the work
+            raise ParseError(f"ID payload of {len(data)} bytes (at most {MAX_ID_LEN})")
         return cls(kind, bytes(data))
 
     @classmethod

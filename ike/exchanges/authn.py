@@ -30,7 +30,7 @@ from ike.auth import (
     verify_chain,
     verify_psk,
 )
-from ike.certs import certreq_data
+from ike.certs import certreq_data, malformed_certificates_refused
 from ike.constants import AuthMethod, CertEncoding, PayloadType
 from ike.crypto import auth_octets, psk_auth
 from ike.errors import AuthenticationFailed, LocalError, ParseError
@@ -160,9 +160,11 @@ def _verified_leaf_key(
     ours = [c.public_bytes(Encoding.DER) for c in auth.intermediates]
     at = ctx.config.wall_clock(received.now)
     leaf = verify_chain(certs[0], [*certs[1:], *ours], list(auth.trust_anchors), at)
-    if not identity_matches(identity.id_type, identity.data, leaf):
+    with malformed_certificates_refused():  # the SAN and key are parsed only now
+        matches = identity_matches(identity.id_type, identity.data, leaf)
+        key = leaf.public_key()
+    if not matches:
         raise AuthenticationFailed(f"peer identity '{identity}' is not in its certificate")
-    key = leaf.public_key()
     if not isinstance(key, PublicKey):
         raise AuthenticationFailed(f"peer certificate key type {type(key).__name__} unsupported")
     return key
