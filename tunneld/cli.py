@@ -117,9 +117,16 @@ def _socket_of(args: argparse.Namespace) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     import trio
 
+    from tunneld import hardening
     from tunneld.daemon import Daemon
     from tunneld.log import setup_logging
 
+    # First, before the configuration brings keys into memory: no core file, not dumpable.
+    try:
+        hardening.no_core_dumps()
+    except OSError as exc:
+        print(f"tunneld: cannot start: cannot disable core dumps: {exc}", file=sys.stderr)
+        return 1
     config = load_config(args.config)
     setup_logging(
         args.log_format or config.gateway.log_format, args.log_level or config.gateway.log_level

@@ -13,7 +13,8 @@ How a file is read:
 3. Relative paths resolve against the directory of the configuration file.
 4. Credentials are loaded and cross-checked now (key matches certificate,
    certificate chains to a configured CA and carries our identity, private
-   files are mode 0600), so ``tunneld check`` catches a bad file.
+   files are mode 0600), and so is ``[gateway] user``/``group`` (the account
+   must exist), so ``tunneld check`` catches a bad file.
 5. Whole-file checks: unique peer names and IDs, remote subnets of different
    peers do not overlap.
 """
@@ -37,6 +38,7 @@ from ike.errors import AuthenticationFailed, LocalError
 from ike.identity import Identity, identity_matches
 from ike.proposals import Proposal, parse_esp_proposal, parse_ike_proposal
 from tunneld import credentials as cred
+from tunneld import hardening
 from tunneld.credentials import CredentialError, PrivateKey, Psk
 from tunneld.tomlschema import (
     ConfigError,
@@ -102,6 +104,10 @@ class GatewayConfig:
     log_format: LogFormat
     log_level: LogLevel
     save_keys_dir: Path  # where peers with save_keys = true write Wireshark's key tables
+    # the account to run as once the devices and the control socket are open (keeping
+    # only CAP_NET_ADMIN; tunneld.hardening); None: stay as started
+    user: str | None = None
+    group: str | None = None  # None: the user's primary group
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,7 @@ def _name(section: Section, key: str) -> str:
 
 _GATEWAY_KEYS = (
     "name", "listen", "port", "nat_t_port", "tun", "mtu",
-    "control_socket", "log_format", "log_level", "save_keys_dir",
+    "control_socket", "log_format", "log_level", "save_keys_dir", "user", "group",
 )  # fmt: skip
 
 
@@ -209,7 +215,32 @@ def _read_gateway(file: Path, data: object) -> GatewayConfig:
         log_format=cast(LogFormat, s.choice("log_format", get_args(LogFormat), "text")),
         log_level=cast(LogLevel, s.choice("log_level", get_args(LogLevel), "info")),
         save_keys_dir=s.file_path("save_keys_dir", file.parent) or control.parent / f"{name}-keys",
+        **_run_as(s),
     )
+
+
+class _Account(TypedDict):
+    user: str | None
+    group: str | None
+
+
+def _run_as(s: Section) -> _Account:
+    """``user`` and ``group``: they must exist now (``tunneld check`` says so, not ``run``)."""
+    user = s.string("user") if s.has("user") else None
+    group = s.string("group") if s.has("group") else None
+    if group is not None and user is None:
+        raise s.error("group", "only used with gateway.user (the account to run as)")
+    if user is not None:
+        try:
+            hardening.lookup(user)
+        except KeyError as exc:
+            raise s.error("user", f"{exc.args[0]} on this system") from None
+        if group is not None:
+            try:
+                hardening.lookup(user, group)
+            except KeyError as exc:
+                raise s.error("group", f"{exc.args[0]} on this system") from None
+    return {"user": user, "group": group}
 
 
 # --- [identity] ---------------------------------------------------------------
@@ -500,7 +531,8 @@ def describe(config: Config) -> str:
     lines = [
         f"gateway {g.name}: tun {g.tun} mtu {g.mtu}, listen "
         + ", ".join(str(a) for a in g.listen)
-        + f" (udp {g.port}/{g.nat_t_port}), control {g.control_socket}",
+        + f" (udp {g.port}/{g.nat_t_port}), control {g.control_socket}"
+        + (f", runs as {g.user}" + (f":{g.group}" if g.group else "") if g.user else ""),
         f"identity {ident.id}"
         + (
             f", certificate {ident.certificate.subject.rfc4514_string()}"

@@ -46,18 +46,6 @@ def critical_payload_at_the_front_door(exc: BaseException, data: bytes) -> str |
     return None
 
 
-def control_recursion(exc: BaseException, data: bytes) -> str | None:
-    if isinstance(exc, RecursionError) and raised_in(exc, "/tunneld/control.py"):
-        return "control._serve_one lets RecursionError (a deeply nested JSON request) escape"
-    return None
-
-
-def control_overflow(exc: BaseException, data: bytes) -> str | None:
-    if isinstance(exc, OverflowError) and raised_in(exc, "/tunneld/daemon.py"):
-        return "Daemon._control: float() of a huge integer 'for' raises OverflowError"
-    return None
-
-
 Known = Callable[[BaseException, bytes], "str | None"]
 
 

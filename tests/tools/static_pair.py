@@ -26,6 +26,7 @@ TUN MTU: 1500 (underlay) - 20 (IPv4) - 8 (UDP) - 8 (SPI, seq) - 8 (IV)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -263,7 +264,8 @@ async def _gateway_main(config: dict[str, Any], stats_socket: str) -> None:
 
             async with trio.open_nursery() as nursery:
                 await nursery.start(path.run)
-                await nursery.start(control.serve, stats_socket, handler)
+                serve = functools.partial(control.serve, commands=("stats",))
+                await nursery.start(serve, stats_socket, handler)
                 _say_ready(udp)
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
