@@ -39,6 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 
+from ike.constants import ExchangeType
 from ike.cookies import CookieJar, cookie_challenge, request_cookie
 from ike.entropy import Entropy
 from ike.errors import PeerError
@@ -119,6 +120,8 @@ class FrontDoor:
         try:
             request = parse_message(data)
         except PeerError:  # ParseError, or e.g. an unsupported critical payload
+            return self._count(Admission(Verdict.DROP, "malformed IKE_SA_INIT"))
+        if request.exchange_type != ExchangeType.IKE_SA_INIT or request.is_response:
             return self._count(Admission(Verdict.DROP, "malformed IKE_SA_INIT"))
         host = src[0]
         busy = (

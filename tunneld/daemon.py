@@ -51,6 +51,7 @@ from typing import Any, Protocol, cast
 import trio
 
 from ike.auth import PrivateKey as SigningKey
+from ike.constants import ExchangeType
 from ike.entropy import Entropy
 from ike.errors import ParseError
 from ike.events import Address
@@ -136,6 +137,7 @@ class DispatchStats:
     half_open_limit: int = 0  # new IKE_SA_INIT over a half-open cap
     malformed_init: int = 0
     peer_task_resets: int = 0  # rule 6
+    dispatch_errors: int = 0  # rule 6: a bug in the dispatcher, the datagram dropped
 
 
 # Unauthenticated events anyone can cause: logged once per reason per interval.
@@ -376,7 +378,11 @@ class Daemon:
 
     async def _dispatch_loop(self, recv: trio.MemoryReceiveChannel[IkeDatagram]) -> None:
         async for dgram in recv:
-            self._dispatch(dgram)
+            try:
+                self._dispatch(dgram)
+            except Exception:  # a bug: one datagram must never stop the gateway
+                self.dispatch.dispatch_errors += 1
+                log.exception("IKE dispatch failed (a bug): datagram dropped")
 
     def _dispatch(self, dgram: IkeDatagram) -> None:
         """Rule 2: route one IKE datagram to its peer; never raises."""
@@ -387,7 +393,12 @@ class Daemon:
             return
         own_spi = header.spi_r if header.is_initiator else header.spi_i
         peer = self._by_spi.get(own_spi)
-        new_init = not any(header.spi_r) and not header.is_response and header.is_initiator
+        new_init = (
+            header.exchange_type == ExchangeType.IKE_SA_INIT
+            and not any(header.spi_r)
+            and not header.is_response
+            and header.is_initiator
+        )
         if peer is None and new_init:
             peer = self._by_init.get((header.spi_i, dgram.remote))  # a retransmission
             if peer is None:
