@@ -123,6 +123,17 @@ class IkeHeader:
     def is_initiator(self) -> bool:
         return HeaderFlag.INITIATOR in self.flags
 
+    @property
+    def starts_ike_sa(self) -> bool:
+        """An initiator's IKE_SA_INIT request with SPIr = 0: a new IKE SA (or its
+        retransmission), the only message routed by anything but our SPI."""
+        return (
+            self.exchange_type == ExchangeType.IKE_SA_INIT
+            and not any(self.spi_r)
+            and not self.is_response
+            and self.is_initiator
+        )
+
 
 class InvalidMajorVersion(ParseError):
     """Major version != 2: drop, and in IKE_SA_INIT answer INVALID_MAJOR_VERSION (§2.5).

@@ -51,7 +51,6 @@ from typing import Any, Protocol, cast
 import trio
 
 from ike.auth import PrivateKey as SigningKey
-from ike.constants import ExchangeType
 from ike.entropy import Entropy
 from ike.errors import ParseError
 from ike.events import Address
@@ -393,12 +392,7 @@ class Daemon:
             return
         own_spi = header.spi_r if header.is_initiator else header.spi_i
         peer = self._by_spi.get(own_spi)
-        new_init = (
-            header.exchange_type == ExchangeType.IKE_SA_INIT
-            and not any(header.spi_r)
-            and not header.is_response
-            and header.is_initiator
-        )
+        new_init = header.starts_ike_sa
         if peer is None and new_init:
             peer = self._by_init.get((header.spi_i, dgram.remote))  # a retransmission
             if peer is None:

@@ -94,7 +94,6 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
-from ike.constants import ExchangeType
 from ike.entropy import Entropy
 from ike.events import (
     Address,
@@ -471,12 +470,7 @@ class Peer:
         """Rule 9: the session a datagram names, by SPI (O(1)); or a new responder."""
         own_spi = header.spi_r if header.is_initiator else header.spi_i
         session = self._by_spi.get(own_spi)
-        new_init = (
-            header.exchange_type == ExchangeType.IKE_SA_INIT
-            and not any(header.spi_r)
-            and not header.is_response
-            and header.is_initiator
-        )
+        new_init = header.starts_ike_sa
         if session is None and new_init:
             session = self._by_init.get((header.spi_i, dgram.remote))
         if session is not None:
