@@ -16,7 +16,7 @@ from ike.exchanges.context import encode_message
 from ike.payloads import NotifyPayload
 from ike.session import IkeSession
 from ike.states import IkeState
-from ike.wire import Message, parse_message
+from ike.wire import Message
 
 NAT_T_I, NAT_T_R = (ADDR_I[0], 4500), (ADDR_R[0], 4500)
 ATTACKER = ("203.0.113.66", 500)
@@ -52,14 +52,20 @@ def test_a_cleartext_informational_with_live_spis_is_not_answered() -> None:
     assert len(r.datagrams_to_send()) == 1
 
 
-def test_a_handshake_completes_despite_a_forged_ike_auth() -> None:
+def half_handshake() -> tuple[IkeSession, IkeSession, bytes]:
+    """An initiator with its IKE_SA_INIT sent, the responder that answered it, the answer."""
     i_cfg, r_cfg = config_pair()
     i = IkeSession.initiator(i_cfg, DeterministicEntropy(1), T0, ADDR_I, ADDR_R)
     i.initiate(T0)
     ((init, _, _),) = i.datagrams_to_send()
     r = IkeSession.responder(r_cfg, DeterministicEntropy(2), T0, ADDR_R, ADDR_I)
     r.receive_datagram(init, ADDR_I, ADDR_R, T0)
-    ((init_answer, _, _),) = r.datagrams_to_send()
+    ((answer, _, _),) = r.datagrams_to_send()
+    return i, r, answer
+
+
+def test_a_handshake_completes_despite_a_forged_ike_auth() -> None:
+    i, r, init_answer = half_handshake()
     # The attacker saw both SPIs and races the initiator's IKE_AUTH.
     r.receive_datagram(cleartext(r.spi_i, r.spi_r, ExchangeType.IKE_AUTH, 1), ATTACKER, ADDR_R, T0)
     assert r.datagrams_to_send() == [] and r.state is IkeState.AUTH_WAIT
@@ -72,15 +78,9 @@ def test_a_handshake_completes_despite_a_forged_ike_auth() -> None:
 
 
 def _initiator_and_answer() -> tuple[IkeSession, bytes, bytes]:
-    i_cfg, r_cfg = config_pair()
-    i = IkeSession.initiator(i_cfg, DeterministicEntropy(1), T0, ADDR_I, ADDR_R)
-    i.initiate(T0)
-    ((init, _, _),) = i.datagrams_to_send()
-    r = IkeSession.responder(r_cfg, DeterministicEntropy(2), T0, ADDR_R, ADDR_I)
-    r.receive_datagram(init, ADDR_I, ADDR_R, T0)
-    ((answer, _, _),) = r.datagrams_to_send()
+    i, _r, answer = half_handshake()
     refusal = Message(
-        spi_i=parse_message(init).spi_i, exchange_type=ExchangeType.IKE_SA_INIT,
+        spi_i=i.spi_i, exchange_type=ExchangeType.IKE_SA_INIT,
         flags=HeaderFlag.RESPONSE, message_id=0,
         payloads=[NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)],
     ).build()  # fmt: skip
