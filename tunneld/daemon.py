@@ -10,6 +10,9 @@ Theory of operation:
 2. The dispatcher parses only the IKE header of each datagram and hands it to
    the peer that owns the SPI it names; a new IKE_SA_INIT (SPIr = 0) goes to
    the peer configured for its source address (or a peer without an address).
+   New IKE_SA_INIT requests arrive on an inbox of their own (the pumps sort
+   them by header), drained by a second dispatch loop: a flood of them can
+   fill only that inbox, never delay the messages of existing IKE SAs.
    Anything else is counted and dropped: the dispatcher never raises. The
    lookup is O(1) (dicts by our SPI, and by the initiator's SPI and address
    for a retransmitted IKE_SA_INIT), never a walk over sessions.
@@ -74,7 +77,8 @@ from tunneld.savekeys import KeyTables
 
 log = logging.getLogger("tunneld.daemon")
 
-IKE_INBOX = 256  # datagrams between the pumps and the dispatcher
+IKE_INBOX = 256  # datagrams of existing IKE SAs between the pumps and the dispatcher
+INIT_INBOX = 256  # new IKE_SA_INIT requests (a flood fills only this one)
 SHUTDOWN_GRACE = 1.0  # seconds to wait for DELETE answers at exit
 
 
@@ -262,8 +266,15 @@ class Daemon:
     ) -> None:
         gw = self.config.gateway
         send, recv = trio.open_memory_channel[IkeDatagram](IKE_INBOX)
+        send_init, recv_init = trio.open_memory_channel[IkeDatagram](INIT_INBOX)
         self._datapath = DataPath(
-            self.sadb, tun, self._udp, send, esp_port=gw.nat_t_port, ike_port=gw.port
+            self.sadb,
+            tun,
+            self._udp,
+            send,
+            init_inbox=send_init,
+            esp_port=gw.nat_t_port,
+            ike_port=gw.port,
         )
         self._started_at = trio.current_time()
         self.front_door = FrontDoor(self.entropy, self._started_at)
@@ -271,6 +282,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._datapath.run)
                 nursery.start_soon(self._dispatch_loop, recv)
+                nursery.start_soon(self._dispatch_loop, recv_init)  # rule 2: its own queue
                 for pc in self.config.peers:
                     peer = self._make_peer(pc)
                     self.peers[pc.name] = peer
@@ -457,20 +469,18 @@ class Daemon:
         for spi in self._spis_of.pop(session, ()):
             self._by_spi.pop(spi, None)
 
-    def half_open_changed(
-        self, peer: Peer, session: IkeSession, remote: Address, *, opened: bool
-    ) -> None:
+    def half_open_changed(self, peer: Peer, spi_i: bytes, remote: Address, *, opened: bool) -> None:
         """Rule 5: a responder session was created (``opened``) or left the half-open
         state (established, or ended); keeps the front door's counts and the O(1)
         route of a retransmitted IKE_SA_INIT."""
-        key = (session.spi_i, remote)
+        key = (spi_i, remote)
         if opened:
             self._by_init[key] = peer
         else:
             self._by_init.pop(key, None)
         if self.front_door is not None:
             if opened:
-                self.front_door.opened(peer.name, remote)
+                self.front_door.opened(peer.name, remote, spi_i)
             else:
                 self.front_door.closed(peer.name, remote)
 

@@ -22,9 +22,12 @@ Inbound (one task per UDP socket):
      tunneld.io.offload).
 
 A packet the data plane refuses raises :class:`EspDrop`; the pumps count it
-by reason and go on. Nothing is logged per packet. The IKE inbox is a bounded
-trio channel: when the IKE task lags, datagrams are counted and dropped (the
-peer retransmits), so the data plane never blocks on IKE.
+by reason and go on. Nothing is logged per packet. The IKE inboxes are
+bounded trio channels: when the IKE task lags, datagrams are counted and
+dropped (the peer retransmits), so the data plane never blocks on IKE. New
+IKE_SA_INIT requests (SPIr = 0; anyone can send them from any address) have
+an inbox of their own, so that a flood of them fills only that one and the
+messages of existing IKE SAs (DPD, rekeys, IKE_AUTH) still get through.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ from tunneld.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Address, Buffer, Dat
 
 DEFAULT_BATCH = 64  # packets per wakeup: one full GSO run (UDP_MAX_SEGMENTS)
 IKE_INBOX_FULL = "ike_inbox_full"
+INIT_INBOX_FULL = "ike_init_inbox_full"  # new IKE_SA_INIT requests: their own inbox
+_INIT_REQUEST = 34  # exchange type IKE_SA_INIT (RFC 7296 §3.1)
+_ZERO_SPI = bytes(8)
 _MAX_PACKET = 65535  # the largest inner packet (IPv4 total length) read from the TUN
 # Inner packets read from the TUN per batch: 64 of 4 KiB, or one of 64 KiB at least.
 _PLAIN_ROOM = (256 << 10) + _MAX_PACKET + TRAILER_MAX
@@ -123,6 +129,7 @@ class DataPath:
         udp_by_port: Mapping[int, Udp],
         ike_inbox: trio.MemorySendChannel[IkeDatagram] | None,
         *,
+        init_inbox: trio.MemorySendChannel[IkeDatagram] | None = None,
         esp_port: int = NAT_T_PORT,
         ike_port: int = IKE_PORT,
         batch: int = DEFAULT_BATCH,
@@ -134,6 +141,7 @@ class DataPath:
         self._udp = dict(udp_by_port)
         self._esp_udp = self._udp[esp_port]
         self._inbox = ike_inbox
+        self._init_inbox = init_inbox  # None: new requests share ike_inbox
         self._esp_port = esp_port
         self._ike_port = ike_port
         self._batch = batch
@@ -258,13 +266,27 @@ class DataPath:
 
     def _to_ike(self, data: Buffer, src: Address, udp: Udp) -> None:
         self.inbound.ike_datagrams += 1
-        if self._inbox is None:
-            self.inbound.drop(IKE_INBOX_FULL)
+        inbox, full = self._inbox, IKE_INBOX_FULL
+        if self._init_inbox is not None and _new_init_request(data):
+            inbox, full = self._init_inbox, INIT_INBOX_FULL
+        if inbox is None:
+            self.inbound.drop(full)
             return
         try:
-            self._inbox.send_nowait(IkeDatagram(bytes(data), src, udp.local_address))
+            inbox.send_nowait(IkeDatagram(bytes(data), src, udp.local_address))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self.inbound.drop(IKE_INBOX_FULL)
+            self.inbound.drop(full)
+
+
+def _new_init_request(data: Buffer) -> bool:
+    """An IKE_SA_INIT request with SPIr = 0 (header only, RFC 7296 §3.1: exchange type
+    at 18, flags at 19: Initiator set, Response clear)."""
+    return (
+        len(data) >= 20
+        and data[18] == _INIT_REQUEST
+        and data[19] & 0x28 == 0x08
+        and data[8:16] == _ZERO_SPI
+    )
 
 
 def _device_stats(device: object) -> dict[str, Any]:

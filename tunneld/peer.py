@@ -193,7 +193,7 @@ class PeerHost(Protocol):
     def unregister_session(self, session: IkeSession) -> None: ...
 
     def half_open_changed(
-        self, peer: Peer, session: IkeSession, remote: Address, *, opened: bool
+        self, peer: Peer, spi_i: bytes, remote: Address, *, opened: bool
     ) -> None: ...
 
 
@@ -232,8 +232,9 @@ class SessionRecord:
     # rule 5b: a reauthentication by the peer supersedes it until then
     superseded_until: float | None = None
     superseded_by: SessionRecord | None = None
-    # rule 9: a responder session still half-open, and the address it came from
-    half_open_from: Address | None = None
+    # rule 9: a responder session still half-open: (the initiator's SPI, the address
+    # its IKE_SA_INIT came from), its key here and in the daemon's front door
+    half_open: tuple[bytes, Address] | None = None
     spis: tuple[bytes, ...] = ()  # our SPIs it is indexed under (rule 9)
 
     def established_before(self, other: SessionRecord) -> bool:
@@ -485,9 +486,9 @@ class Peer:
         )
         self._adopt(session, now)
         record = self._records[session]
-        record.half_open_from = dgram.remote
-        self._by_init[(header.spi_i, dgram.remote)] = session
-        self.host.half_open_changed(self, session, dgram.remote, opened=True)
+        record.half_open = (header.spi_i, dgram.remote)  # the session learns SPIi only now
+        self._by_init[record.half_open] = session
+        self.host.half_open_changed(self, header.spi_i, dgram.remote, opened=True)
         return session
 
     def _refuse(self, dgram: IkeDatagram, now: float) -> None:
@@ -534,14 +535,13 @@ class Peer:
         self.host.unregister_session(session)
 
     def _end_half_open(self, record: SessionRecord) -> None:
-        remote = record.half_open_from
-        if remote is None:
+        key = record.half_open
+        if key is None:
             return
-        record.half_open_from = None
-        key = (record.session.spi_i, remote)
+        record.half_open = None
         if self._by_init.get(key) is record.session:
             del self._by_init[key]
-        self.host.half_open_changed(self, record.session, remote, opened=False)
+        self.host.half_open_changed(self, *key, opened=False)
 
     # -- after every input: send, apply events, forget dead sessions --------------
 
@@ -561,7 +561,7 @@ class Peer:
                 if session.finished:
                     self._forget(record)
                     continue
-                if record.half_open_from is not None and not session.half_open:
+                if record.half_open is not None and not session.half_open:
                     self._end_half_open(record)
                 self._index(record)  # IKE SPIs come and go with IKE rekeys (rule 2)
                 self._timers.set(session, session.next_deadline())
@@ -649,7 +649,7 @@ class Peer:
             )
         elif isinstance(event, InitialContact):
             self._initial_contact(record, now)
-        elif isinstance(event, IkeSaDown) and record.half_open_from is not None:
+        elif isinstance(event, IkeSaDown) and record.half_open is not None:
             self._half_open_down(record, event, now)
         elif isinstance(event, IkeSaDown):
             self._ike_down(record, event, now)
@@ -903,7 +903,7 @@ class Peer:
     def snapshot(self, now: float) -> dict[str, Any]:
         # rule 9: half-open sessions are counted, not listed (anyone can make them)
         ike_sas = [s.status(now) for s in self._records if not s.half_open]
-        half_open = sum(1 for r in self._records.values() if r.half_open_from is not None)
+        half_open = sum(1 for r in self._records.values() if r.half_open is not None)
         timers = {c["spi_in"]: c for ike in ike_sas for c in ike.get("child_sas", [])}
         children = self.children.snapshot(now)
         for child in children:  # the session owns the time limits (rekey_in, expires_in)

@@ -202,7 +202,7 @@ def frontdoor_target() -> Target:
             if admission.verdict is Verdict.COOKIE:
                 parse_message(admission.reply)
             if admission.verdict is Verdict.ADMIT:
-                door.opened("gw-b", (HOST, 500))
+                door.opened("gw-b", (HOST, 500), data[:8])
                 admitted.append(door)
             verdicts.append(admission.verdict)
         if len(admitted) >= 3:  # half-open SAs end (at 2 from one source: cookies)

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from tests.helpers import packets
-from tunneld.datapath import IKE_INBOX_FULL, DataPath, IkeDatagram
+from tunneld.datapath import IKE_INBOX_FULL, INIT_INBOX_FULL, DataPath, IkeDatagram
 from tunneld.dataplane.drops import DropReason, EspDrop
 from tunneld.io import MemoryNetwork, MemoryTun, MemoryUdp
 from tunneld.io.udp import Address, Buffer
@@ -259,3 +259,30 @@ async def test_without_an_esp_socket_construction_fails() -> None:
     udp: MemoryUdp = net.bind(GW_A, 500)
     with pytest.raises(ValueError, match="ESP port"):
         DataPath(FakeSadb(1, 2, {}), MemoryTun(), {500: udp}, None)
+
+
+async def test_new_ike_sa_init_requests_have_their_own_inbox() -> None:
+    """A flood of new IKE_SA_INIT requests (SPIr = 0) fills only its own inbox: a message
+    of an existing IKE SA (SPIr set), or a response, still reaches the dispatcher."""
+    net = MemoryNetwork()
+    gw = Gateway(net, GW_B, FakeSadb(0x2000, 0x1000, {}))
+    init_send, init_inbox = trio.open_memory_channel[IkeDatagram](4)
+    gw.path = DataPath(
+        gw.path._sadb, gw.tun, {4500: gw.nat_t, 500: gw.ike}, gw.inbox_send, init_inbox=init_send
+    )
+    request = bytes(8) + bytes(8) + bytes([33, 0x20, 34, 0x08]) + bytes(8)  # SPIr 0, I set
+    established = bytes(8) + b"r" * 8 + bytes([46, 0x20, 37, 0x08]) + bytes(8)  # INFORMATIONAL
+    response = bytes(8) + bytes(8) + bytes([41, 0x20, 34, 0x20]) + bytes(8)  # a COOKIE answer
+    flood = net.bind("203.0.113.66", 500)
+    genuine = net.bind("192.0.2.50", 4500)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gw.path.run)
+        for i in range(10):
+            flood.sendto(request + bytes([i]), (GW_B, 500))
+        genuine.sendto(MARKER + established, (GW_B, 4500))
+        genuine.sendto(MARKER + response, (GW_B, 4500))
+        assert (await receive(gw.inbox)).data == established
+        assert (await receive(gw.inbox)).data == response
+        assert [(await receive(init_inbox)).data[-1] for _ in range(4)] == [0, 1, 2, 3]
+        assert gw.path.inbound.drops == {INIT_INBOX_FULL: 6}
+        nursery.cancel_scope.cancel()

@@ -10,10 +10,14 @@ Theory of operation:
    so packets in flight during a rekey still decrypt.
 2. Outbound: the inner destination address picks the tunnel whose *remote*
    selectors contain it, longest prefix first, IPv4 and IPv6 alike (the
-   version nibble says which). The source is not checked on the way out:
-   the peer checks it on the way in (rule 3). Results (also "no tunnel") are
-   cached in a bounded dict keyed by the destination (an int for IPv4, which
-   one unpack yields, the 16 bytes for IPv6).
+   version nibble says which), and the source must lie in that tunnel's
+   *local* selectors, else NO_POLICY (RFC 4301 §5.1: no SPD entry matches,
+   discard). Without the source check, anything the kernel routes into the
+   TUN toward a remote subnet was sealed: the gateway's own IKE replies to a
+   spoofed remote-site address (a COOKIE flood reflected into the tunnel,
+   one ESP packet per spoofed request). Results (also "no tunnel") are cached
+   in a bounded dict keyed by source||destination (an int for IPv4, which
+   one unpack yields, the 32 bytes for IPv6).
 3. Inbound: SPI -> InboundSA (else UNKNOWN_SPI) -> decrypt -> the next header
    must match the inner version (4 <-> IPv4, 41 <-> IPv6, else MALFORMED) ->
    the inner source must lie in the tunnel's remote selectors and the
@@ -55,23 +59,24 @@ from tunneld.dataplane.esp import (
     sealed_len,
 )
 from tunneld.dataplane.sa import InboundSA, OutboundSA
-from tunneld.dataplane.selectors import InboundPolicy, Key, Network, networks
+from tunneld.dataplane.selectors import InboundPolicy, Key, Network, contains, networks, rules
 
 PeerAddress = tuple[str, int]
 DEFAULT_CACHE_SIZE = 4096  # our choice: distinct destinations (or flows) remembered
 _IPV4_HEADER_LEN = 20  # RFC 791 §3.1 (without options)
 _IPV6_HEADER_LEN = 40  # RFC 8200 §3
-_U32 = struct.Struct(">I").unpack_from  # an IPv4 address, or the SPI, as an int
+_U32 = struct.Struct(">I").unpack_from  # the SPI as an int
+_U64 = struct.Struct(">Q").unpack_from  # IPv4 source||destination as one int (rule 2)
 _SPI_SEQ_LEN = 8  # RFC 4303 §2.1-2.2
 _FRAME = OVERHEAD - TRAILER_MIN  # the 32 bytes of SPI, seq, IV and ICV around a plaintext
 Run = tuple[PeerAddress, int, int, int]  # peer, start, end, segment: see encapsulate_batch
 
 
 def _other_key(plain: memoryview, start: int, size: int) -> tuple[Key, int]:
-    """Rule 2 for a packet that is not IPv4: the IPv6 destination (RFC 8200: 24..40)
-    and next header, or MALFORMED."""
+    """Rule 2 for a packet that is not IPv4: the IPv6 source||destination (RFC 8200:
+    8..40) and next header, or MALFORMED."""
     if size >= _IPV6_HEADER_LEN and plain[start] >> 4 == 6:
-        return bytes(plain[start + 24 : start + 40]), NEXT_HEADER_IPV6
+        return bytes(plain[start + 8 : start + 40]), NEXT_HEADER_IPV6
     raise EspDrop(DropReason.MALFORMED)
 
 
@@ -82,6 +87,7 @@ class Tunnel:
         "current",
         "inbound_spis",
         "local",
+        "local_rules",
         "name",
         "next",
         "peer",
@@ -107,6 +113,11 @@ class Tunnel:
         self.next: OutboundSA | None = None
         self.inbound_spis: set[int] = set()
         self.policy = InboundPolicy(local, remote, cache_size)  # rule 3, given to inbound SAs
+        self.local_rules = rules(local)  # rule 2: what it may send from
+
+    def sends_from(self, version: int, source: bytes) -> bool:
+        """Outbound policy (rule 2): the source lies in the local selectors."""
+        return contains(self.local_rules[version], source)
 
     def admits(self, version: int, source: bytes, destination: bytes) -> bool:
         """Inbound policy (rule 3): source in remote selectors, destination in local ones."""
@@ -258,28 +269,31 @@ class SADatabase:
 
     # -- lookups -------------------------------------------------------------------
 
-    def lookup(self, destination: bytes) -> Tunnel | None:
-        """The tunnel for a packed inner destination (4 or 16 bytes), longest prefix."""
-        if len(destination) == 4:
-            return self._route(int.from_bytes(destination, "big"))
-        if len(destination) == 16:
-            return self._route(bytes(destination))
-        raise ValueError("destination must be a packed IPv4 or IPv6 address")
+    def lookup(self, source: bytes, destination: bytes) -> Tunnel | None:
+        """The tunnel for packed inner addresses (4 or 16 bytes each): longest prefix of
+        the destination, and the source among its local selectors (rule 2)."""
+        if len(source) == len(destination) == 4:
+            return self._route(int.from_bytes(source + destination, "big"))
+        if len(source) == len(destination) == 16:
+            return self._route(bytes(source + destination))
+        raise ValueError("addresses must be packed IPv4 or IPv6 addresses of one version")
 
     def _route(self, key: Key) -> Tunnel | None:
-        """Cached longest-prefix match for a destination key (rule 2)."""
+        """Cached lookup for a source||destination key (rule 2)."""
         cache = self._cache
         if key in cache:
             return cache[key]
         if isinstance(key, int):
-            version, value = 4, key
+            version, value, source = 4, key & 0xFFFFFFFF, (key >> 32).to_bytes(4, "big")
         else:
-            version, value = 6, int.from_bytes(key, "big")
+            version, value, source = 6, int.from_bytes(key[16:], "big"), key[:16]
         found = None
         for _length, mask, table in self._routes[version]:
             found = table.get(value & mask)
             if found is not None:
                 break
+        if found is not None and not found.sends_from(version, source):
+            found = None
         if len(cache) >= self._cache_size:
             del cache[next(iter(cache))]  # FIFO eviction keeps the cache bounded
         cache[key] = found
@@ -333,7 +347,7 @@ class SADatabase:
         for start, size in spans:
             try:
                 if size >= _IPV4_HEADER_LEN and plain[start] >> 4 == 4:
-                    key: Key = _U32(plain, start + 16)[0]  # RFC 791: destination at 16..20
+                    key: Key = _U64(plain, start + 12)[0]  # RFC 791: source, destination
                     next_header = NEXT_HEADER_IPV4
                 else:
                     key, next_header = _other_key(plain, start, size)
