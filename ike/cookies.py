@@ -24,6 +24,7 @@ are the same computation for the session and the tests.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -80,7 +81,7 @@ class CookieJar:
     def _make(self, version: int, nonce: bytes, spi_i: bytes, src_host: str) -> bytes:
         mac = hmac.HMAC(self._secrets[version], hashes.SHA256())
         mac.update(nonce)
-        mac.update(ipaddress.ip_address(src_host).packed + spi_i)
+        mac.update(_packed(src_host) + spi_i)
         return version.to_bytes(VERSION_LEN, "big") + mac.finalize()
 
     def __repr__(self) -> str:
@@ -108,6 +109,14 @@ def cookie_challenge(request: Message, cookie: bytes) -> bytes:
     ).build()
 
 
+def _packed(host: str) -> bytes:
+    """The address as 4 or 16 bytes (inet_pton: a tenth of ipaddress's cost per request)."""
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return ipaddress.ip_address(host).packed  # raises ValueError for what is no address
+
+
 def _fields(request: Message | InitRequest) -> tuple[bytes, bytes]:
     """(Ni, SPIi) of a request, in either form."""
     if isinstance(request, InitRequest):
@@ -122,6 +131,7 @@ _HEADER = struct.Struct("!8s8sBBBBII")  # §3.1
 _GENERIC = struct.Struct("!BBH")  # §3.2
 _NOTIFY = struct.Struct("!BBH")  # §3.10: Protocol ID, SPI Size, Notify Message Type
 _ZERO_SPI = bytes(8)
+_RESPONSE, _INITIATOR = int(HeaderFlag.RESPONSE), int(HeaderFlag.INITIATOR)
 _KNOWN_PAYLOADS = frozenset(int(t) for t in PayloadType if t is not PayloadType.NONE)
 MAX_INIT_PAYLOADS = 64  # more in one IKE_SA_INIT request is not a request we answer
 
@@ -150,7 +160,7 @@ def scan_init_request(data: bytes) -> InitRequest:
         raise ParseError("IKE header Length or version")
     if exchange != ExchangeType.IKE_SA_INIT or spi_r != _ZERO_SPI:
         raise ParseError("not a new IKE_SA_INIT")
-    if flags & HeaderFlag.RESPONSE or not flags & HeaderFlag.INITIATOR:
+    if flags & _RESPONSE or not flags & _INITIATOR:
         raise ParseError("not an IKE_SA_INIT request")
     offset, nonce, cookie = IKE_HEADER_LEN, None, None
     for count in range(MAX_INIT_PAYLOADS + 1):

@@ -10,9 +10,9 @@ Theory of operation:
 2. The dispatcher parses only the IKE header of each datagram and hands it to
    the peer that owns the SPI it names; a new IKE_SA_INIT (SPIr = 0) goes to
    the peer configured for its source address (or a peer without an address).
-   New IKE_SA_INIT requests arrive on an inbox of their own (the pumps sort
-   them by header), drained by a second dispatch loop: a flood of them can
-   fill only that inbox, never delay the messages of existing IKE SAs.
+   The pumps call the dispatcher for each IKE datagram as they read it (no
+   queue: see :mod:`tunneld.datapath`); it is synchronous and cheap, and a
+   peer's own bounded queue takes what it hands over.
    Anything else is counted and dropped: the dispatcher never raises. The
    lookup is O(1) (dicts by our SPI, and by the initiator's SPI and address
    for a retransmitted IKE_SA_INIT), never a walk over sessions.
@@ -77,8 +77,6 @@ from tunneld.savekeys import KeyTables
 
 log = logging.getLogger("tunneld.daemon")
 
-IKE_INBOX = 256  # datagrams of existing IKE SAs between the pumps and the dispatcher
-INIT_INBOX = 256  # new IKE_SA_INIT requests (a flood fills only this one)
 SHUTDOWN_GRACE = 1.0  # seconds to wait for DELETE answers at exit
 
 
@@ -221,6 +219,8 @@ class Daemon:
         # half-open responder sessions by (initiator's SPI, its address): a
         # retransmitted IKE_SA_INIT (SPIr = 0) finds its session in O(1)
         self._by_init: dict[tuple[bytes, Address], Peer] = {}
+        self._peer_by_host: dict[str, Peer] = {}  # new IKE_SA_INIT: the peer for its source
+        self._wildcard_peer: Peer | None = None
         self.front_door: FrontDoor | None = None  # made in run (it needs the clock)
         self._unauth_log = LogThrottle(log, UNAUTHENTICATED_LOG)
         self._datapath: DataPath | None = None
@@ -265,28 +265,19 @@ class Daemon:
         self, tun: Tun, control_socket: control.ControlSocket, task_status: trio.TaskStatus[None]
     ) -> None:
         gw = self.config.gateway
-        send, recv = trio.open_memory_channel[IkeDatagram](IKE_INBOX)
-        send_init, recv_init = trio.open_memory_channel[IkeDatagram](INIT_INBOX)
         self._datapath = DataPath(
-            self.sadb,
-            tun,
-            self._udp,
-            send,
-            init_inbox=send_init,
-            esp_port=gw.nat_t_port,
-            ike_port=gw.port,
+            self.sadb, tun, self._udp, self._on_ike, esp_port=gw.nat_t_port, ike_port=gw.port
         )
         self._started_at = trio.current_time()
         self.front_door = FrontDoor(self.entropy, self._started_at)
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._datapath.run)
-                nursery.start_soon(self._dispatch_loop, recv)
-                nursery.start_soon(self._dispatch_loop, recv_init)  # rule 2: its own queue
                 for pc in self.config.peers:
                     peer = self._make_peer(pc)
                     self.peers[pc.name] = peer
                     nursery.start_soon(self._run_peer, peer)
+                self._index_peers()
                 await nursery.start(control.serve, control_socket, self._control)
                 nursery.start_soon(self._shutdown_watcher)
                 if self.handle_signals:
@@ -387,13 +378,13 @@ class Daemon:
 
     # -- IKE datagrams ------------------------------------------------------------
 
-    async def _dispatch_loop(self, recv: trio.MemoryReceiveChannel[IkeDatagram]) -> None:
-        async for dgram in recv:
-            try:
-                self._dispatch(dgram)
-            except Exception:  # a bug: one datagram must never stop the gateway
-                self.dispatch.dispatch_errors += 1
-                log.exception("IKE dispatch failed (a bug): datagram dropped")
+    def _on_ike(self, dgram: IkeDatagram) -> None:
+        """The pumps' IKE handler: called in the pump's task for each datagram read."""
+        try:
+            self._dispatch(dgram)
+        except Exception:  # a bug: one datagram must never stop the gateway
+            self.dispatch.dispatch_errors += 1
+            log.exception("IKE dispatch failed (a bug): datagram dropped")
 
     def _dispatch(self, dgram: IkeDatagram) -> None:
         """Rule 2: route one IKE datagram to its peer; never raises."""
@@ -440,14 +431,30 @@ class Daemon:
         return peer
 
     def _peer_for_address(self, host: str) -> Peer | None:
-        addr = ipaddress.ip_address(host)
-        wildcard = None
+        """The peer configured for ``host`` (a dict lookup: this runs for every new
+        IKE_SA_INIT, spoofed floods included), else the first without an address."""
+        peer = self._peer_by_host.get(host)
+        if peer is not None:
+            return peer
+        try:  # not in the canonical form the sockets report: compare as addresses
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return self._wildcard_peer
+        for known, peer in self._peer_by_host.items():
+            if ipaddress.ip_address(known) == addr:
+                return peer
+        return self._wildcard_peer
+
+    def _index_peers(self) -> None:
+        """The peers by configured address (canonical text) and the first without one."""
+        self._peer_by_host = {}
+        self._wildcard_peer = None
         for peer in self.peers.values():
             if peer.remote is None:
-                wildcard = wildcard or peer
-            elif ipaddress.ip_address(peer.remote[0]) == addr:
-                return peer
-        return wildcard
+                self._wildcard_peer = self._wildcard_peer or peer
+            else:
+                host = str(ipaddress.ip_address(peer.remote[0]))
+                self._peer_by_host.setdefault(host, peer)
 
     def register_session(self, session: IkeSession, peer: Peer) -> None:
         """Route every IKE SPI the session answers to (more than one around an IKE rekey).

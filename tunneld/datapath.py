@@ -12,8 +12,8 @@ Pipeline, outbound (one task):
 Inbound (one task per UDP socket):
   1. wait until the socket is readable, read every queued datagram;
   2. demultiplex (RFC 3948 §2.2 on the NAT-T port): four zero bytes, the
-     non-ESP marker, start an IKE message (marker stripped, put on the IKE
-     inbox); a single 0xFF byte is a NAT keepalive (RFC 3948 §2.3, counted);
+     non-ESP marker, start an IKE message (marker stripped, handed to the IKE
+     handler); a single 0xFF byte is a NAT keepalive (RFC 3948 §2.3, counted);
      anything else is ESP. On port 500 every datagram is IKE (RFC 7296 §2.23);
   3. ``sadb.decapsulate_batch`` the ESP packets in one call (SPI lookup,
      replay, AES-GCM, selector check), which decrypts them back to back into
@@ -22,17 +22,22 @@ Inbound (one task per UDP socket):
      tunneld.io.offload).
 
 A packet the data plane refuses raises :class:`EspDrop`; the pumps count it
-by reason and go on. Nothing is logged per packet. The IKE inboxes are
-bounded trio channels: when the IKE task lags, datagrams are counted and
-dropped (the peer retransmits), so the data plane never blocks on IKE. New
-IKE_SA_INIT requests (SPIr = 0; anyone can send them from any address) have
-an inbox of their own, so that a flood of them fills only that one and the
-messages of existing IKE SAs (DPD, rekeys, IKE_AUTH) still get through.
+by reason and go on. Nothing is logged per packet.
+
+IKE datagrams go to the IKE handler (the daemon's dispatcher) in the pump's
+own task, as they are read: the handler is synchronous, cheap (an IKE
+header, a dict lookup, a hand-over to a peer's queue, or the front door's
+cookie) and never raises. There is no queue in between: a queue cost a task
+switch per datagram, and under a spoofed IKE_SA_INIT flood it filled up and
+dropped the flood and the genuine peers' messages alike. Without one, a
+flood costs what the handler costs, one batch per wakeup (the other pumps
+run in between), and what the gateway cannot read waits in (or overflows)
+the kernel's socket buffer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Protocol
 
@@ -45,10 +50,7 @@ from tunneld.dataplane.udpencap import UdpKind, classify
 from tunneld.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Address, Buffer, Datagram
 
 DEFAULT_BATCH = 64  # packets per wakeup: one full GSO run (UDP_MAX_SEGMENTS)
-IKE_INBOX_FULL = "ike_inbox_full"
-INIT_INBOX_FULL = "ike_init_inbox_full"  # new IKE_SA_INIT requests: their own inbox
-_INIT_REQUEST = 34  # exchange type IKE_SA_INIT (RFC 7296 §3.1)
-_ZERO_SPI = bytes(8)
+IKE_NO_HANDLER = "ike_no_handler"  # a DataPath without an IKE handler (tests)
 _MAX_PACKET = 65535  # the largest inner packet (IPv4 total length) read from the TUN
 # Inner packets read from the TUN per batch: 64 of 4 KiB, or one of 64 KiB at least.
 _PLAIN_ROOM = (256 << 10) + _MAX_PACKET + TRAILER_MAX
@@ -127,9 +129,8 @@ class DataPath:
         sadb: Sadb,
         tun: Tun,
         udp_by_port: Mapping[int, Udp],
-        ike_inbox: trio.MemorySendChannel[IkeDatagram] | None,
+        on_ike: Callable[[IkeDatagram], None] | None,
         *,
-        init_inbox: trio.MemorySendChannel[IkeDatagram] | None = None,
         esp_port: int = NAT_T_PORT,
         ike_port: int = IKE_PORT,
         batch: int = DEFAULT_BATCH,
@@ -140,8 +141,7 @@ class DataPath:
         self._tun = tun
         self._udp = dict(udp_by_port)
         self._esp_udp = self._udp[esp_port]
-        self._inbox = ike_inbox
-        self._init_inbox = init_inbox  # None: new requests share ike_inbox
+        self._on_ike = on_ike  # synchronous, never raises (see the module docstring)
         self._esp_port = esp_port
         self._ike_port = ike_port
         self._batch = batch
@@ -266,27 +266,10 @@ class DataPath:
 
     def _to_ike(self, data: Buffer, src: Address, udp: Udp) -> None:
         self.inbound.ike_datagrams += 1
-        inbox, full = self._inbox, IKE_INBOX_FULL
-        if self._init_inbox is not None and _new_init_request(data):
-            inbox, full = self._init_inbox, INIT_INBOX_FULL
-        if inbox is None:
-            self.inbound.drop(full)
+        if self._on_ike is None:
+            self.inbound.drop(IKE_NO_HANDLER)
             return
-        try:
-            inbox.send_nowait(IkeDatagram(bytes(data), src, udp.local_address))
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self.inbound.drop(full)
-
-
-def _new_init_request(data: Buffer) -> bool:
-    """An IKE_SA_INIT request with SPIr = 0 (header only, RFC 7296 §3.1: exchange type
-    at 18, flags at 19: Initiator set, Response clear)."""
-    return (
-        len(data) >= 20
-        and data[18] == _INIT_REQUEST
-        and data[19] & 0x28 == 0x08
-        and data[8:16] == _ZERO_SPI
-    )
+        self._on_ike(IkeDatagram(bytes(data), src, udp.local_address))
 
 
 def _device_stats(device: object) -> dict[str, Any]:

@@ -7,6 +7,7 @@ wire so that the ESP is checked independently with scapy's ESP implementation
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncIterator
 
@@ -50,8 +51,10 @@ class Side:
     def __init__(self, net: MemoryNetwork, addr: str, db: SADatabase, batch: int = 64) -> None:
         self.tun = MemoryTun(queue_limit=4096)
         self.udp = net.bind(addr, 4500, queue_limit=4096)
-        self.inbox_send, self.inbox = trio.open_memory_channel[IkeDatagram](8)
-        self.path = DataPath(db, self.tun, {4500: self.udp}, self.inbox_send, batch=batch)
+        self.inbox_send, self.inbox = trio.open_memory_channel[IkeDatagram](math.inf)
+        self.path = DataPath(
+            db, self.tun, {4500: self.udp}, self.inbox_send.send_nowait, batch=batch
+        )
         self.db = db
 
     async def recv(self) -> bytes:
