@@ -251,8 +251,12 @@ class Dispatcher:
         try:
             for task in exchange.tasks:
                 try:
-                    if task.process_i(sa.ctx, response) is Outcome.RETRY:
+                    outcome = task.process_i(sa.ctx, response)
+                    if outcome is Outcome.RETRY:
                         self._retry(exchange, now)
+                        return
+                    if outcome is Outcome.IGNORED:
+                        self.core.drop("COOKIE already answered")
                         return
                 except PeerError as err:
                     if task.critical:

@@ -53,6 +53,7 @@ DROP_REASONS = (
     "retransmitted request from another address",
     "IKE_SA_INIT response from another address",
     "IKE_SA_INIT error response (unauthenticated)",
+    "COOKIE already answered",
 )
 
 
