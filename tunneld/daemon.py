@@ -66,7 +66,7 @@ from tunneld import control, hardening
 from tunneld.childsas import ChildSet, Limits
 from tunneld.config import Config, PeerConfig
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
-from tunneld.dataplane.sadb import SADatabase
+from tunneld.dataplane.sadb import SADatabase, Tunnel
 from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
@@ -214,6 +214,7 @@ class Daemon:
         self.entropy = entropy or SystemEntropy()
         self.handle_signals = handle_signals
         self.sadb = SADatabase()
+        self.sadb.on_move = self._esp_moved  # peer.py rule 10
         self.peers: dict[str, Peer] = {}
         self.dispatch = DispatchStats()
         self._by_spi: dict[bytes, Peer] = {}
@@ -448,6 +449,14 @@ class Daemon:
             elif ipaddress.ip_address(peer.remote[0]) == addr:
                 return peer
         return wildcard
+
+    def _esp_moved(self, tunnel: Tunnel, source: Address) -> None:
+        """Authenticated, newest ESP of ``tunnel`` came from a new address (sadb rule 7):
+        its peer decides (peer.py rule 10). Called by the pumps, rarely (once per move)."""
+        for peer in self.peers.values():
+            if peer.children.owns(tunnel.name):
+                peer.heard_from(source)
+                return
 
     def register_session(self, session: IkeSession, peer: Peer) -> None:
         """Route every IKE SPI the session answers to (more than one around an IKE rekey).

@@ -19,7 +19,9 @@ Inbound (one task per UDP socket):
      replay, AES-GCM, selector check), which decrypts them back to back into
      one reusable buffer, and write the inner packets (views into it) to the
      TUN in one ``write_batch`` (which may merge TCP segments,
-     tunneld.io.offload).
+     tunneld.io.offload). The packets' sources go along: authenticated ESP
+     from a new address is reported to the SA's owner (sadb rule 7), at the
+     cost of one tuple compare per run of packets of one SA.
 
 A packet the data plane refuses raises :class:`EspDrop`; the pumps count it
 by reason and go on. Nothing is logged per packet. The IKE inboxes are
@@ -85,7 +87,10 @@ class Sadb(Protocol):
         max_bytes: int,
     ) -> tuple[list[tuple[Any, int, int, int]], list[DropReason]]: ...
     def decapsulate_batch(
-        self, packets: Sequence[Buffer], out: memoryview
+        self,
+        packets: Sequence[Buffer],
+        out: memoryview,
+        sources: Sequence[Address] | None = None,
     ) -> tuple[list[memoryview], list[DropReason]]: ...
 
 
@@ -233,6 +238,7 @@ class DataPath:
     def _demux(self, batch: list[Datagram], udp: Udp) -> None:
         stats, room = self.inbound, len(self._inner)
         esp: list[Buffer] = []
+        sources: list[Address] = []  # esp's sources, in order (sadb rule 7)
         size = 0  # what the ESP packets so far need in the decrypt buffer (at most)
         for data, src in batch:
             length = len(data)
@@ -240,9 +246,10 @@ class DataPath:
             # anything else (IKE, keepalive, runts) takes the classify() path.
             if length >= MIN_ESP_LEN and (data[0] or data[1] or data[2] or data[3]):
                 if size + length > room:  # not with UdpSocket's 1 MiB arena
-                    self._open_and_write(esp)
-                    esp, size = [], 0
+                    self._open_and_write(esp, sources)
+                    esp, sources, size = [], [], 0
                 esp.append(data)
+                sources.append(src)
                 size += length
                 continue
             try:
@@ -255,10 +262,10 @@ class DataPath:
             elif kind is UdpKind.KEEPALIVE:
                 stats.keepalives += 1
         if esp:
-            self._open_and_write(esp)
+            self._open_and_write(esp, sources)
 
-    def _open_and_write(self, esp: list[Buffer]) -> None:
-        inner, dropped = self._sadb.decapsulate_batch(esp, self._inner)
+    def _open_and_write(self, esp: list[Buffer], sources: list[Address]) -> None:
+        inner, dropped = self._sadb.decapsulate_batch(esp, self._inner, sources)
         for reason in dropped:
             self.inbound.drop(reason.value)
         if inner:  # one call: the TUN may merge TCP segments (tunneld.io.offload)

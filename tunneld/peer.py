@@ -72,6 +72,15 @@ Theory of operation:
    not count as "live" (they never stop ``auto = start`` from initiating),
    never set ``last_error`` or liveness, and are logged through a throttle.
    Only authenticated messages (or our own timeouts) change what status says.
+10. The peer's address follows its authenticated packets (RFC 7296 §2.23,
+   RFC 3948; NAT rebinding, roaming): an IKE message the session
+   authenticated, or ESP whose ICV verified and that was the newest on its
+   SA (reported by the data plane, sadb rule 7, through
+   :meth:`Peer.heard_from`), from a new address or port moves every IKE SA
+   and every Child SA of the peer there, in one place (:meth:`Peer._follow`),
+   logged once. A packet failing authentication, or a replayed one, never
+   gets this far. NAT keepalives and liveness checks go where the IKE SA
+   goes, so a liveness answer proves the path the ESP takes too.
 8. Operator ``down`` (``tunneld down PEER [--for SECONDS]``): every Child SA
    leaves the data plane at once (outbound and routes; inbound SAs stay for
    the delete delay), every IKE SA is deleted, and the peer is *held*: a
@@ -288,6 +297,8 @@ class Peer:
         self._held_until: float | None = None
         self._refusal_logged = False
         self.inbox_drops = 0
+        self._heard_from: Address | None = None  # rule 10: ESP from a new address
+        self.moves = 0  # rule 10: address changes followed
 
     @property
     def sessions(self) -> list[IkeSession]:
@@ -300,6 +311,12 @@ class Peer:
             self._send.send_nowait((dgram, header))
         except trio.WouldBlock:
             self.inbox_drops += 1
+
+    def heard_from(self, remote: Address) -> None:
+        """Rule 10: authenticated ESP of this peer arrived from ``remote``, a new
+        address (called by the data plane's hook, once per new address)."""
+        self._heard_from = remote
+        self._poke()
 
     def rekey(self, *, ike: bool) -> bool:
         """Operator asked for a rekey of the IKE SA or of every Child SA; False if none is up."""
@@ -461,11 +478,33 @@ class Peer:
         session = self._session_for(header, dgram, now)
         if session is None:
             return
+        before, was_up = session.remote_addr, session.established
         session.receive_datagram(dgram.data, dgram.remote, dgram.local, now)
         self._dirty.add(session)
         if session.established:  # rule 9: only what the session authenticated counts
             heard = session.last_heard
             self._last_heard = heard if self._last_heard is None else max(self._last_heard, heard)
+            # rule 10: it authenticated a new address (not IKE_AUTH's move to port 4500)
+            if was_up and session.remote_addr != before:
+                self._follow(session.remote_addr, now, "IKE", before)
+
+    def _follow(self, remote: Address, now: float, by: str, old: Address | None = None) -> None:
+        """Rule 10: every IKE SA and every Child SA of the peer sends to ``remote``."""
+        if not any(s.established for s in self._records):
+            return  # nothing to move (an ESP report for SAs on their way out)
+        old = self.children.move(remote) or old
+        for session in self._records:
+            prior = session.remote_addr
+            if session.established and session.move_path(remote):
+                old = old or prior
+                self._dirty.add(session)
+        if old is None or old == remote:
+            return
+        self.moves += 1
+        log.info(
+            "peer address changed",
+            extra={"peer": self.name, "old": _hostport(old), "new": _hostport(remote), "by": by},
+        )
 
     def _session_for(self, header: IkeHeader, dgram: IkeDatagram, now: float) -> IkeSession | None:
         """Rule 9: the session a datagram names, by SPI (O(1)); or a new responder."""
@@ -546,9 +585,13 @@ class Peer:
     # -- after every input: send, apply events, forget dead sessions --------------
 
     def _after_io(self) -> None:
-        """Flush the sessions this input touched (rule 9), resolve duplicates, forget
-        finished sessions, re-index SPIs and timers, and schedule re-initiation."""
+        """Follow an address change the data plane reported (rule 10), flush the
+        sessions this input touched (rule 9), resolve duplicates, forget finished
+        sessions, re-index SPIs and timers, and schedule re-initiation."""
         now = trio.current_time()
+        if self._heard_from is not None:
+            remote, self._heard_from = self._heard_from, None
+            self._follow(remote, now, "ESP")
         while self._dirty:
             touched, self._dirty = self._dirty, set()
             came_up = [s for s in touched if s in self._records and self._flush(s)]
@@ -913,6 +956,7 @@ class Peer:
         return {
             "name": self.name,
             "remote": None if self.remote is None else f"{self.remote[0]}:{self.remote[1]}",
+            "address": self._current_address(),
             "auto": self.auto,
             "state": self.state,
             "held_down": self._hold(now),
@@ -933,5 +977,18 @@ class Peer:
                 "half_open_ended": self.status.half_open_ended,
                 "inbox_drops": self.inbox_drops,
                 "nat_keepalives_sent": self.keepalives_sent,
+                "address_changes": self.moves,
             },
         }
+
+    def _current_address(self) -> str | None:
+        """Rule 10: where the peer's IKE SA sends now (it follows the peer), if up."""
+        for session in self._records:
+            if session.established:
+                return _hostport(session.remote_addr)
+        return None
+
+
+def _hostport(addr: Address) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
