@@ -215,13 +215,20 @@ def format_status(st: dict[str, Any]) -> str:
             )
         live = peer["liveness"]
         heard = "never" if live["last_heard"] is None else f"{live['last_heard']:.0f}s ago"
+        remote = peer["remote"]
+        if peer.get("resolved") and not str(remote).startswith(f"{peer['resolved']}:"):
+            remote = f"{remote} ({peer['resolved']})"  # a DNS name and what it resolved to
+        if peer.get("address") and peer["address"] != peer["remote"]:
+            remote = f"{remote} at {peer['address']}"  # where the peer is now (it moved, NAT)
         lines.append(
-            f"  peer {peer['name']} [{peer['state']}] remote {peer['remote']}{err}"
+            f"  peer {peer['name']} [{peer['state']}] remote {remote}{err}"
             f"  liveness {live['state']} (heard {heard})"
         )
         for ike in peer["ike_sas"]:
+            superseded = " (superseded, until the peer deletes it)" if ike.get("superseded") else ""
             lines.append(
                 "    IKE SA {spi_i}_i {spi_r}_r {state} {algorithms} id {remote_id}".format(**ike)
+                + superseded
             )
         for ch in peer["child_sas"]:
             rekey = "-" if ch.get("rekey_in") is None else f"{ch['rekey_in']:.0f}s"

@@ -42,7 +42,12 @@ Theory of operation:
       again). The new Child SA's outbound SA waits meanwhile, like a rekey
       responder's (the peer installs its inbound SA only when our IKE_AUTH
       answer arrives): it takes over when the old Child SA goes or ESP
-      arrives on the new one.
+      arrives on the new one. A peer that initiates yet again while such a
+      reauthentication is pending cannot be reauthenticating the IKE SA that
+      was superseded first: it has forgotten it (a peer that drops its IKE
+      SAs silently), so that one is replaced as stale at once. At most one
+      established IKE SA and one superseded one (``superseded`` in status)
+      are ever held.
    c. Duplicates, IKE SAs negotiated concurrently (both sides initiated):
       the one with the larger (SPIi, SPIr) pair survives; both gateways see
       both pairs, so both pick the same one, and each deletes the other with
@@ -712,6 +717,16 @@ class Peer:
             if r.session.state is IkeState.ESTABLISHED and not r.deleting
         ]
         if not fresh.is_initiator:  # (we initiate only while we hold no other IKE SA)
+            for old in [
+                r for r in up if r.superseded_by is not None and r.established_before(record)
+            ]:
+                # rule 5b: the peer initiated again while that reauthentication was pending:
+                # it cannot be reauthenticating this one, it has forgotten it
+                log.info(
+                    "peer initiated again: superseded IKE SA is stale", extra={"peer": self.name}
+                )
+                self._replace_stale(old, now)
+            up = [r for r in up if not r.deleting]
             for old in [r for r in up if r.established_before(record) and not r.superseded_by]:
                 self._supersede(old, record, now + REAUTH_GRACE)  # the peer deletes it
         up = [r for r in up if r.superseded_by is None]
@@ -945,7 +960,12 @@ class Peer:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         # rule 9: half-open sessions are counted, not listed (anyone can make them)
-        ike_sas = [s.status(now) for s in self._records if not s.half_open]
+        ike_sas = []
+        for record in self._records.values():
+            if not record.session.half_open:
+                # rule 5b: kept until the reauthenticating peer deletes it (or the grace ends)
+                superseded = record.superseded_by is not None
+                ike_sas.append({**record.session.status(now), "superseded": superseded})
         half_open = sum(1 for r in self._records.values() if r.half_open is not None)
         timers = {c["spi_in"]: c for ike in ike_sas for c in ike.get("child_sas", [])}
         children = self.children.snapshot(now)
