@@ -128,7 +128,9 @@ class IdentityConfig:
 @dataclass(frozen=True)
 class PeerConfig:
     name: str
-    address: IPAddress | None  # None: listen-only, any source address, ID must match
+    # None: listen-only, any source address, ID must match; a str is a DNS name,
+    # resolved by the daemon at start and before every initiation (never by `check`)
+    address: IPAddress | str | None
     port: int
     nat_t_port: int
     id: Identity
@@ -346,7 +348,7 @@ _DAY = 86400.0
 
 
 class _Endpoint(TypedDict):
-    address: IPAddress | None
+    address: IPAddress | str | None
     port: int
     nat_t_port: int
     auto: Auto
@@ -388,7 +390,7 @@ def _read_peer(file: Path, index: int, data: object, me: IdentityConfig) -> Peer
 
 def _peer_endpoint(s: Section) -> _Endpoint:
     address = (
-        s.convert("address", lambda v: parse_address(_string(v)), None)
+        s.convert("address", lambda v: _address_or_name(_string(v)), None)
         if s.has("address")
         else None
     )
@@ -401,6 +403,22 @@ def _peer_endpoint(s: Section) -> _Endpoint:
         "nat_t_port": s.integer("nat_t_port", 4500, 1, 65535),
         "auto": auto,
     }
+
+
+# RFC 1123 §2.1 host names: labels of letters, digits and hyphens, not at either end
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _address_or_name(text: str) -> IPAddress | str:
+    """An IP address, or a DNS name (checked for syntax only: `check` never resolves)."""
+    try:
+        return parse_address(text)
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.fullmatch(text) or text.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        raise ValueError(f"'{text}' is neither an IPv4/IPv6 address nor a DNS name")
+    return text.rstrip(".").lower()
 
 
 def _peer_auth(s: Section, file: Path, me: IdentityConfig) -> _Auth:

@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -83,11 +84,12 @@ SHUTDOWN_GRACE = 1.0  # seconds to wait for DELETE answers at exit
 
 
 class Devices(Protocol):
-    """Where the daemon gets its file descriptors from (real, or in-memory for tests)."""
+    """Where the daemon gets its file descriptors (and names) from (real, or in-memory)."""
 
     def open_tun(self, name: str, mtu: int) -> Tun: ...
     def bind_udp(self, host: str, port: int) -> Udp: ...
     def routes(self, tun_name: str) -> RouteTable: ...
+    async def resolve(self, name: str, family: int) -> str: ...
 
 
 class KernelDevices:
@@ -109,14 +111,23 @@ class KernelDevices:
     def routes(self, tun_name: str) -> RouteTable:
         return KernelRoutes(tun_name)
 
+    async def resolve(self, name: str, family: int) -> str:
+        """The first address of ``family`` for a DNS name (``/etc/hosts`` first, as the
+        system's resolver is configured); OSError if there is none."""
+        found = await trio.socket.getaddrinfo(name, None, family, socket.SOCK_DGRAM)
+        if not found:
+            raise OSError(f"no {socket.AddressFamily(family).name} address")
+        return str(found[0][4][0])
+
 
 class MemoryDevices:
     """In-memory twins: daemons in one process joined by a :class:`MemoryNetwork`."""
 
-    def __init__(self, network: MemoryNetwork) -> None:
+    def __init__(self, network: MemoryNetwork, hosts: dict[str, str] | None = None) -> None:
         self.network = network
         self.tun: MemoryTun | None = None
         self.route_table = MemoryRoutes()
+        self.hosts = {} if hosts is None else hosts  # DNS names (an /etc/hosts of its own)
 
     def open_tun(self, name: str, mtu: int) -> Tun:
         self.tun = MemoryTun(name, mtu)
@@ -127,6 +138,12 @@ class MemoryDevices:
 
     def routes(self, tun_name: str) -> RouteTable:
         return self.route_table
+
+    async def resolve(self, name: str, family: int) -> str:
+        await trio.lowlevel.checkpoint()
+        if name not in self.hosts:
+            raise OSError(f"[Errno -2] Name or service not known: {name!r}")
+        return self.hosts[name]
 
 
 @dataclass
@@ -446,8 +463,8 @@ class Daemon:
         for peer in self.peers.values():
             if peer.remote is None:
                 wildcard = wildcard or peer
-            elif ipaddress.ip_address(peer.remote[0]) == addr:
-                return peer
+            elif peer.resolved is not None and ipaddress.ip_address(peer.resolved) == addr:
+                return peer  # (a DNS name not resolved yet matches nothing)
         return wildcard
 
     def _esp_moved(self, tunnel: Tunnel, source: Address) -> None:
@@ -492,6 +509,12 @@ class Daemon:
                 self.front_door.opened(peer.name, remote, spi_i)
             else:
                 self.front_door.closed(peer.name, remote)
+
+    async def resolve(self, name: str) -> str:
+        """A peer's DNS name, in the address family we listen on (peer.py rule 11)."""
+        listen = self.config.gateway.listen[0]
+        family = socket.AF_INET6 if listen.version == 6 else socket.AF_INET
+        return await self.devices.resolve(name, family)
 
     def send_ike(self, data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
         if self._datapath is None:

@@ -86,6 +86,15 @@ Theory of operation:
    logged once. A packet failing authentication, or a replayed one, never
    gets this far. NAT keepalives and liveness checks go where the IKE SA
    goes, so a liveness answer proves the path the ESP takes too.
+11. A peer's configured address may be a DNS name: it is resolved when the
+   task starts (so that the dispatcher can match the peer's IKE_SA_INIT by
+   address) and again before every initiation (``auto = start``, a retry,
+   ``dpd_action = restart``, ``tunneld up``), through the daemon
+   (:meth:`PeerHost.resolve`, at most :data:`RESOLVE_TIMEOUT` seconds, the
+   task waits meanwhile). A failure is logged once per run of failures, with
+   the peer's name, sets ``last_error`` and is retried as a failed initiation
+   is (also for a listening peer, whose IKE_SA_INIT the dispatcher can match
+   only by the resolved address); it never ends the task.
 8. Operator ``down`` (``tunneld down PEER [--for SECONDS]``): every Child SA
    leaves the data plane at once (outbound and routes; inbound SAs stay for
    the delete delay), every IKE SA is deleted, and the peer is *held*: a
@@ -99,6 +108,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import heapq
+import ipaddress
 import itertools
 import logging
 import math
@@ -140,6 +150,7 @@ RETRY_MAX = 4.0
 WATCH_INTERVAL = 1.0  # seconds between looks at the SA counters (rule 4)
 REAUTH_GRACE = 10.0  # seconds a reauthenticating peer gets to delete its old IKE SA (rule 5b)
 NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: "a default of 20 seconds"
+RESOLVE_TIMEOUT = 5.0  # seconds a DNS lookup of the peer's name may take (rule 11)
 
 
 _Input = tuple[IkeDatagram, IkeHeader]
@@ -201,6 +212,8 @@ class PeerHost(Protocol):
     def send_ike(self, data: bytes, src: Address, dst: Address) -> None: ...
 
     def send_keepalive(self, dst: Address) -> None: ...
+
+    async def resolve(self, name: str) -> str: ...
 
     def register_session(self, session: IkeSession, peer: Peer) -> None: ...
 
@@ -303,6 +316,11 @@ class Peer:
         self._refusal_logged = False
         self.inbox_drops = 0
         self._heard_from: Address | None = None  # rule 10: ESP from a new address
+        # rule 11: the configured address as an IP (None: a DNS name not resolved yet)
+        self.resolved: str | None = None if remote is None or _is_name(remote[0]) else remote[0]
+        self._initiate_wanted = False
+        self._resolve_wanted = False  # a listening peer's name failed to resolve: again
+        self._resolve_failing = False
         self.moves = 0  # rule 10: address changes followed
 
     @property
@@ -369,6 +387,7 @@ class Peer:
     # -- the task ------------------------------------------------------------------
 
     async def run(self) -> None:
+        await self._resolve()  # rule 11: also for a listening peer (the dispatcher matches it)
         if self._want_up and self.remote is not None:
             self._retry_at = trio.current_time()
         self._watch_at = trio.current_time() + WATCH_INTERVAL
@@ -381,7 +400,42 @@ class Peer:
                 self._after_io()
                 continue
             self._on_timer(trio.current_time())
+            if self._initiate_wanted or self._resolve_wanted:
+                initiate, self._initiate_wanted, self._resolve_wanted = (
+                    self._initiate_wanted,
+                    False,
+                    False,
+                )
+                if await self._resolve() and initiate:  # rule 11: before every initiation
+                    self._initiate(trio.current_time())
             self._after_io()
+
+    async def _resolve(self) -> bool:
+        """Rule 11: resolve a DNS name (an IP needs nothing); False if that failed."""
+        if self.remote is None or not _is_name(self.remote[0]):
+            return True
+        name = self.remote[0]
+        try:
+            with trio.fail_after(RESOLVE_TIMEOUT):
+                address = await self.host.resolve(name)
+        except (OSError, trio.TooSlowError) as exc:
+            why = str(exc) or f"no answer within {RESOLVE_TIMEOUT:g}s"
+            self.status.last_error = f"cannot resolve {name}: {why}"
+            if not self._resolve_failing:  # once per run of failures
+                self._resolve_failing = True
+                log.warning(
+                    "cannot resolve the peer's address, retrying",
+                    extra={"peer": self.name, "address": name, "error": why},
+                )
+            return False
+        if self._resolve_failing or address != self.resolved:
+            log.info(
+                "peer address resolved",
+                extra={"peer": self.name, "address": name, "resolved": address},
+            )
+        self._resolve_failing = False
+        self.resolved = address
+        return True
 
     async def _next_input(self) -> _Input | None:
         """The next datagram, or None when woken by ``up``/``down``."""
@@ -430,7 +484,9 @@ class Peer:
         if self._retry_at <= now:
             self._retry_at = math.inf
             if self._want_up and not self._live_sessions():
-                self._initiate(now)
+                self._initiate_wanted = True  # run() resolves the name first (rule 11)
+            elif self.remote is not None and self.resolved is None:
+                self._resolve_wanted = True  # rule 11: the dispatcher needs the address
 
     def _live_sessions(self) -> bool:
         """Whether an IKE SA with the peer exists or is being set up by us or by the
@@ -459,7 +515,8 @@ class Peer:
         return self._held_until is not None and now < self._held_until
 
     def _initiate(self, now: float) -> None:
-        assert self.remote is not None
+        assert self.remote is not None and self.resolved is not None
+        remote = (self.resolved, self.remote[1])
 
         def alone() -> bool:  # rule 5a, asked when IKE_AUTH is built
             return not any(
@@ -471,12 +528,12 @@ class Peer:
             self.host.entropy,
             now,
             local_addr=self._local_addr(),
-            remote_addr=self.remote,
+            remote_addr=remote,
             initial_contact=alone,
         )
         session.initiate(now)  # picks our SPI
         self._adopt(session, now)
-        log.info("initiating IKE SA", extra={"peer": self.name, "remote": self.remote[0]})
+        log.info("initiating IKE SA", extra={"peer": self.name, "remote": remote[0]})
 
     def _receive(self, dgram: IkeDatagram, header: IkeHeader) -> None:
         now = trio.current_time()
@@ -615,7 +672,7 @@ class Peer:
                 self._timers.set(session, session.next_deadline())
         if (
             not self._live_sessions()
-            and self._want_up
+            and (self._want_up or self.resolved is None)  # rule 11: a name to resolve
             and self.remote is not None
             and self._retry_at == math.inf
         ):
@@ -976,6 +1033,7 @@ class Peer:
         return {
             "name": self.name,
             "remote": None if self.remote is None else f"{self.remote[0]}:{self.remote[1]}",
+            "resolved": self.resolved,  # rule 11: what a DNS name resolved to last
             "address": self._current_address(),
             "auto": self.auto,
             "state": self.state,
@@ -1007,6 +1065,15 @@ class Peer:
             if session.established:
                 return _hostport(session.remote_addr)
         return None
+
+
+def _is_name(host: str) -> bool:
+    """Rule 11: a DNS name rather than an IP address."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
 
 
 def _hostport(addr: Address) -> str:

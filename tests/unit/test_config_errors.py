@@ -211,9 +211,9 @@ ERRORS: list[tuple[str, Mutator, str, str]] = [
     ("peer-missing-name", deleter("peer", "name"), "peer[0].name", "required key is missing"),
     (
         "peer-address",
-        setter("peer", "address", "gw-b"),
+        setter("peer", "address", "gw_b.example.org"),
         "peer[0].address",
-        "'gw-b' is not an IPv4/IPv6 address",
+        "'gw_b.example.org' is neither an IPv4/IPv6 address nor a DNS name",
     ),
     (
         "peer-address-type",
