@@ -10,6 +10,12 @@ answers ARP for) and the old address stops receiving (a drop in the raw
 prerouting hook, before conntrack could translate anything back). Each
 change is one nft transaction, so no packet leaves untranslated in between.
 
+DNS names: ``ip netns exec NS`` bind-mounts every file of ``/etc/netns/NS/``
+over its namesake in ``/etc`` (iproute2's convention, in a mount namespace
+of the command's own), so :func:`hosts_file` gives a gateway namespace an
+``/etc/hosts`` of its own without touching the machine's; it is removed
+again on the way out.
+
 The probes (tests/tools/probe.py) run A -> B -> A, so an echo that comes
 back proves both directions; ``--gap`` makes the sender report every silence
 longer than that as an outage ``[from, to]`` (seconds since it started).
@@ -20,9 +26,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from tests.helpers.lab_sites import PROBE, PROBE_PORT, ProbeRun
@@ -30,6 +38,25 @@ from tools.lab import GWA_UNDERLAY, GWB_UNDERLAY, HOST_B, Lab
 
 ROAMED = "192.0.2.5"  # gw-a's outside address after roaming
 TABLE = "mvnat"
+NETNS_ETC = Path("/etc/netns")
+
+
+@contextlib.contextmanager
+def hosts_file(lab: Lab, node: str, entries: dict[str, str]) -> Iterator[Path]:
+    """``/etc/hosts`` inside ``lab``'s namespace ``node`` (name -> address), see above."""
+    created = not NETNS_ETC.exists()
+    directory = NETNS_ETC / lab.ns(node)
+    directory.mkdir(parents=True, exist_ok=False)
+    try:
+        hosts = directory / "hosts"
+        lines = ["127.0.0.1 localhost"] + [f"{addr} {name}" for name, addr in entries.items()]
+        hosts.write_text("\n".join(lines) + "\n")
+        yield hosts
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):  # another lab may use it meanwhile
+                NETNS_ETC.rmdir()
 
 
 def nft(lab: Lab, node: str, script: str) -> None:
