@@ -208,7 +208,7 @@ def _read_gateway(file: Path, data: object) -> GatewayConfig:
     control = s.file_path("control_socket", file.parent) or Path(f"/run/tunneld/{name}.sock")
     return GatewayConfig(
         name=name,
-        listen=s.items("listen", parse_address, ["0.0.0.0"], single=True),
+        listen=_listen(s),
         port=s.integer("port", 500, 1, 65535),
         nat_t_port=s.integer("nat_t_port", 4500, 1, 65535),
         tun=tun,
@@ -219,6 +219,23 @@ def _read_gateway(file: Path, data: object) -> GatewayConfig:
         save_keys_dir=s.file_path("save_keys_dir", file.parent) or control.parent / f"{name}-keys",
         **_run_as(s),
     )
+
+
+def _listen(s: Section) -> tuple[IPAddress, ...]:
+    """Every address is bound (UDP port and NAT-T port): no duplicates, and the
+    any-address of a family only alone (binding it next to a concrete one fails)."""
+    listen = s.items("listen", parse_address, ["0.0.0.0"], single=True)
+    for i, addr in enumerate(listen):
+        if addr in listen[:i]:
+            raise s.error(f"listen[{i}]", f"'{addr}' is listed twice")
+        same_family = [a for a in listen if a.version == addr.version]
+        if addr.is_unspecified and len(same_family) > 1:
+            raise s.error(
+                f"listen[{i}]",
+                f"'{addr}' (every address) cannot be combined with other IPv{addr.version} "
+                "addresses: list the addresses, or only it",
+            )
+    return listen
 
 
 class _Account(TypedDict):

@@ -30,6 +30,11 @@ Theory of operation:
    COOKIE challenge straight from the dispatcher, with no session and no DH;
    over a cap it is dropped. Peers report the half-open sessions they open
    and close (:meth:`Daemon.half_open_changed`).
+7. Every ``listen`` address is bound (IKE and NAT-T ports). IKE answers leave
+   from the address the request came to (the session's local address), and
+   a peer's ESP and NAT keepalives from the address its IKE SA uses
+   (:meth:`Daemon.esp_source`, told by the peer when a Child SA is installed
+   or the peer moves). What we initiate leaves from the first address.
 6. An exception escaping one peer's task is a bug, but it must not stop the
    gateway: it is logged with the peer's name and the traceback, that peer
    is reset (its Child SAs leave the data plane, its sessions are
@@ -243,7 +248,8 @@ class Daemon:
         self._unauth_log = LogThrottle(log, UNAUTHENTICATED_LOG)
         self._datapath: DataPath | None = None
         self._routes: RouteTable | None = None
-        self._udp: dict[int, Udp] = {}
+        self._udp: dict[int, Udp] = {}  # the first listen address's, by port
+        self._sockets: dict[tuple[str, int], Udp] = {}  # every one, by local address
         self._local_host = ""
         self._started_at = 0.0
         self._cancel = trio.CancelScope()
@@ -267,9 +273,13 @@ class Daemon:
             try:
                 self._routes = self.devices.routes(gw.tun)
                 self._local_host = str(gw.listen[0])
+                # every listen address, IKE and NAT-T ports (rule 7); the first one's
+                # sockets are the default for what has no address of its own to leave from
+                for host in dict.fromkeys(str(a) for a in gw.listen):
+                    for port in (gw.port, gw.nat_t_port):
+                        self._sockets[(host, port)] = self.devices.bind_udp(host, port)
                 self._udp = {
-                    gw.port: self.devices.bind_udp(self._local_host, gw.port),
-                    gw.nat_t_port: self.devices.bind_udp(self._local_host, gw.nat_t_port),
+                    p: self._sockets[(self._local_host, p)] for p in (gw.port, gw.nat_t_port)
                 }
                 if account is not None:
                     _drop_privileges(account)
@@ -285,6 +295,7 @@ class Daemon:
         gw = self.config.gateway
         send, recv = trio.open_memory_channel[IkeDatagram](IKE_INBOX)
         send_init, recv_init = trio.open_memory_channel[IkeDatagram](INIT_INBOX)
+        more = [u for u in self._sockets.values() if u not in self._udp.values()]
         self._datapath = DataPath(
             self.sadb,
             tun,
@@ -293,6 +304,7 @@ class Daemon:
             init_inbox=send_init,
             esp_port=gw.nat_t_port,
             ike_port=gw.port,
+            more=more,
         )
         self._started_at = trio.current_time()
         self.front_door = FrontDoor(self.entropy, self._started_at)
@@ -398,7 +410,7 @@ class Daemon:
     def _close_devices(self, tun: Tun) -> None:
         if self._routes is not None:
             self._routes.close()
-        for udp in self._udp.values():
+        for udp in self._sockets.values():
             udp.close()  # type: ignore[attr-defined]
         tun.close()  # type: ignore[attr-defined]
         log.info("tunneld stopped", extra={"gateway": self.config.gateway.name})
@@ -521,9 +533,14 @@ class Daemon:
             return
         port = src[1] if src[1] in self._udp else self.config.gateway.port
         try:
-            self._datapath.send_ike(data, port, dst)
+            self._datapath.send_ike(data, port, dst, src[0])  # from where the peer talks to
         except OSError as exc:  # unreachable network, peer's port closed: IKE retransmits
             log.debug("IKE send failed", extra={"dst": dst[0], "error": str(exc)})
+
+    def esp_source(self, dst: tuple[str, int], src: tuple[str, int]) -> None:
+        """Rule 7: a peer's ESP to ``dst`` leaves from our address ``src[0]``."""
+        if self._datapath is not None:
+            self._datapath.esp_source(dst, src[0])
 
     def send_keepalive(self, dst: tuple[str, int]) -> None:
         if self._datapath is None:

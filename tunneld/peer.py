@@ -213,6 +213,8 @@ class PeerHost(Protocol):
 
     def send_keepalive(self, dst: Address) -> None: ...
 
+    def esp_source(self, dst: Address, src: Address) -> None: ...
+
     async def resolve(self, name: str) -> str: ...
 
     def register_session(self, session: IkeSession, peer: Peer) -> None: ...
@@ -560,6 +562,8 @@ class Peer:
             if session.established and session.move_path(remote):
                 old = old or prior
                 self._dirty.add(session)
+            if session.established:
+                self.host.esp_source(remote, session.local_addr)  # daemon rule 7
         if old is None or old == remote:
             return
         self.moves += 1
@@ -905,6 +909,7 @@ class Peer:
         if event.outbound_active and not confirmed and self.children.carrying():
             event = dataclasses.replace(event, outbound_active=False)
         child = self.children.install(session, event, now, confirmed=confirmed)
+        self.host.esp_source(event.remote_addr, session.local_addr)  # daemon rule 7
         if record.deleting:  # rule 5c: e.g. a rekey the peer made while we delete
             self.children.withdraw(event.inbound_spi)
         if self.key_tables is not None:

@@ -85,6 +85,18 @@ ERRORS: list[tuple[str, Mutator, str, str]] = [
         "'192.0.2.300' is not an IPv4/IPv6 address",
     ),
     (
+        "gw-listen-twice",
+        setter("gateway", "listen", ["192.0.2.1", "192.0.2.3", "192.0.2.1"]),
+        "gateway.listen[2]",
+        "'192.0.2.1' is listed twice",
+    ),
+    (
+        "gw-listen-any-and-more",
+        setter("gateway", "listen", ["192.0.2.1", "0.0.0.0"]),
+        "gateway.listen[1]",
+        "'0.0.0.0' (every address) cannot be combined with other IPv4 addresses",
+    ),
+    (
         "gw-listen-type",
         setter("gateway", "listen", 5),
         "gateway.listen",
