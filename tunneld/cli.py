@@ -215,11 +215,7 @@ def format_status(st: dict[str, Any]) -> str:
             )
         live = peer["liveness"]
         heard = "never" if live["last_heard"] is None else f"{live['last_heard']:.0f}s ago"
-        remote = peer["remote"]
-        if peer.get("resolved") and not str(remote).startswith(f"{peer['resolved']}:"):
-            remote = f"{remote} ({peer['resolved']})"  # a DNS name and what it resolved to
-        if peer.get("address") and peer["address"] != peer["remote"]:
-            remote = f"{remote} at {peer['address']}"  # where the peer is now (it moved, NAT)
+        remote = _remote_text(peer)
         lines.append(
             f"  peer {peer['name']} [{peer['state']}] remote {remote}{err}"
             f"  liveness {live['state']} (heard {heard})"
@@ -245,6 +241,20 @@ def format_status(st: dict[str, Any]) -> str:
     drops = st["dataplane"]["drops"]
     lines.append(f"  data plane drops: {drops if drops else 'none'}")
     return "\n".join(lines)
+
+
+def _remote_text(peer: dict[str, Any]) -> str:
+    """The configured address, what a DNS name resolved to, and where the peer is now
+    if that is elsewhere (it moved, or sits behind a NAT): not just port 4500."""
+    remote = str(peer["remote"])
+    host, _, port = remote.rpartition(":")
+    resolved = peer.get("resolved")
+    if resolved and resolved != host:
+        remote, host = f"{remote} ({resolved})", resolved
+    address = peer.get("address")
+    if address and address not in (f"{host}:{port}", f"{host}:4500"):
+        remote = f"{remote} at {address}"
+    return remote
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ class MovingNat(MemoryNetwork):
         super().transmit(data, src, dst)
 
 
-def configs(tmp_path: Path) -> tuple[Path, Path]:
-    conf_a, conf_b = write_site_configs(tmp_path, "move", SiteOptions())
+def configs(tmp_path: Path, extra: str = "") -> tuple[Path, Path]:
+    conf_a, conf_b = write_site_configs(tmp_path, "move", SiteOptions(extra_peer=extra))
     text = conf_b.read_text().replace('address = "192.0.2.1"\n', "")  # gw-b: gw-a from anywhere
     conf_b.write_text(text)
     return conf_a, conf_b
@@ -209,4 +209,35 @@ async def test_roaming_by_ike_alone_moves_the_child_sas(
         assert record.__dict__["by"] == "IKE"
         assert record.__dict__["new"] == f"{ROAMED_HOST}:24500"
         await ping(a, b, timeout=0.1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_only_the_hub_talks_after_a_rebinding_the_spokes_liveness_check_repairs_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hub -> spoke is a one-way black hole after the rebinding (the hub sends to the old
+    port; the spoke is silent, its NAT keepalives prove nothing). The spoke hears nothing
+    for dpd_delay, asks (from the new port), the hub authenticates that and moves."""
+    caplog.set_level(logging.INFO, logger="tunneld.peer")
+    conf_a, conf_b = configs(tmp_path, 'dpd_delay = "10s"\n')
+    network = MovingNat()
+    async with trio.open_nursery() as nursery:
+        b, _ = await start_site(nursery, conf_b, network)
+        a, _ = await start_site(nursery, conf_a, network)
+        await wait_for_children(a, b)
+        await ping(a, b)
+        tun_a, tun_b = a.devices.tun, b.devices.tun
+        assert tun_a is not None and tun_b is not None
+        network.shift = 30000
+        rebound = trio.current_time()
+        while not tun_a.host_recv_nowait():  # the hub sends every 100 ms
+            tun_b.host_send(udp_packet("203.0.113.10", "198.51.100.10", b"hub"))
+            await trio.sleep(0.1)
+            assert trio.current_time() - rebound < 15, "the spoke never got through again"
+        repaired = trio.current_time() - rebound
+        print(f"MEASURED hub->spoke repaired {repaired:.2f} s after the rebinding (dpd_delay 10 s)")
+        assert repaired <= 10 + 1 + 0.5  # dpd_delay + the 1 s watch
+        (record,) = moves(caplog)
+        assert record.__dict__["by"] == "IKE"  # the liveness check moved it
+        assert peer_b(b)["liveness"]["state"] == "alive"  # type: ignore[index]
         nursery.cancel_scope.cancel()
