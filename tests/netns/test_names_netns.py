@@ -1,4 +1,5 @@
-"""A peer ``address`` that is a DNS name, through two real daemons (issue #10).
+"""A peer ``address`` that is a DNS name, and every ``listen`` address bound, through
+two real daemons (issue #10).
 
 Both gateways start (``auto = "start"``) and name each other by DNS name only;
 each gateway namespace gets an ``/etc/hosts`` of its own
@@ -6,6 +7,11 @@ each gateway namespace gets an ``/etc/hosts`` of its own
 mounts over ``/etc/hosts`` for the daemon alone). The tunnel comes up,
 carries 1 ms probes without loss, and ``tunneld status`` shows the name and
 what it resolved to.
+
+gw-b listens on two addresses and gw-a knows it by the second: IKE answers,
+gw-b's own requests and its ESP all leave from that address (gw-a would drop
+an IKE_SA_INIT answer from elsewhere, and would log a move for ESP from
+elsewhere).
 """
 
 from __future__ import annotations
@@ -57,3 +63,28 @@ def test_both_sides_start_with_dns_names(
         text = sites.gwa.cli("status", "-s", str(sites.gwa.socket)).stdout
         assert f"remote gw-b.example.org:500 ({GWB_UNDERLAY})" in text
         assert_probes_clean(sites.probe(2000, rate=1000), 2000)
+
+
+def test_the_peer_talks_to_our_second_listen_address(
+    lab: Lab, make_sites: Callable[[SiteOptions], Sites]
+) -> None:
+    second = "192.0.2.3"
+    lab.run("gwb", "ip", "addr", "add", f"{second}/24", "dev", f"{lab.prefix}-gb0")
+    sites = make_sites(SiteOptions(log_format="json"))
+    text_a, text_b = sites.conf_a.read_text(), sites.conf_b.read_text()
+    assert f'address = "{GWB_UNDERLAY}"' in text_a and f'listen = ["{GWB_UNDERLAY}"]' in text_b
+    sites.conf_a.write_text(text_a.replace(f'address = "{GWB_UNDERLAY}"', f'address = "{second}"'))
+    sites.conf_b.write_text(
+        text_b.replace(f'listen = ["{GWB_UNDERLAY}"]', f'listen = ["{GWB_UNDERLAY}", "{second}"]')
+    )
+    sites.start()
+    sites.wait_established()
+    assert_probes_clean(sites.probe(2000, rate=1000), 2000)
+    view = sites.peer_status(sites.gwa)
+    assert view["ike_sas"][0]["remote"] == f"{second}:4500"
+    assert view["counters"]["address_changes"] == 0
+    assert sites.log_events(sites.gwa, "peer address changed") == []
+    udp = sites.gwb.status()["dataplane"]["pumps"]["udp"]
+    assert udp[f"{second}:4500"]["recv_datagrams"] > 2000  # the probes came in there
+    assert udp[f"{second}:4500"]["sent_datagrams"] > 2000  # and their echoes left from there
+    assert udp["4500"]["sent_datagrams"] == 0  # nothing from the first address
