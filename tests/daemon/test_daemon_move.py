@@ -36,11 +36,14 @@ class MovingNat(MemoryNetwork):
         super().__init__()
         self.public, self.shift = PUBLIC_HOST, 20000
         self.esp_to_b: list[bytes] = []  # ESP gw-a sent (for replays)
+        self.ike_to_b: list[bytes] = []  # IKE on 4500 gw-a sent, marker included
 
     def transmit(self, data: bytes, src: Address, dst: Address) -> None:
         if src[0] == PRIVATE_HOST:
             if dst[1] == 4500 and data[:4] != b"\0\0\0\0" and len(data) > 1:
                 self.esp_to_b.append(data)
+            elif dst[1] == 4500 and data[:4] == b"\0\0\0\0":
+                self.ike_to_b.append(data)
             src = (self.public, src[1] + self.shift)
         elif dst[0] in (PUBLIC_HOST, ROAMED_HOST):
             if dst[0] != self.public or dst[1] - self.shift not in (500, 4500):
@@ -240,4 +243,38 @@ async def test_only_the_hub_talks_after_a_rebinding_the_spokes_liveness_check_re
         (record,) = moves(caplog)
         assert record.__dict__["by"] == "IKE"  # the liveness check moved it
         assert peer_b(b)["liveness"]["state"] == "alive"  # type: ignore[index]
+        nursery.cancel_scope.cancel()
+
+
+async def test_forged_and_replayed_ike_from_elsewhere_move_nothing(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An IKE request of gw-a's, replayed from another address (a retransmission
+    from a third party: not answered there), and one with a broken ICV."""
+    caplog.set_level(logging.INFO, logger="tunneld.peer")
+    conf_a, conf_b = configs(tmp_path)
+    network = MovingNat()
+    async with trio.open_nursery() as nursery:
+        b, _ = await start_site(nursery, conf_b, network)
+        a, _ = await start_site(nursery, conf_a, network)
+        await wait_for_children(a, b)
+        assert a.daemon.peers["gw-b"].rekey(ike=False)
+        await trio.sleep(3)
+        # gw-a's requests (IKE header after the 4-byte marker: flags at 19, R = 0x20)
+        requests = [d for d in network.ike_to_b if not d[4 + 19] & 0x20]
+        replayed = requests[-1]  # answered by gw-b already: a retransmission
+        forged = bytearray(replayed)  # the next message ID: new, but the ICV fails
+        next_id = int.from_bytes(forged[24:28], "big") + 1
+        forged[24:28] = next_id.to_bytes(4, "big")
+        for datagram in (replayed, bytes(forged)):
+            MemoryNetwork.transmit(network, datagram, ATTACKER, ("192.0.2.2", 4500))
+        await trio.sleep(1)
+        (ike,) = peer_b(b)["ike_sas"]  # type: ignore[misc]
+        assert ike["remote"] == f"{PUBLIC_HOST}:24500"
+        assert esp_destination(b) == (PUBLIC_HOST, 24500)
+        assert moves(caplog) == []
+        drops = ike["drops"]
+        assert drops["retransmitted request from another address"] == 1
+        assert drops["unauthenticated or malformed request"] == 1
+        await ping(a, b, timeout=0.1)
         nursery.cancel_scope.cancel()
