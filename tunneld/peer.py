@@ -367,6 +367,7 @@ class Peer:
         if self._held_until is not None:
             log.info("hold lifted by the operator", extra={"peer": self.name})
         self._held_until = None
+        self.status.last_error = None  # a new attempt: `tunneld up` waits for its outcome
         self._want_up = True
         self._retry_at = trio.current_time()
         self._poke()
