@@ -20,6 +20,9 @@ APT_PACKAGES=(
   libstrongswan-standard-plugins
   # the default interpreter (PYTHON=python3): Debian's python3 has no pip module
   python3 python3-pip
+  # systemd-analyze verify/security on contrib/systemd/tunneld@.service (no running
+  # systemd needed); setpriv (util-linux, Essential) starts the daemon as the unit would
+  systemd
 )
 
 missing=()
