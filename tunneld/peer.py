@@ -1042,7 +1042,7 @@ class Peer:
             child["expires_in"] = session_view.get("expires_in")
         return {
             "name": self.name,
-            "remote": None if self.remote is None else f"{self.remote[0]}:{self.remote[1]}",
+            "remote": None if self.remote is None else _hostport(self.remote),  # [v6]:port
             "resolved": self.resolved,  # rule 11: what a DNS name resolved to last
             "address": self._current_address(),
             "auto": self.auto,

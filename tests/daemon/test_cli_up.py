@@ -115,3 +115,18 @@ async def test_down_reports_the_deleted_sas(
     code, _ = await run_cli("down", "gw-b", "-s", str(listening.a.socket))
     assert code == 0
     assert "down gw-b: no SA was up" in capsys.readouterr().out
+
+
+async def test_down_without_an_answer_says_so(
+    listening: Pair, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = await run_cli("up", "gw-b", "-s", str(listening.a.socket))
+    assert code == 0
+    listening.cancel_b.cancel()  # gw-b is gone: the DELETE goes unanswered
+    await trio.sleep(0.1)
+    code, took = await run_cli("down", "gw-b", "-s", str(listening.a.socket), "--timeout", "1")
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_TIMEOUT, err
+    assert 1 <= took < 5
+    assert "Child SAs removed, but the peer has not answered the DELETE within 1s" in err, err
+    assert children(listening.a) == []
