@@ -356,6 +356,9 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(_peer_line(peer))
         for ike in peer["ike_sas"]:
             lines.append(_ike_line(ike))
+        if peer.get("closed_ike_sas"):
+            n = peer["closed_ike_sas"]
+            lines.append(f"    ({_count(n, 'closed IKE SA')} kept to answer retransmissions)")
         for ch in peer["child_sas"]:
             lines.extend(_child_lines(ch))
     lines.append(f"  data plane drops: {format_drops(st['dataplane']['drops'])}")

@@ -119,3 +119,9 @@ def test_drops_read_as_counts_not_a_dict() -> None:
     )
     text = status(peer(), drops={"no_policy": 1})
     assert "data plane drops: 1 no_policy" in text and "{" not in text
+
+
+def test_closed_ike_sas_are_counted_not_listed() -> None:
+    text = status(peer(closed_ike_sas=2))
+    assert "(2 closed IKE SAs kept to answer retransmissions)" in text, text
+    assert "closed IKE SA" not in status(peer(closed_ike_sas=0))
