@@ -387,3 +387,49 @@ def _matches_cert(ident: Identity, cert: x509.Certificate) -> bool:
         wanted_name = _fold(ident.data.decode("ascii"))
         return any(_fold(v) == wanted_name for v in san.get_values_for_type(general))
     return False
+
+
+# -- patterns (a hub's peer entry for many spokes) -------------------------------
+#
+# ``*.branch.example.org`` (ID_FQDN) matches any name of one or more labels under
+# branch.example.org; ``*@example.org`` (ID_RFC822_ADDR) any mailbox at exactly
+# that domain. Matching is case-insensitive like Identity.matches. An identity that
+# itself contains ``*`` never matches a pattern (a wildcard certificate names no
+# one spoke). Patterns are policy only: the identity is still proven by AUTH.
+
+_PATTERN_HEADS = {IdType.ID_FQDN: "*.", IdType.ID_RFC822_ADDR: "*@"}
+
+
+def is_pattern(identity: Identity) -> bool:
+    """Whether ``identity`` is a pattern (``*.suffix`` FQDN or ``*@domain`` e-mail)."""
+    head = _PATTERN_HEADS.get(identity.id_type)
+    if head is None:
+        return False
+    text = identity.data.decode("ascii")
+    return text.startswith(head) and len(text) > 2 and "*" not in text[2:]
+
+
+def pattern_matches(pattern: Identity, identity: Identity) -> bool:
+    """Whether ``identity`` is one the entry ``pattern`` (a pattern or exact ID) accepts."""
+    if not is_pattern(pattern):
+        return pattern.matches(identity)
+    if pattern.id_type != identity.id_type:
+        return False
+    text = _fold(identity.data.decode("ascii"))
+    suffix = _fold(pattern.data.decode("ascii"))[1:]  # ".branch.example.org" | "@example.org"
+    head = text[: len(text) - len(suffix)]
+    return text.endswith(suffix) and bool(head) and "*" not in text
+
+
+def patterns_overlap(a: Identity, b: Identity) -> bool:
+    """Whether some identity could match both ``a`` and ``b`` (patterns or exact IDs)."""
+    if is_pattern(a) and is_pattern(b):
+        if a.id_type != b.id_type:
+            return False
+        sa, sb = (_fold(x.data.decode("ascii"))[1:] for x in (a, b))
+        if a.id_type == IdType.ID_RFC822_ADDR:
+            return sa == sb
+        return sa.endswith(sb) or sb.endswith(sa)
+    if is_pattern(b):
+        a, b = b, a
+    return pattern_matches(a, b)
