@@ -526,7 +526,7 @@ def _check_peers(file: Path, peers: tuple[PeerConfig, ...]) -> None:
     for i, peer in enumerate(peers):
         for k, net in enumerate(peer.remote_subnets):
             where = f"peer[{i}].remote_subnets[{k}]"
-            for local in peer.local_subnets:
+            for local in () if peer.is_pattern else peer.local_subnets:  # a hub's transit
                 if net.version == local.version and net.overlaps(local):
                     raise ConfigError(file, where, f"{net} overlaps local subnet {local}")
             for other in peers[:i]:

@@ -78,6 +78,16 @@ Theory of operation:
    new IKE_SA_INIT from it is dropped and counted (``refused_initiations``,
    logged once per hold) until ``tunneld up PEER``, or until the hold's
    time has passed; then ``auto`` applies again (``start`` initiates).
+10. The daemon's *reception* (``reception`` given) is a Peer with no peer of
+    its own: it holds the half-open responder sessions whose peer entry is not
+    known before IKE_AUTH (several entries could serve the source address, or
+    an identity pattern does; :mod:`tunneld.peermatch`). Its sessions come from
+    :meth:`Reception.responder` (every candidate's proposals, and a lookup by
+    identity); once one is established, :meth:`Reception.owner` names the peer
+    it belongs to and the session, with its record's start time, moves there
+    (:meth:`Peer.take_over`) *before* any of its events is applied, so its
+    Child SAs reach the data plane through the owner's ChildSet. A session that
+    fails IKE_AUTH ends here, unauthenticated, as rule 9 says.
 """
 
 from __future__ import annotations
@@ -197,6 +207,14 @@ class PeerHost(Protocol):
     ) -> None: ...
 
 
+class Reception(Protocol):
+    """Rule 10: where the daemon's reception gets its sessions and gives them away."""
+
+    def responder(self, dgram: IkeDatagram, now: float) -> IkeSession: ...
+
+    def owner(self, session: IkeSession) -> Peer: ...
+
+
 @dataclass
 class PeerStatus:
     last_error: str | None = None
@@ -256,8 +274,10 @@ class Peer:
         children: ChildSet,
         local_addr: Callable[[], tuple[str, int]],
         key_tables: KeyTables | None = None,
+        reception: Reception | None = None,
     ) -> None:
         self.host = host
+        self.reception = reception  # rule 10
         self.name = name
         self.session_config = session_config
         self.remote = remote
@@ -481,9 +501,12 @@ class Peer:
         if self._held(now):
             self._refuse(dgram, now)
             return None
-        session = IkeSession.responder(
-            self.session_config, self.host.entropy, now, dgram.local, dgram.remote
-        )
+        if self.reception is not None:  # rule 10
+            session = self.reception.responder(dgram, now)
+        else:
+            session = IkeSession.responder(
+                self.session_config, self.host.entropy, now, dgram.local, dgram.remote
+            )
         self._adopt(session, now)
         record = self._records[session]
         record.half_open = (header.spi_i, dgram.remote)  # the session learns SPIi only now
@@ -504,6 +527,25 @@ class Peer:
             f"(run `tunneld up {self.name}` to accept it)",
             extra={"peer": self.name, "remote": dgram.remote[0], "held_until": until},
         )
+
+    def take_over(self, session: IkeSession, begun: float) -> None:
+        """Rule 10: an established responder session the reception found to be ours,
+        its events not yet applied: adopt it, apply them, send its answer."""
+        self._adopt(session, begun)
+        self._after_io()
+        self._poke()  # its timers join ours
+
+    def refuses_new(self, now: float) -> bool:
+        """Rule 8 for the reception: the operator holds this peer down (counted)."""
+        if not self._held(now):
+            return False
+        self.status.refused_initiations += 1
+        return True
+
+    @property
+    def idle(self) -> bool:
+        """No IKE session and no Child SA: nothing would be lost without this peer."""
+        return not self._records and not self.children.records
 
     def _adopt(self, session: IkeSession, now: float) -> None:
         self._records[session] = SessionRecord(session, begun=now)
@@ -593,6 +635,9 @@ class Peer:
     def _flush(self, session: IkeSession) -> bool:
         """Apply the session's events, then send its datagrams (a ChildSaUp's inbound SA
         is installed before the answer carrying its SPI leaves); True if it came up."""
+        if self.reception is not None and session.established:  # rule 10
+            self._pass_on(session)
+            return False
         came_up = False
         while (event := session.next_event()) is not None:
             self._apply(self._records[session], event)
@@ -602,6 +647,14 @@ class Peer:
         if self.key_tables is not None:  # rule 7: keys exist from IKE_SA_INIT on
             self.key_tables.save_ike(self.name, session.ike_sa_keys())
         return came_up
+
+    def _pass_on(self, session: IkeSession) -> None:
+        """Rule 10: the reception gives an established session to its owner."""
+        assert self.reception is not None
+        owner = self.reception.owner(session)
+        record = self._records.pop(session)
+        self._unindex(record)  # ends its half-open count, unroutes its SPIs here
+        owner.take_over(session, record.begun)
 
     def _apply(self, record: SessionRecord, event: object) -> None:
         now = trio.current_time()

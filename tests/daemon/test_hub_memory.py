@@ -1,0 +1,191 @@
+"""A hub and its spokes in one process (issue 10): the responder picks the peer
+entry by the identity the initiator proves, not by its address. In-memory
+devices on trio's virtual clock; the configurations: tests/helpers/hubs.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from tests.helpers.daemon_memory import Site, start_site
+from tests.helpers.hubs import HubFiles, spoke_id, spoke_site, spoke_underlay, write_hub_configs
+from tests.helpers.packets import udp_packet
+from tunneld.io.udp import MemoryNetwork
+
+
+@asynccontextmanager
+async def hub_and_spokes(
+    files: HubFiles, start: int | None = None
+) -> AsyncIterator[tuple[Site, list[Site]]]:
+    """The hub, then the first ``start`` spokes (all by default)."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        hub, _ = await start_site(nursery, files.hub, network)
+        spokes = [
+            (await start_site(nursery, path, network))[0]
+            for path in files.spokes[: start if start is not None else len(files.spokes)]
+        ]
+        yield hub, spokes
+        nursery.cancel_scope.cancel()
+
+
+def peers(site: Site) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in site.daemon.status()["peers"]}
+
+
+def up(site: Site) -> set[str]:
+    return {
+        name for name, p in peers(site).items() if p["state"] == "established" and p["child_sas"]
+    }
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+def reception(site: Site) -> dict[str, Any]:
+    status: dict[str, Any] = site.daemon.status()["reception"]
+    return status
+
+
+async def test_three_listen_only_entries_each_found_by_identity(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    files = write_hub_configs(tmp_path, "entries")
+    async with hub_and_spokes(files) as (hub, spokes):
+        await wait_until(lambda: up(hub) == {"s1", "s2", "s3"})
+        t0 = trio.current_time()
+        for k, spoke in enumerate(spokes, 1):
+            assert up(spoke) == {"hub"}
+            (child,) = peers(hub)[f"s{k}"]["child_sas"]
+            assert child["remote_ts"] == [spoke_site(k)]
+        # nothing was filed under another spoke's entry (the issue's symptom)
+        for p in peers(hub).values():
+            assert p["last_unauthenticated_failure"] is None
+            assert p["counters"]["half_open_ended"] == 0
+        assert reception(hub)["identity_unknown"] == 0
+        assert trio.current_time() - t0 < 1
+
+
+async def test_spoke_traffic_reaches_its_own_entry(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    files = write_hub_configs(tmp_path, "entries")
+    async with hub_and_spokes(files) as (hub, spokes):
+        await wait_until(lambda: up(hub) == {"s1", "s2", "s3"})
+        tun_hub = hub.devices.tun
+        assert tun_hub is not None
+        for k, spoke in enumerate(spokes, 1):
+            host = str(ipaddress.ip_network(spoke_site(k))[10])
+            tun_hub.host_send(udp_packet("198.51.100.10", host, b"to s%d" % k))
+            assert spoke.devices.tun is not None
+            with trio.fail_after(5):
+                got = await spoke.devices.tun.host_recv()
+            assert got.endswith(b"to s%d" % k)
+
+
+async def test_an_unknown_identity_is_refused_and_counted_apart(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    files = write_hub_configs(tmp_path, "entries")
+    text = files.hub.read_text()
+    cut = text.index('[[peer]]\nname = "s3"')  # the hub forgets s3
+    files.hub.write_text(text[:cut].replace('"203.0.113.48/28"', '"203.0.113.64/28"'))
+    async with hub_and_spokes(files) as (hub, spokes):
+        await wait_until(lambda: up(hub) == {"s1", "s2"})
+        await wait_until(lambda: reception(hub)["identity_unknown"] >= 2)
+        assert up(spokes[2]) == set()
+        seen = reception(hub)
+        assert "no peer entry serves identity 's3.branch.example.org'" in (
+            seen["last_unauthenticated_failure"] or ""
+        )
+        assert seen["half_open_ended"] >= 2
+        for p in peers(hub).values():  # s3's attempts are nobody's business but the reception's
+            assert p["last_unauthenticated_failure"] is None
+
+
+async def test_an_address_narrows_the_entry(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    files = write_hub_configs(tmp_path, "entries")
+    text = files.hub.read_text()
+    wrong = f'name = "s1"\naddress = "{spoke_underlay(2)}"'  # s1's entry serves s2's address
+    right = f'name = "s3"\naddress = "{spoke_underlay(3)}"'
+    files.hub.write_text(text.replace('name = "s1"', wrong).replace('name = "s3"', right))
+    async with hub_and_spokes(files) as (hub, spokes):
+        await wait_until(lambda: up(hub) == {"s2", "s3"})
+        await wait_until(lambda: reception(hub)["identity_unknown"] >= 1)
+        assert up(spokes[0]) == set()
+
+
+async def test_one_pattern_entry_serves_every_spoke(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    files = write_hub_configs(tmp_path, "pattern")
+    async with hub_and_spokes(files) as (hub, _):
+        names = {f"branches/{spoke_id(k)}" for k in (1, 2, 3)}
+        await wait_until(lambda: up(hub) == names)
+        for k in (1, 2, 3):
+            (child,) = peers(hub)[f"branches/{spoke_id(k)}"]["child_sas"]
+            assert child["remote_ts"] == [spoke_site(k)]  # narrowed from the spoke's TSi
+        assert hub.devices.route_table.installed() == {
+            ipaddress.ip_network(spoke_site(k)) for k in (1, 2, 3)
+        }
+        (entry,) = reception(hub)["hubs"]
+        assert entry["spokes"] == 3 and entry["spokes_refused"] == 0
+
+
+async def test_the_spokes_table_fixes_a_spokes_subnets(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    files = write_hub_configs(tmp_path, "pattern", table=True)
+    text = files.hub.read_text()  # s1 may have only the upper half of what it proposes
+    files.hub.write_text(text.replace('= ["203.0.113.16/28"]', '= ["203.0.113.24/29"]'))
+    async with hub_and_spokes(files) as (hub, _):
+        await wait_until(lambda: len(up(hub)) == 3)
+        (child,) = peers(hub)[f"branches/{spoke_id(1)}"]["child_sas"]
+        assert child["remote_ts"] == ["203.0.113.24/29"]
+
+
+async def test_max_spokes_bounds_the_hub(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    files = write_hub_configs(tmp_path, "pattern", max_spokes=2)
+    async with hub_and_spokes(files, start=2) as (hub, spokes):
+        await wait_until(lambda: len(up(hub)) == 2)
+        network = spokes[0].devices.network
+        async with trio.open_nursery() as nursery:
+            third, _ = await start_site(nursery, files.spokes[2], network)
+            await wait_until(lambda: reception(hub)["hubs"][0]["spokes_refused"] >= 2)
+            assert up(third) == set() and len(peers(hub)) == 2
+            assert "max_spokes = 2" in reception(hub)["last_unauthenticated_failure"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_second_spoke_claiming_the_same_subnets_is_refused(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    files = write_hub_configs(tmp_path, "pattern", spokes=2)
+    s2 = files.spokes[1].read_text()  # s2 claims s1's site
+    s2 = s2.replace(f'local_subnets = ["{spoke_site(2)}"]', f'local_subnets = ["{spoke_site(1)}"]')
+    files.spokes[1].write_text(
+        s2.replace(f'"198.51.100.0/24", "{spoke_site(1)}"', '"198.51.100.0/24"')
+    )
+    async with hub_and_spokes(files, start=1) as (hub, spokes):
+        await wait_until(lambda: len(up(hub)) == 1)
+        async with trio.open_nursery() as nursery:
+            second, _ = await start_site(nursery, files.spokes[1], spokes[0].devices.network)
+            await wait_until(lambda: reception(hub)["hubs"][0]["spokes_refused"] >= 1)
+            why = reception(hub)["last_unauthenticated_failure"]
+            assert "claims 203.0.113.16/28, which overlaps 203.0.113.16/28" in why
+            assert up(second) == set() and up(hub) == {f"branches/{spoke_id(1)}"}
+            nursery.cancel_scope.cancel()
