@@ -110,7 +110,8 @@ def check_unambiguous(file: Path, peers: Sequence[PeerConfig]) -> None:
                     continue
                 where = f"the same address {peer.address}"
             else:
-                where = "any address" if peer.address is None else f"address {peer.address}"
+                shared = peer.address or other.address  # the address-less one takes any
+                where = "any address" if shared is None else f"address {shared}"
             reason = f"'{peer.id}' and peer '{other.name}' ('{other.id}') match the same identities"
             raise ConfigError(
                 file,
