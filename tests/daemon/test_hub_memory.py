@@ -17,6 +17,7 @@ import trio.testing
 from tests.helpers.daemon_memory import Site, start_site
 from tests.helpers.hubs import HubFiles, spoke_id, spoke_site, spoke_underlay, write_hub_configs
 from tests.helpers.packets import udp_packet
+from tunneld.cli import format_status
 from tunneld.io.udp import MemoryNetwork
 
 
@@ -142,6 +143,9 @@ async def test_one_pattern_entry_serves_every_spoke(
         }
         (entry,) = reception(hub)["hubs"]
         assert entry["spokes"] == 3 and entry["spokes_refused"] == 0
+        text = format_status(hub.daemon.status())
+        assert "hub branches (*.branch.example.org): 3/64 spokes, 0 refused" in text
+        assert f"peer branches/{spoke_id(2)} [established]" in text
 
 
 async def test_the_spokes_table_fixes_a_spokes_subnets(
