@@ -43,6 +43,7 @@ from tunneld.config import PeerConfig
 from tunneld.log import LogThrottle, escape
 from tunneld.peer import Peer
 from tunneld.peermatch import spoke_claim, table_rows
+from tunneld.tomlschema import IPAddress
 
 log = logging.getLogger("tunneld.directory")
 
@@ -93,6 +94,11 @@ class Directory:
         self.entries = entries
         self.peers = peers
         self.hubs = {e.name: Hub(e, templates[e.name]) for e in entries if e.is_pattern}
+        self._by_address: dict[IPAddress, list[PeerConfig]] = {}
+        for e in entries:
+            if e.address is not None:
+                self._by_address.setdefault(e.address, []).append(e)
+        self._anywhere = [e for e in entries if e.address is None]
         self._spawn = spawn
         self._retire = retire
         self._clock = clock
@@ -103,9 +109,7 @@ class Directory:
     # -- rule 1: by address -------------------------------------------------------
 
     def candidates(self, host: str) -> list[PeerConfig]:
-        addr = ipaddress.ip_address(host)
-        exact = [e for e in self.entries if e.address is not None and e.address == addr]
-        return exact + [e for e in self.entries if e.address is None]
+        return self._by_address.get(ipaddress.ip_address(host), []) + self._anywhere
 
     def direct_peer(self, candidates: list[PeerConfig]) -> Peer | None:
         """The one peer a new IKE_SA_INIT goes to straight away, or None (reception):

@@ -193,3 +193,19 @@ async def test_a_second_spoke_claiming_the_same_subnets_is_refused(
             assert "claims 203.0.113.16/28, which overlaps 203.0.113.16/28" in why
             assert up(second) == set() and up(hub) == {f"branches/{spoke_id(1)}"}
             nursery.cancel_scope.cancel()
+
+
+async def test_listen_only_psk_entries_each_prove_their_own_key(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The entry is found by IDi, then AUTH must verify with *that* entry's PSK: s3
+    holding s1's key (and claiming its own identity) gets nowhere."""
+    files = write_hub_configs(tmp_path, "entries", psk=True)
+    s3 = files.spokes[2].read_text()
+    files.spokes[2].write_text(s3.replace(str(tmp_path / "s3.psk"), str(tmp_path / "s1.psk")))
+    async with hub_and_spokes(files) as (hub, spokes):
+        await wait_until(lambda: up(hub) == {"s1", "s2"})
+        await wait_until(lambda: reception(hub)["half_open_ended"] >= 2)
+        assert up(spokes[2]) == set()
+        assert "shared-key AUTH does not verify" in reception(hub)["last_unauthenticated_failure"]
+        assert reception(hub)["identity_unknown"] == 0  # found, then not proven

@@ -14,6 +14,8 @@ spoke k's site 203.0.113.(16k)/28 (k = 1..3 stay inside 203.0.113.0/24).
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,7 @@ def write_hub_configs(
     max_spokes: int | None = None,
     extra: str = 'dpd_delay = "0s"\n',
     tun: str = "tunneld0",
+    psk: bool = False,
 ) -> HubFiles:
     """The hub's and the spokes' configuration files (see the module docstring)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -88,6 +91,14 @@ def write_hub_configs(
     for k in range(1, spokes + 1):
         pki.issue(pki_dir / "ca", f"s{k}", pki_dir, dns=[spoke_id(k)], ips=[spoke_underlay(k)])
     ks = range(1, spokes + 1)
+    auth = dict.fromkeys(ks, "")
+    if psk:  # entries only: each spoke its own key (a pattern refuses PSKs)
+        for k in ks:
+            path = directory / f"s{k}.psk"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("0x" + secrets.token_hex(32) + "\n")
+            auth[k] = f'auth = "psk"\npsk_file = "{path}"\n'
     hub = _gateway("hub", HUB_UNDERLAY, directory / "hub.sock", "hub.example.org", pki_dir, tun)
     if shape == "entries":
         for k in ks:
@@ -99,7 +110,7 @@ id = "{spoke_id(k)}"
 auto = "listen"
 local_subnets = [{_q([HUB_SITE, *others])}]
 remote_subnets = [{_q([spoke_site(k)])}]
-{extra}"""
+{auth[k]}{extra}"""
     else:
         hub += f"""
 [[peer]]
@@ -130,7 +141,7 @@ id = "hub.example.org"
 auto = "start"
 local_subnets = [{_q([spoke_site(k)])}]
 remote_subnets = [{_q([HUB_SITE, *others])}]
-{extra}"""
+{auth[k]}{extra}"""
         )
         path = directory / f"s{k}.toml"
         path.write_text(text)
