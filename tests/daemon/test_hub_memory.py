@@ -209,3 +209,17 @@ async def test_listen_only_psk_entries_each_prove_their_own_key(
         assert up(spokes[2]) == set()
         assert "shared-key AUTH does not verify" in reception(hub)["last_unauthenticated_failure"]
         assert reception(hub)["identity_unknown"] == 0  # found, then not proven
+
+
+async def test_a_dn_pattern_serves_spokes_by_certificate_subject(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    files = write_hub_configs(tmp_path, "pattern")
+    files.hub.write_text(
+        files.hub.read_text().replace('id = "*.branch.example.org"', 'id = "CN=*"')
+    )
+    for k, path in enumerate(files.spokes, 1):  # each spoke sends its subject DN (CN=sK)
+        path.write_text(path.read_text().replace(f'id = "{spoke_id(k)}"', f'id = "CN=s{k}"'))
+    async with hub_and_spokes(files) as (hub, _):
+        await wait_until(lambda: up(hub) == {f"branches/cn=s{k}" for k in (1, 2, 3)})
+        assert peers(hub)["branches/cn=s2"]["ike_sas"][0]["remote_id"] == "CN=s2"
