@@ -348,7 +348,7 @@ class Daemon:
 
     def _retire_spoke(self, peer: Peer) -> None:
         """An idle spoke makes room (tunneld.directory rule 4)."""
-        peer.shutdown_now()
+        peer.discard(trio.current_time())
         self.peers.pop(peer.name, None)
         scope = self._spoke_scopes.pop(peer, None)
         if scope is not None:

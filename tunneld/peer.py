@@ -544,8 +544,16 @@ class Peer:
 
     @property
     def idle(self) -> bool:
-        """No IKE session and no Child SA: nothing would be lost without this peer."""
-        return not self._records and not self.children.records
+        """No IKE SA (a closed one lingering for retransmissions does not count) and no
+        Child SA: nothing would be lost without this peer."""
+        return not self.children.records and all(s.state is IkeState.CLOSED for s in self._records)
+
+    def discard(self, now: float) -> None:
+        """An idle peer goes for good (tunneld.directory rule 4): its lingering sessions
+        are forgotten (their SPIs unrouted) and its inbound SAs leave at once."""
+        for record in list(self._records.values()):
+            self._forget(record)
+        self.children.expire(now, everything=True)
 
     def _adopt(self, session: IkeSession, now: float) -> None:
         self._records[session] = SessionRecord(session, begun=now)

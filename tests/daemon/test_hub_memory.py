@@ -6,11 +6,13 @@ devices on trio's virtual clock; the configurations: tests/helpers/hubs.py.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -95,8 +97,9 @@ async def test_spoke_traffic_reaches_its_own_entry(
 
 
 async def test_an_unknown_identity_is_refused_and_counted_apart(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="tunneld.directory")
     files = write_hub_configs(tmp_path, "entries")
     text = files.hub.read_text()
     cut = text.index('[[peer]]\nname = "s3"')  # the hub forgets s3
@@ -112,6 +115,10 @@ async def test_an_unknown_identity_is_refused_and_counted_apart(
         assert seen["half_open_ended"] >= 2
         for p in peers(hub).values():  # s3's attempts are nobody's business but the reception's
             assert p["last_unauthenticated_failure"] is None
+        logged = [r for r in caplog.records if r.name == "tunneld.directory"]
+        assert logged and logged[0].msg.startswith("IKE_AUTH refused: no peer entry serves")
+        assert vars(logged[0])["identity"] == spoke_id(3)  # a field: the formatters escape it
+        assert len(logged) < seen["half_open_ended"]  # rate-limited
 
 
 async def test_an_address_narrows_the_entry(
@@ -223,3 +230,22 @@ async def test_a_dn_pattern_serves_spokes_by_certificate_subject(
     async with hub_and_spokes(files) as (hub, _):
         await wait_until(lambda: up(hub) == {f"branches/cn=s{k}" for k in (1, 2, 3)})
         assert peers(hub)["branches/cn=s2"]["ike_sas"][0]["remote_id"] == "CN=s2"
+
+
+async def test_an_idle_spoke_makes_room_for_a_new_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    files = write_hub_configs(tmp_path, "pattern", max_spokes=2)
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        hub, _ = await start_site(nursery, files.hub, network)
+        s1, _ = await start_site(nursery, files.spokes[0], network)
+        await start_site(nursery, files.spokes[1], network)
+        await wait_until(lambda: len(up(hub)) == 2)
+        s1.daemon.stop()  # DELETE: s1's spoke on the hub goes idle
+        gone = f"branches/{spoke_id(1)}"
+        await wait_until(lambda: peers(hub)[gone]["state"] == "down")
+        await start_site(nursery, files.spokes[2], network)
+        await wait_until(lambda: up(hub) == {f"branches/{spoke_id(k)}" for k in (2, 3)})
+        assert gone not in peers(hub) and reception(hub)["hubs"][0]["spokes_refused"] == 0
+        nursery.cancel_scope.cancel()
