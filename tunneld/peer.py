@@ -544,9 +544,13 @@ class Peer:
 
     @property
     def idle(self) -> bool:
-        """No IKE SA (a closed one lingering for retransmissions does not count) and no
-        Child SA: nothing would be lost without this peer."""
-        return not self.children.records and all(s.state is IkeState.CLOSED for s in self._records)
+        """No IKE SA (a closed one lingering for retransmissions does not count), no
+        Child SA, no operator's hold: nothing would be lost without this peer."""
+        return (
+            self._held_until is None
+            and not self.children.records
+            and all(s.state is IkeState.CLOSED for s in self._records)
+        )
 
     def discard(self, now: float) -> None:
         """An idle peer goes for good (tunneld.directory rule 4): its lingering sessions

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,9 +17,18 @@ import pytest
 import trio
 import trio.testing
 
+from ike.policy import COOKIE_THRESHOLD, HALF_OPEN_TIMEOUT
 from tests.helpers.daemon_memory import Site, start_site
-from tests.helpers.hubs import HubFiles, spoke_id, spoke_site, spoke_underlay, write_hub_configs
+from tests.helpers.hubs import (
+    HUB_UNDERLAY,
+    HubFiles,
+    spoke_id,
+    spoke_site,
+    spoke_underlay,
+    write_hub_configs,
+)
 from tests.helpers.packets import udp_packet
+from tests.tools.flood import init_datagrams
 from tunneld.cli import format_status
 from tunneld.io.udp import MemoryNetwork
 
@@ -249,3 +259,53 @@ async def test_an_idle_spoke_makes_room_for_a_new_one(
         await wait_until(lambda: up(hub) == {f"branches/{spoke_id(k)}" for k in (2, 3)})
         assert gone not in peers(hub) and reception(hub)["hubs"][0]["spokes_refused"] == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_spoke_held_down_is_refused_until_up(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """`tunneld down ENTRY/IDENTITY` holds a spoke like any peer: its new IKE SAs,
+    which reach the hub through the reception, are refused and counted."""
+    files = write_hub_configs(tmp_path, "pattern")
+    async with hub_and_spokes(files) as (hub, _):
+        name = f"branches/{spoke_id(1)}"
+        await wait_until(lambda: len(up(hub)) == 3)
+        answer = await hub.daemon._control({"cmd": "down", "peer": name})
+        assert answer == {"ok": True}
+        await wait_until(lambda: reception(hub)["held_refused"] >= 2)
+        assert name not in up(hub) and peers(hub)[name]["counters"]["refused_initiations"] >= 2
+        await hub.daemon._control({"cmd": "up", "peer": name})
+        await wait_until(lambda: name in up(hub))
+
+
+async def test_spoofed_initiations_wait_at_the_reception_counted_and_capped(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The hub cannot tell a spoke's IKE_SA_INIT from a spoofed one before IKE_AUTH:
+    they wait at the reception, under the front door's threshold and caps, and touch
+    no spoke's status; the third spoke still gets in (with a cookie) meanwhile."""
+    files = write_hub_configs(tmp_path, "entries")
+    rng = random.Random(5)
+    async with hub_and_spokes(files, start=2) as (hub, spokes):
+        await wait_until(lambda: up(hub) == {"s1", "s2"})
+        network = spokes[0].devices.network
+        for i, data in enumerate(init_datagrams(rng)):  # 2,000/s from random addresses
+            if i == 2000:
+                break
+            src = (f"192.0.2.{rng.randrange(100, 250)}", rng.randrange(1024, 65536))
+            network.transmit(data, src, (HUB_UNDERLAY, 500))
+            if i % 2:
+                await trio.sleep(0.001)
+        door = hub.daemon.status()["front_door"]
+        assert door["half_open"] == COOKIE_THRESHOLD == reception(hub)["half_open_ike_sas"]
+        assert door["decisions"]["cookie requested"] == 2000 - COOKIE_THRESHOLD
+        async with trio.open_nursery() as nursery:
+            await start_site(nursery, files.spokes[2], network)
+            await wait_until(lambda: up(hub) == {"s1", "s2", "s3"}, timeout=10)
+            nursery.cancel_scope.cancel()
+        assert hub.daemon.status()["front_door"]["decisions"]["admitted with a valid cookie"] >= 1
+        await trio.sleep(HALF_OPEN_TIMEOUT + 1)
+        assert reception(hub)["half_open_ike_sas"] == 0
+        assert "timed out" in reception(hub)["last_unauthenticated_failure"]
+        for p in peers(hub).values():
+            assert p["last_unauthenticated_failure"] is None and p["half_open_ike_sas"] == 0
