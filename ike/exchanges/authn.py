@@ -155,6 +155,8 @@ def look_up_config(
     found = ctx.lookup(query)
     if isinstance(found, str):
         raise AuthenticationFailed(found)
+    if found.remote_id is not None and not found.remote_id.matches(identity):
+        raise LocalError(f"peer lookup for '{identity}' returned one for '{found.remote_id}'")
     if not _method_fits(found, method):
         raise AuthenticationFailed(
             f"peer identity '{identity}' used AUTH method {method}, not the one configured"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from sessionpair import (
     ADDR_I,
     GW_I,
@@ -21,6 +22,7 @@ from sessionpair import (
 
 from ike.auth import Identity
 from ike.constants import NotifyType
+from ike.errors import LocalError
 from ike.events import ChildSaUp, IkeSaUp
 from ike.proposals import parse_ike_proposal
 from ike.sessionconfig import PeerQuery, SessionConfig
@@ -85,3 +87,14 @@ def test_the_config_found_must_accept_the_ike_proposal_already_selected() -> Non
     narrow = with_(r_cfg, ike_proposals=(parse_ike_proposal("aes128gcm16-prfsha384-ecp384"),))
     pair = run(SessionPair(i_cfg, r_cfg, lookup=lambda q: narrow))
     assert "is not configured for peer identity" in refused(pair)
+
+
+def test_a_lookup_naming_another_identity_is_our_bug_not_an_admission() -> None:
+    """Defence in depth: a configuration for someone else is never used for IDi."""
+    i_cfg, r_cfg = config_pair()
+    wrong = with_(r_cfg, remote_id=Identity.parse("someone-else.example.org"))
+    pair = SessionPair(i_cfg, r_cfg, lookup=lambda q: wrong)
+    pair.start()
+    with pytest.raises(LocalError, match=r"returned one for 'someone-else\.example\.org'"):
+        pair.run()
+    assert not pair.of("r", IkeSaUp) and not pair.of("r", ChildSaUp)
