@@ -43,7 +43,6 @@ from tunneld.config import PeerConfig
 from tunneld.log import LogThrottle, escape
 from tunneld.peer import Peer
 from tunneld.peermatch import spoke_claim, table_rows
-from tunneld.tomlschema import IPAddress
 
 log = logging.getLogger("tunneld.directory")
 
@@ -94,10 +93,12 @@ class Directory:
         self.entries = entries
         self.peers = peers
         self.hubs = {e.name: Hub(e, templates[e.name]) for e in entries if e.is_pattern}
-        self._by_address: dict[IPAddress, list[PeerConfig]] = {}
+        # by the canonical text of each configured address: the sockets report it so,
+        # and this runs for every new IKE_SA_INIT (spoofed floods included)
+        self._by_host: dict[str, list[PeerConfig]] = {}
         for e in entries:
             if e.address is not None:
-                self._by_address.setdefault(e.address, []).append(e)
+                self._by_host.setdefault(str(e.address), []).append(e)
         self._anywhere = [e for e in entries if e.address is None]
         self._spawn = spawn
         self._retire = retire
@@ -109,7 +110,13 @@ class Directory:
     # -- rule 1: by address -------------------------------------------------------
 
     def candidates(self, host: str) -> list[PeerConfig]:
-        return self._by_address.get(ipaddress.ip_address(host), []) + self._anywhere
+        exact = self._by_host.get(host)
+        if exact is None:  # not in canonical form, or no entry has that address
+            try:
+                exact = self._by_host.get(str(ipaddress.ip_address(host)), [])
+            except ValueError:
+                exact = []
+        return exact + self._anywhere
 
     def direct_peer(self, candidates: list[PeerConfig]) -> Peer | None:
         """The one peer a new IKE_SA_INIT goes to straight away, or None (reception):
