@@ -51,7 +51,9 @@ class CookieJar:
     """The current and previous secret, and the cookies made from them."""
 
     def __init__(self, secret: bytes) -> None:
-        self._secrets: dict[int, bytes] = {}
+        # version -> an HMAC keyed with that secret, copied for each cookie (keying
+        # costs twice the MAC of a request: this runs for every request of a flood)
+        self._secrets: dict[int, hmac.HMAC] = {}
         self._version = -1
         self.rotate(secret)
 
@@ -61,7 +63,7 @@ class CookieJar:
             raise LocalError(f"a cookie secret needs at least {MIN_SECRET_LEN} bytes")
         self._version = (self._version + 1) % 2**32
         self._secrets = {v: s for v, s in self._secrets.items() if v == (self._version - 1) % 2**32}
-        self._secrets[self._version] = bytes(secret)
+        self._secrets[self._version] = hmac.HMAC(bytes(secret), hashes.SHA256())
 
     def cookie(self, request: Message | InitRequest, src_host: str) -> bytes:
         """The cookie for this request from this address (made with the current secret)."""
@@ -79,7 +81,7 @@ class CookieJar:
         return constant_time.bytes_eq(offered, made)
 
     def _make(self, version: int, nonce: bytes, spi_i: bytes, src_host: str) -> bytes:
-        mac = hmac.HMAC(self._secrets[version], hashes.SHA256())
+        mac = self._secrets[version].copy()
         mac.update(nonce)
         mac.update(_packed(src_host) + spi_i)
         return version.to_bytes(VERSION_LEN, "big") + mac.finalize()

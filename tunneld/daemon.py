@@ -12,7 +12,7 @@ Theory of operation:
    the one peer that could serve its source address, or, when several entries
    (or an identity pattern) could, to the *reception*, which picks the peer by
    the identity the initiator proves at IKE_AUTH and hands the session over
-   (:mod:`tunneld.directory`, :mod:`tunneld.peer` rule 10).
+   (:mod:`tunneld.directory`, :mod:`tunneld.peer` rule 12).
    The pumps call the dispatcher for each IKE datagram as they read it (no
    queue: see :mod:`tunneld.datapath`); it is synchronous and cheap, and a
    peer's own bounded queue takes what it hands over.
@@ -35,6 +35,11 @@ Theory of operation:
    COOKIE challenge straight from the dispatcher, with no session and no DH;
    over a cap it is dropped. Peers report the half-open sessions they open
    and close (:meth:`Daemon.half_open_changed`).
+7. Every ``listen`` address is bound (IKE and NAT-T ports). IKE answers leave
+   from the address the request came to (the session's local address), and
+   a peer's ESP and NAT keepalives from the address its IKE SA uses
+   (:meth:`Daemon.esp_source`, told by the peer when a Child SA is installed
+   or the peer moves). What we initiate leaves from the first address.
 6. An exception escaping one peer's task is a bug, but it must not stop the
    gateway: it is logged with the peer's name and the traceback, that peer
    is reset (its Child SAs leave the data plane, its sessions are
@@ -50,6 +55,7 @@ import logging
 import math
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,7 +77,7 @@ from tunneld import control, hardening
 from tunneld.childsas import ChildSet, Limits
 from tunneld.config import Config, PeerConfig
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
-from tunneld.dataplane.sadb import SADatabase
+from tunneld.dataplane.sadb import SADatabase, Tunnel
 from tunneld.directory import Directory, Hub
 from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
@@ -88,11 +94,12 @@ SHUTDOWN_GRACE = 1.0  # seconds to wait for DELETE answers at exit
 
 
 class Devices(Protocol):
-    """Where the daemon gets its file descriptors from (real, or in-memory for tests)."""
+    """Where the daemon gets its file descriptors (and names) from (real, or in-memory)."""
 
     def open_tun(self, name: str, mtu: int) -> Tun: ...
     def bind_udp(self, host: str, port: int) -> Udp: ...
     def routes(self, tun_name: str) -> RouteTable: ...
+    async def resolve(self, name: str, family: int) -> str: ...
 
 
 class KernelDevices:
@@ -114,14 +121,23 @@ class KernelDevices:
     def routes(self, tun_name: str) -> RouteTable:
         return KernelRoutes(tun_name)
 
+    async def resolve(self, name: str, family: int) -> str:
+        """The first address of ``family`` for a DNS name (``/etc/hosts`` first, as the
+        system's resolver is configured); OSError if there is none."""
+        found = await trio.socket.getaddrinfo(name, None, family, socket.SOCK_DGRAM)
+        if not found:
+            raise OSError(f"no {socket.AddressFamily(family).name} address")
+        return str(found[0][4][0])
+
 
 class MemoryDevices:
     """In-memory twins: daemons in one process joined by a :class:`MemoryNetwork`."""
 
-    def __init__(self, network: MemoryNetwork) -> None:
+    def __init__(self, network: MemoryNetwork, hosts: dict[str, str] | None = None) -> None:
         self.network = network
         self.tun: MemoryTun | None = None
         self.route_table = MemoryRoutes()
+        self.hosts = {} if hosts is None else hosts  # DNS names (an /etc/hosts of its own)
 
     def open_tun(self, name: str, mtu: int) -> Tun:
         self.tun = MemoryTun(name, mtu)
@@ -132,6 +148,12 @@ class MemoryDevices:
 
     def routes(self, tun_name: str) -> RouteTable:
         return self.route_table
+
+    async def resolve(self, name: str, family: int) -> str:
+        await trio.lowlevel.checkpoint()
+        if name not in self.hosts:
+            raise OSError(f"[Errno -2] Name or service not known: {name!r}")
+        return self.hosts[name]
 
 
 @dataclass
@@ -219,6 +241,7 @@ class Daemon:
         self.entropy = entropy or SystemEntropy()
         self.handle_signals = handle_signals
         self.sadb = SADatabase()
+        self.sadb.on_move = self._esp_moved  # peer.py rule 10
         self.peers: dict[str, Peer] = {}  # configured peers and the spokes of pattern entries
         self.directory: Directory | None = None  # made in run, with the peers
         self.reception: Peer | None = None  # rule 2: sessions whose peer IKE_AUTH names
@@ -234,7 +257,8 @@ class Daemon:
         self._unauth_log = LogThrottle(log, UNAUTHENTICATED_LOG)
         self._datapath: DataPath | None = None
         self._routes: RouteTable | None = None
-        self._udp: dict[int, Udp] = {}
+        self._udp: dict[int, Udp] = {}  # the first listen address's, by port
+        self._sockets: dict[tuple[str, int], Udp] = {}  # every one, by local address
         self._local_host = ""
         self._started_at = 0.0
         self._cancel = trio.CancelScope()
@@ -258,9 +282,13 @@ class Daemon:
             try:
                 self._routes = self.devices.routes(gw.tun)
                 self._local_host = str(gw.listen[0])
+                # every listen address, IKE and NAT-T ports (rule 7); the first one's
+                # sockets are the default for what has no address of its own to leave from
+                for host in dict.fromkeys(str(a) for a in gw.listen):
+                    for port in (gw.port, gw.nat_t_port):
+                        self._sockets[(host, port)] = self.devices.bind_udp(host, port)
                 self._udp = {
-                    gw.port: self.devices.bind_udp(self._local_host, gw.port),
-                    gw.nat_t_port: self.devices.bind_udp(self._local_host, gw.nat_t_port),
+                    p: self._sockets[(self._local_host, p)] for p in (gw.port, gw.nat_t_port)
                 }
                 if account is not None:
                     _drop_privileges(account)
@@ -274,8 +302,15 @@ class Daemon:
         self, tun: Tun, control_socket: control.ControlSocket, task_status: trio.TaskStatus[None]
     ) -> None:
         gw = self.config.gateway
+        more = [u for u in self._sockets.values() if u not in self._udp.values()]
         self._datapath = DataPath(
-            self.sadb, tun, self._udp, self._on_ike, esp_port=gw.nat_t_port, ike_port=gw.port
+            self.sadb,
+            tun,
+            self._udp,
+            self._on_ike,
+            esp_port=gw.nat_t_port,
+            ike_port=gw.port,
+            more=more,
         )
         self._started_at = trio.current_time()
         self.front_door = FrontDoor(self.entropy, self._started_at)
@@ -450,7 +485,7 @@ class Daemon:
     def _close_devices(self, tun: Tun) -> None:
         if self._routes is not None:
             self._routes.close()
-        for udp in self._udp.values():
+        for udp in self._sockets.values():
             udp.close()  # type: ignore[attr-defined]
         tun.close()  # type: ignore[attr-defined]
         log.info("tunneld stopped", extra={"gateway": self.config.gateway.name})
@@ -513,6 +548,19 @@ class Daemon:
             return None
         return peer
 
+    def peer_resolved(self, peer: Peer) -> None:
+        """A peer's DNS name resolved (again): new IKE_SA_INIT match the new address."""
+        if self.directory is not None:
+            self.directory.reindex()
+
+    def _esp_moved(self, tunnel: Tunnel, source: Address) -> None:
+        """Authenticated, newest ESP of ``tunnel`` came from a new address (sadb rule 7):
+        its peer decides (peer.py rule 10). Called by the pumps, rarely (once per move)."""
+        for peer in self.peers.values():
+            if peer.children.owns(tunnel.name):
+                peer.heard_from(source)
+                return
+
     def register_session(self, session: IkeSession, peer: Peer) -> None:
         """Route every IKE SPI the session answers to (more than one around an IKE rekey).
 
@@ -548,14 +596,25 @@ class Daemon:
             else:
                 self.front_door.closed(peer.name, remote)
 
+    async def resolve(self, name: str) -> str:
+        """A peer's DNS name, in the address family we listen on (peer.py rule 11)."""
+        listen = self.config.gateway.listen[0]
+        family = socket.AF_INET6 if listen.version == 6 else socket.AF_INET
+        return await self.devices.resolve(name, family)
+
     def send_ike(self, data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
         if self._datapath is None:
             return
         port = src[1] if src[1] in self._udp else self.config.gateway.port
         try:
-            self._datapath.send_ike(data, port, dst)
+            self._datapath.send_ike(data, port, dst, src[0])  # from where the peer talks to
         except OSError as exc:  # unreachable network, peer's port closed: IKE retransmits
             log.debug("IKE send failed", extra={"dst": dst[0], "error": str(exc)})
+
+    def esp_source(self, dst: tuple[str, int], src: tuple[str, int]) -> None:
+        """Rule 7: a peer's ESP to ``dst`` leaves from our address ``src[0]``."""
+        if self._datapath is not None:
+            self._datapath.esp_source(dst, src[0])
 
     def send_keepalive(self, dst: tuple[str, int]) -> None:
         if self._datapath is None:

@@ -7,7 +7,7 @@ Theory of operation:
 1. A new IKE_SA_INIT from address A has as *candidates* the entries with
    address A, then those without an address. Only one, with address A and
    an exact identity: the daemon hands the request to that peer, as before.
-   Otherwise the daemon's reception (:mod:`tunneld.peer` rule 10) answers it
+   Otherwise the daemon's reception (:mod:`tunneld.peer` rule 12) answers it
    with the candidates' proposals (all of them, in candidate order: the
    initiator's identity is unknown yet) and asks :meth:`Directory.lookup`
    at IKE_AUTH.
@@ -93,13 +93,11 @@ class Directory:
         self.entries = entries
         self.peers = peers
         self.hubs = {e.name: Hub(e, templates[e.name]) for e in entries if e.is_pattern}
-        # by the canonical text of each configured address: the sockets report it so,
-        # and this runs for every new IKE_SA_INIT (spoofed floods included)
+        # by the canonical text of each entry's address (resolved, for a DNS name): the
+        # sockets report it so, and this runs for every new IKE_SA_INIT (floods included)
         self._by_host: dict[str, list[PeerConfig]] = {}
-        for e in entries:
-            if e.address is not None:
-                self._by_host.setdefault(str(e.address), []).append(e)
         self._anywhere = [e for e in entries if e.address is None]
+        self.reindex()
         self._spawn = spawn
         self._retire = retire
         self._clock = clock
@@ -108,6 +106,19 @@ class Directory:
         self.held_refused = 0
 
     # -- rule 1: by address -------------------------------------------------------
+
+    def reindex(self) -> None:
+        """Index the entries by address again (a peer's DNS name resolved, maybe anew).
+        An entry whose name has not resolved yet matches no address."""
+        self._by_host = {}
+        for e in self.entries:
+            if e.address is None:
+                continue
+            peer = self.peers.get(e.name)
+            host = peer.resolved if peer is not None else str(e.address)
+            if host is not None:
+                canonical = str(ipaddress.ip_address(host))
+                self._by_host.setdefault(canonical, []).append(e)
 
     def candidates(self, host: str) -> list[PeerConfig]:
         exact = self._by_host.get(host)

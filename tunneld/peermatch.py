@@ -83,6 +83,8 @@ def check_pattern_entry(s: Section, peer: PeerConfig) -> None:
             "every spoke knowing it could claim any identity the pattern matches, and "
             "that spoke's subnets",
         )
+    if isinstance(peer.address, str):
+        raise s.error("address", "an identity pattern takes an IP address (or none), not a name")
     if peer.auto == "start":
         raise s.error("auto", 'an identity pattern names no one peer to initiate to: use "listen"')
     for i, row in enumerate(peer.spokes):
@@ -106,9 +108,14 @@ def check_unambiguous(file: Path, peers: Sequence[PeerConfig]) -> None:
             if not patterns_overlap(peer.id, other.id):
                 continue
             if peer.address is not None and other.address is not None:
-                if peer.address != other.address:
+                named = isinstance(peer.address, str) or isinstance(other.address, str)
+                if peer.address != other.address and not named:
                     continue
-                where = f"the same address {peer.address}"
+                where = (
+                    f"the same address {peer.address}"
+                    if peer.address == other.address
+                    else f"{peer.address} and {other.address} (a DNS name may resolve to either)"
+                )
             else:
                 shared = peer.address or other.address  # the address-less one takes any
                 where = "any address" if shared is None else f"address {shared}"

@@ -78,6 +78,21 @@ REFUSED: list[tuple[str, Change, str, str]] = [
         "from address 192.0.2.7",
     ),
     (
+        "pattern-and-a-dns-name",
+        peers(
+            listen_only("s1", "s1.branch.example.org", "10.1.0.0/16", address="s1.example.net"),
+            {**HUB, "address": "192.0.2.8"},
+        ),
+        "peer[1].id",
+        "s1.example.net (a DNS name may resolve to either)",
+    ),
+    (
+        "pattern-with-a-dns-name",
+        peers({**HUB, "address": "hub-peer.example.net"}),
+        "peer[0].address",
+        "an identity pattern takes an IP address (or none), not a name",
+    ),
+    (
         "duplicate-address-same-id",
         peers(
             listen_only("a", "gw-b.example.org", "10.1.0.0/16", address="192.0.2.7"),

@@ -105,7 +105,10 @@ class FakeSadb:
         return runs, dropped
 
     def decapsulate_batch(
-        self, packets: Sequence[Buffer], out: memoryview
+        self,
+        packets: Sequence[Buffer],
+        out: memoryview,
+        sources: Sequence[tuple[str, int]] | None = None,
     ) -> tuple[list[memoryview], list[DropReason]]:
         inner, dropped, end = [], [], 0
         for esp in packets:

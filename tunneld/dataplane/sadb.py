@@ -29,9 +29,9 @@ Theory of operation:
    ``remove_inbound``, ``install_next``, ``promote``, ``demote``,
    ``retire_previous``);
    each one clears the lookup caches. Tunnel attributes are for reading.
-   ``encapsulate``/``decapsulate`` change only counters, sequence numbers
-   and replay windows. All methods are synchronous, so under trio each call
-   is atomic.
+   ``encapsulate``/``decapsulate`` change only counters, sequence numbers,
+   replay windows and ``Tunnel.heard_from`` (rule 7). All methods are
+   synchronous, so under trio each call is atomic.
 5. Every drop is raised as ``EspDrop`` and counted twice: in the SA that
    refused the packet (if any) and in ``SADatabase.drops``.
 6. The packet pumps make one call per batch, zero-copy: ``encapsulate_batch``
@@ -41,12 +41,20 @@ Theory of operation:
    ``decapsulate_batch`` opens received packets back to back into one buffer,
    see ``InboundSA.open_batch``. ``encapsulate``/``decapsulate`` are
    one-packet batches for callers that want bytes.
+7. Address changes (RFC 7296 §2.23, RFC 3948, as WireGuard roams): given the
+   packets' UDP sources, ``decapsulate_batch`` looks, once per run of one
+   SPI, at the source of the run's last packet that raised the SA's replay
+   window (authentic, not a replay, the newest: ``InboundSA.newest``). If it
+   differs from the tunnel's peer address and from what was last reported,
+   ``on_move(tunnel, source)`` is called, once, and nothing else changes:
+   the owner (the peer task) decides and moves every SA of the peer through
+   ``set_peer``. A forged packet (bad ICV) or a replayed one never gets here.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from tunneld.dataplane.drops import DropReason, EspDrop, zero_counters
 from tunneld.dataplane.esp import (
@@ -85,6 +93,7 @@ class Tunnel:
 
     __slots__ = (
         "current",
+        "heard_from",
         "inbound_spis",
         "local",
         "local_rules",
@@ -112,6 +121,8 @@ class Tunnel:
         self.current: OutboundSA | None = None
         self.next: OutboundSA | None = None
         self.inbound_spis: set[int] = set()
+        # rule 7: the last new source reported to on_move (None: none since set_peer)
+        self.heard_from: PeerAddress | None = None
         self.policy = InboundPolicy(local, remote, cache_size)  # rule 3, given to inbound SAs
         self.local_rules = rules(local)  # rule 2: what it may send from
 
@@ -154,6 +165,8 @@ class SADatabase:
         self._routes: dict[int, list[tuple[int, int, dict[int, Tunnel]]]] = {4: [], 6: []}
         self._cache: dict[Key, Tunnel | None] = {}
         self.drops = zero_counters()
+        # rule 7: told when authenticated ESP arrives from a new address
+        self.on_move: Callable[[Tunnel, PeerAddress], None] | None = None
 
     # -- configuration (rule 4) ------------------------------------------------
 
@@ -193,7 +206,8 @@ class SADatabase:
 
     def set_peer(self, name: str, peer: PeerAddress) -> None:
         """Send this tunnel's ESP to a new address (e.g. after a NAT rebinding)."""
-        self._tunnels[name].peer = peer
+        tunnel = self._tunnels[name]
+        tunnel.peer, tunnel.heard_from = peer, None
         self._changed()
 
     def add_inbound(self, name: str, sa: InboundSA) -> None:
@@ -399,7 +413,10 @@ class SADatabase:
         return bytes(inner[0])
 
     def decapsulate_batch(
-        self, packets: Sequence[Buffer], out: memoryview
+        self,
+        packets: Sequence[Buffer],
+        out: memoryview,
+        sources: Sequence[PeerAddress] | None = None,
     ) -> tuple[list[memoryview], list[DropReason]]:
         """Open ESP packets into ``out``, back to back: ``(inner packets, drops)``.
 
@@ -408,6 +425,7 @@ class SADatabase:
         counts them here too). ``out`` needs ``len(esp) - 32`` bytes per packet.
         One call per batch: each inbound SA opens its run of consecutive
         packets itself (``InboundSA.open_batch``, rule 3 included).
+        ``sources`` (the packets' UDP sources, in order) enables rule 7.
         """
         opened: list[memoryview] = []
         dropped: list[DropReason] = []
@@ -425,10 +443,20 @@ class SADatabase:
                 index += 1
                 continue
             mark = len(dropped)
-            index, end = entry[0].open_batch(packets, index, out, end, opened, dropped)
+            sa = entry[0]
+            index, end = sa.open_batch(packets, index, out, end, opened, dropped)
             for reason in dropped[mark:]:
                 drops[reason] += 1
+            if sources is not None and sa.newest >= 0:  # rule 7: once per run
+                self._heard(entry[1], sources[sa.newest])
         return opened, dropped
+
+    def _heard(self, tunnel: Tunnel, source: PeerAddress) -> None:
+        """Rule 7: authenticated, newest ESP of ``tunnel`` came from ``source``."""
+        if source != tunnel.peer and source != tunnel.heard_from:
+            tunnel.heard_from = source
+            if self.on_move is not None:
+                self.on_move(tunnel, source)
 
     # -- status ----------------------------------------------------------------------
 
