@@ -387,3 +387,78 @@ def _matches_cert(ident: Identity, cert: x509.Certificate) -> bool:
         wanted_name = _fold(ident.data.decode("ascii"))
         return any(_fold(v) == wanted_name for v in san.get_values_for_type(general))
     return False
+
+
+# -- patterns (a hub's peer entry for many spokes) -------------------------------
+#
+# ``*.branch.example.org`` (ID_FQDN) matches any name of one or more labels under
+# branch.example.org; ``*@example.org`` (ID_RFC822_ADDR) any mailbox at exactly
+# that domain; a DN with ``*`` as whole attribute values (``C=CH, O=Example,
+# OU=branches, CN=*``) any DN with the same attributes in the same RDNs and the
+# others equal. Matching ignores case like Identity.matches. An identity that
+# itself contains ``*`` never matches a pattern (a wildcard certificate names no
+# one spoke). Patterns are policy only: the identity is still proven by AUTH.
+
+_PATTERN_HEADS = {IdType.ID_FQDN: "*.", IdType.ID_RFC822_ADDR: "*@"}
+_ANY = "*"
+_Attrs = list[list[tuple[str, str]]]
+
+
+def is_pattern(identity: Identity) -> bool:
+    """Whether ``identity`` is a pattern (see above)."""
+    if identity.id_type == IdType.ID_DER_ASN1_DN:
+        return any(v == _ANY for rdn in _dn_attrs(identity) for _, v in rdn)
+    head = _PATTERN_HEADS.get(identity.id_type)
+    if head is None:
+        return False
+    text = identity.data.decode("ascii")
+    return text.startswith(head) and len(text) > 2 and "*" not in text[2:]
+
+
+def pattern_matches(pattern: Identity, identity: Identity) -> bool:
+    """Whether ``identity`` is one the entry ``pattern`` (a pattern or exact ID) accepts."""
+    if not is_pattern(pattern):
+        return pattern.matches(identity)
+    if pattern.id_type != identity.id_type:
+        return False
+    if pattern.id_type == IdType.ID_DER_ASN1_DN:
+        theirs = _dn_attrs(identity)
+        wild = any("*" in v for rdn in theirs for _, v in rdn)
+        return not wild and _dn_fit(_dn_attrs(pattern), theirs)
+    text = _fold(identity.data.decode("ascii"))
+    suffix = _fold(pattern.data.decode("ascii"))[1:]  # ".branch.example.org" | "@example.org"
+    head = text[: len(text) - len(suffix)]
+    return text.endswith(suffix) and bool(head) and "*" not in text
+
+
+def patterns_overlap(a: Identity, b: Identity) -> bool:
+    """Whether some identity could match both ``a`` and ``b`` (patterns or exact IDs)."""
+    if is_pattern(a) and is_pattern(b):
+        if a.id_type != b.id_type:
+            return False
+        if a.id_type == IdType.ID_DER_ASN1_DN:
+            return _dn_fit(_dn_attrs(a), _dn_attrs(b))
+        sa, sb = (_fold(x.data.decode("ascii"))[1:] for x in (a, b))
+        if a.id_type == IdType.ID_RFC822_ADDR:
+            return sa == sb
+        return sa.endswith(sb) or sb.endswith(sa)
+    if is_pattern(b):
+        a, b = b, a
+    return pattern_matches(a, b)
+
+
+def _dn_attrs(identity: Identity) -> _Attrs:
+    """The DN's RDNs, each its (OID, folded value) pairs in a fixed order."""
+    return [sorted((oid, _fold(v)) for oid, v in rdn) for rdn in _parse_dn(identity.data)]
+
+
+def _dn_fit(a: _Attrs, b: _Attrs) -> bool:
+    """Same shape (RDNs, attribute types), every value equal or ``*`` on either side."""
+    if len(a) != len(b):
+        return False
+    for ra, rb in zip(a, b, strict=True):
+        if [oid for oid, _ in ra] != [oid for oid, _ in rb]:
+            return False
+        if any(va != vb and _ANY not in (va, vb) for (_, va), (_, vb) in zip(ra, rb, strict=True)):
+            return False
+    return True

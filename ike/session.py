@@ -96,7 +96,7 @@ from ike.exchanges.informational import LivenessTask
 from ike.ikesa import Datagram, IkeSa, peek_header, strip_non_esp_marker
 from ike.rekeying import Rekeying
 from ike.sakeys import IkeSaKeys, ike_sa_keys
-from ike.sessionconfig import SessionConfig
+from ike.sessionconfig import PeerLookup, SessionConfig
 from ike.sessioncore import SessionCore
 from ike.states import IkeState, Input, accepts
 from ike.taskmanager import Exchange, TaskManager
@@ -147,17 +147,21 @@ class IkeSession:
         now: float,
         local_addr: Address,
         remote_addr: Address,
+        *,
+        lookup: PeerLookup | None = None,
     ) -> IkeSession:
         """A session for an IKE_SA_INIT request (SPIr = 0) about to be delivered.
 
         With several candidate configurations the IKE_SA_INIT offer is matched
         against all of their IKE proposals and IKE_AUTH picks the first whose
-        remote identity and method fit. ``local_spi`` is known at once.
+        remote identity and method fit; with ``lookup``, IKE_AUTH asks it instead
+        (:data:`ike.sessionconfig.PeerLookup`: by identity, before AUTH is
+        verified with what it returns). ``local_spi`` is known at once.
         """
         configs = (config,) if isinstance(config, SessionConfig) else tuple(config)
         if not configs:
             raise LocalError("a responder needs at least one configuration")
-        ctx = SaContext(configs, entropy, False, local_addr, remote_addr)
+        ctx = SaContext(configs, entropy, False, local_addr, remote_addr, lookup=lookup)
         ctx.spi_r = ctx.random_ike_spi()
         return cls(ctx, IkeState.INIT_WAIT, now)
 
@@ -431,6 +435,11 @@ class IkeSession:
     @property
     def established(self) -> bool:
         return self._core.state in (IkeState.ESTABLISHED, IkeState.DELETING)
+
+    @property
+    def config(self) -> SessionConfig:
+        """The configuration in use (a responder's first candidate until IKE_AUTH)."""
+        return self._core.ctx.config
 
     @property
     def half_open(self) -> bool:

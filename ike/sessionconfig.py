@@ -15,7 +15,7 @@ from cryptography import x509
 
 from ike.auth import Identity, PrivateKey
 from ike.errors import LocalError
-from ike.events import IPNetwork
+from ike.events import Address, IPNetwork
 from ike.policy import (
     DEFAULT_CHILD_LIFETIME,
     DEFAULT_IKE_LIFETIME,
@@ -135,3 +135,24 @@ class SessionConfig:
     @property
     def child_hard_lifetime(self) -> float:
         return self.child_lifetime * HARD_LIFETIME_FACTOR
+
+
+@dataclass(frozen=True)
+class PeerQuery:
+    """What a responder knows of its initiator when IKE_AUTH arrives, before AUTH is
+    verified (RFC 7296 §2.15): the identity it claims (IDi), the one it wants us to
+    be (IDr, optional), where it sends from, and the networks it proposes for its
+    side (TSi, possibly empty). Nothing here is authenticated yet."""
+
+    idi: Identity
+    idr: Identity | None
+    remote_addr: Address
+    tsi: tuple[IPNetwork, ...]
+
+
+# A responder's peer lookup (strongSwan's peer_cfg lookup by identity): the
+# configuration for this initiator, or the reason there is none (the initiator
+# gets AUTHENTICATION_FAILED; the reason goes into IkeSaDown). It is asked before
+# AUTH is verified, so it must not change anything: the AUTH check that follows
+# proves the identity with the configuration it returns.
+PeerLookup = Callable[[PeerQuery], "SessionConfig | str"]

@@ -349,6 +349,26 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reception_lines(rec: dict[str, Any]) -> list[str]:
+    """The reception (peers found by identity; docs/operations.md): only if it did anything."""
+    hubs = rec.get("hubs", [])
+    if not (hubs or rec.get("identity_unknown") or rec.get("half_open_ended")):
+        return []
+    line = (
+        f"  reception: {rec.get('half_open_ike_sas', 0)} half-open, "
+        f"{rec.get('identity_unknown', 0)} unknown identities"
+    )
+    if rec.get("last_unauthenticated_failure"):
+        line += f", last refused: {rec['last_unauthenticated_failure']}"
+    out = [line]
+    for hub in hubs:
+        out.append(
+            f"  hub {hub['name']} ({hub['id']}): {hub['spokes']}/{hub['max_spokes']} spokes, "
+            f"{hub['spokes_refused']} refused"
+        )
+    return out
+
+
 def format_status(st: dict[str, Any]) -> str:
     """Human-readable status, one block per peer."""
     lines = [f"gateway {st['gateway']} (tun {st['tun']}, up {st['uptime']:.0f}s)"]
@@ -361,6 +381,7 @@ def format_status(st: dict[str, Any]) -> str:
             lines.append(f"    ({_count(n, 'closed IKE SA')} kept to answer retransmissions)")
         for ch in peer["child_sas"]:
             lines.extend(_child_lines(ch))
+    lines += _reception_lines(st.get("reception") or {})
     lines.append(f"  data plane drops: {format_drops(st['dataplane']['drops'])}")
     return "\n".join(lines)
 

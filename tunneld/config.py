@@ -16,7 +16,8 @@ How a file is read:
    files are mode 0600), and so is ``[gateway] user``/``group`` (the account
    must exist), so ``tunneld check`` catches a bad file.
 5. Whole-file checks: unique peer names and IDs, remote subnets of different
-   peers do not overlap.
+   peers do not overlap, no two entries could serve the same identity from the
+   same address (:mod:`tunneld.peermatch`, which also reads identity patterns).
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from cryptography.hazmat.primitives import serialization
 
 from ike.certs import verify_chain
 from ike.errors import AuthenticationFailed, LocalError
-from ike.identity import Identity, identity_matches
+from ike.identity import Identity, identity_matches, is_pattern
 from ike.proposals import Proposal, parse_esp_proposal, parse_ike_proposal
 from tunneld import credentials as cred
 from tunneld import hardening
 from tunneld.credentials import CredentialError, PrivateKey, Psk
+from tunneld.peermatch import SpokeSubnets, check_pattern_entry, check_unambiguous, read_spokes
 from tunneld.tomlschema import (
     ConfigError,
     IPAddress,
@@ -152,6 +154,14 @@ class PeerConfig:
     delete_delay: float
     replay_window: int
     save_keys: bool
+    # an identity pattern (id = "*.domain"): at most this many spokes, and the
+    # fixed subnets of some of them (tunneld.peermatch rule 3); 0 / () otherwise
+    max_spokes: int = 0
+    spokes: tuple[SpokeSubnets, ...] = ()
+
+    @property
+    def is_pattern(self) -> bool:
+        return is_pattern(self.id)
 
     @property
     def ike_hard_lifetime(self) -> float:
@@ -360,6 +370,7 @@ _PEER_KEYS = (
     "local_subnets", "remote_subnets", "auto", "ike", "esp",
     "ike_lifetime", "child_lifetime", "rekey_jitter", "child_packet_limit", "child_byte_limit",
     "dpd_delay", "dpd_action", "delete_delay", "replay_window", "save_keys",
+    "max_spokes", "spokes",
 )  # fmt: skip
 _DAY = 86400.0
 
@@ -393,16 +404,23 @@ class _Limits(TypedDict):
 
 def _read_peer(file: Path, index: int, data: object, me: IdentityConfig) -> PeerConfig:
     s = Section(file, f"peer[{index}]", data, _PEER_KEYS)
-    return PeerConfig(
+    auth = _peer_auth(s, file, me)
+    max_spokes, spokes = read_spokes(s, auth["id"] if is_pattern(auth["id"]) else None)
+    peer = PeerConfig(
         name=_name(s, "name"),
         **_peer_endpoint(s),
-        **_peer_auth(s, file, me),
+        **auth,
         local_subnets=s.items("local_subnets", parse_network),
         remote_subnets=s.items("remote_subnets", parse_network),
         ike=s.items("ike", parse_ike_proposal, list(DEFAULT_IKE)),
         esp=s.items("esp", parse_esp_proposal, list(DEFAULT_ESP)),
         **_peer_limits(s),
+        max_spokes=max_spokes,
+        spokes=spokes,
     )
+    if peer.is_pattern:
+        check_pattern_entry(s, peer)
+    return peer
 
 
 def _peer_endpoint(s: Section) -> _Endpoint:
@@ -539,9 +557,11 @@ def _check_peers(file: Path, peers: tuple[PeerConfig, ...]) -> None:
                 raise ConfigError(file, f"peer[{i}].name", f"'{peer.name}' is also peer[{j}]")
             if peer.id.matches(other.id):
                 raise ConfigError(file, f"peer[{i}].id", f"'{peer.id}' is also peer '{other.name}'")
+    check_unambiguous(file, peers)
+    for i, peer in enumerate(peers):
         for k, net in enumerate(peer.remote_subnets):
             where = f"peer[{i}].remote_subnets[{k}]"
-            for local in peer.local_subnets:
+            for local in () if peer.is_pattern else peer.local_subnets:  # a hub's transit
                 if net.version == local.version and net.overlaps(local):
                     raise ConfigError(file, where, f"{net} overlaps local subnet {local}")
             for other in peers[:i]:
@@ -578,8 +598,9 @@ def describe(config: Config) -> str:
     ]
     for p in config.peers:
         where = f"{p.address}:{p.port}" if p.address else "any address"
+        spokes = f" (pattern: up to {p.max_spokes} spokes)" if p.is_pattern else ""
         lines.append(
-            f"peer {p.name}: {p.auth}, id {p.id}, {where}, auto={p.auto}, "
+            f"peer {p.name}: {p.auth}, id {p.id}{spokes}, {where}, auto={p.auto}, "
             + " ".join(map(str, p.local_subnets))
             + " <=> "
             + " ".join(map(str, p.remote_subnets))

@@ -9,13 +9,18 @@ Theory of operation:
    server. ``task_status.started()`` is called when all of them are ready.
 2. The dispatcher parses only the IKE header of each datagram and hands it to
    the peer that owns the SPI it names; a new IKE_SA_INIT (SPIr = 0) goes to
-   the peer configured for its source address (or a peer without an address).
+   the one peer that could serve its source address, or, when several entries
+   (or an identity pattern) could, to the *reception*, which picks the peer by
+   the identity the initiator proves at IKE_AUTH and hands the session over
+   (:mod:`tunneld.directory`, :mod:`tunneld.peer` rule 12).
    The pumps call the dispatcher for each IKE datagram as they read it (no
    queue: see :mod:`tunneld.datapath`); it is synchronous and cheap, and a
    peer's own bounded queue takes what it hands over.
    Anything else is counted and dropped: the dispatcher never raises. The
    lookup is O(1) (dicts by our SPI, and by the initiator's SPI and address
-   for a retransmitted IKE_SA_INIT), never a walk over sessions.
+   for a retransmitted IKE_SA_INIT; the candidate entries of a new one's
+   source address by a dict of canonical addresses), never a walk over
+   sessions.
 3. The SA database and the routes change only through each peer's
    :class:`tunneld.childsas.ChildSet`, called by that peer's task.
 4. Shutdown (SIGTERM/SIGINT or cancellation): every peer sends DELETE for its
@@ -45,7 +50,7 @@ Theory of operation:
 from __future__ import annotations
 
 import contextlib
-import ipaddress
+import dataclasses
 import logging
 import math
 import os
@@ -73,6 +78,7 @@ from tunneld.childsas import ChildSet, Limits
 from tunneld.config import Config, PeerConfig
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
 from tunneld.dataplane.sadb import SADatabase, Tunnel
+from tunneld.directory import Directory, Hub
 from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
@@ -83,6 +89,7 @@ from tunneld.savekeys import KeyTables
 
 log = logging.getLogger("tunneld.daemon")
 
+RECEPTION = "(reception)"  # the reception's name in logs and the front door's counts (rule 2)
 SHUTDOWN_GRACE = 1.0  # seconds to wait for DELETE answers at exit
 
 
@@ -235,15 +242,17 @@ class Daemon:
         self.handle_signals = handle_signals
         self.sadb = SADatabase()
         self.sadb.on_move = self._esp_moved  # peer.py rule 10
-        self.peers: dict[str, Peer] = {}
+        self.peers: dict[str, Peer] = {}  # configured peers and the spokes of pattern entries
+        self.directory: Directory | None = None  # made in run, with the peers
+        self.reception: Peer | None = None  # rule 2: sessions whose peer IKE_AUTH names
+        self._spoke_scopes: dict[Peer, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
         self.dispatch = DispatchStats()
         self._by_spi: dict[bytes, Peer] = {}
         self._spis_of: dict[IkeSession, tuple[bytes, ...]] = {}
         # half-open responder sessions by (initiator's SPI, its address): a
         # retransmitted IKE_SA_INIT (SPIr = 0) finds its session in O(1)
         self._by_init: dict[tuple[bytes, Address], Peer] = {}
-        self._peer_by_host: dict[str, Peer] = {}  # new IKE_SA_INIT: the peer for its source
-        self._wildcard_peer: Peer | None = None
         self.front_door: FrontDoor | None = None  # made in run (it needs the clock)
         self._unauth_log = LogThrottle(log, UNAUTHENTICATED_LOG)
         self._datapath: DataPath | None = None
@@ -307,12 +316,9 @@ class Daemon:
         self.front_door = FrontDoor(self.entropy, self._started_at)
         with self._cancel:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self._datapath.run)
-                for pc in self.config.peers:
-                    peer = self._make_peer(pc)
-                    self.peers[pc.name] = peer
-                    nursery.start_soon(self._run_peer, peer)
-                self._index_peers()
+                self._make_peers(nursery)
                 await nursery.start(control.serve, control_socket, self._control)
                 nursery.start_soon(self._shutdown_watcher)
                 if self.handle_signals:
@@ -339,11 +345,79 @@ class Daemon:
                 peer.reset(trio.current_time())
                 await trio.sleep(PEER_RESET_DELAY)
 
-    def _make_peer(self, pc: PeerConfig) -> Peer:
-        remote = None if pc.address is None else (str(pc.address), pc.port)
+    def _make_peers(self, nursery: trio.Nursery) -> None:
+        """One peer per plain entry, a template per pattern entry, and the reception."""
+        templates: dict[str, SessionConfig] = {}
+        for pc in self.config.peers:
+            if pc.is_pattern:  # spokes are made as they authenticate (tunneld.directory)
+                config = session_config(self.config, pc, self._spi_in_use)
+                templates[pc.name] = dataclasses.replace(config, remote_id=None)
+                continue
+            peer = self._make_peer(pc)
+            self.peers[pc.name] = peer
+            nursery.start_soon(self._run_peer, peer)
+        self.directory = Directory(
+            self.config.peers,
+            self.peers,
+            templates,
+            self._spawn_spoke,
+            self._retire_spoke,
+            trio.current_time,
+        )
+        first = self.config.peers[0]
+        self.reception = self._make_peer(first, name=RECEPTION, reception=self)
+        nursery.start_soon(self._run_peer, self.reception)
+
+    def _spawn_spoke(self, hub: Hub, config: SessionConfig) -> Peer:
+        """A spoke of a pattern entry authenticated: its own peer (tunneld.directory)."""
+        assert self._nursery is not None
+        peer = self._make_peer(hub.entry, name=config.name, config=config)
+        self.peers[peer.name] = peer
+        scope = trio.CancelScope()
+        self._spoke_scopes[peer] = scope
+        self._nursery.start_soon(self._run_spoke, peer, scope)
+        return peer
+
+    async def _run_spoke(self, peer: Peer, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._run_peer(peer)
+
+    def _retire_spoke(self, peer: Peer) -> None:
+        """An idle spoke makes room (tunneld.directory rule 4)."""
+        peer.discard(trio.current_time())
+        self.peers.pop(peer.name, None)
+        scope = self._spoke_scopes.pop(peer, None)
+        if scope is not None:
+            scope.cancel()
+        log.info("idle spoke retired", extra={"peer": peer.name})
+
+    # -- the reception (rule 2; tunneld.peer.Reception) ------------------------------
+
+    def responder(self, dgram: IkeDatagram, now: float) -> IkeSession:
+        assert self.directory is not None
+        configs = self.directory.configs(self.directory.candidates(dgram.remote[0]))
+        return IkeSession.responder(
+            configs, self.entropy, now, dgram.local, dgram.remote, lookup=self.directory.lookup
+        )
+
+    def owner(self, session: IkeSession) -> Peer:
+        assert self.directory is not None
+        return self.directory.owner(session)
+
+    def _make_peer(
+        self,
+        pc: PeerConfig,
+        *,
+        name: str | None = None,
+        config: SessionConfig | None = None,
+        reception: Daemon | None = None,
+    ) -> Peer:
+        """The peer of one plain entry, of a spoke (``name``, ``config``), or the reception."""
+        name = name or pc.name
+        remote = None if pc.address is None or name != pc.name else (str(pc.address), pc.port)
         assert self._routes is not None
         children = ChildSet(
-            pc.name,
+            name,
             self.sadb,
             self._routes,
             delete_delay=pc.delete_delay,
@@ -357,13 +431,18 @@ class Daemon:
         )
         return Peer(
             self,
-            pc.name,
-            session_config(self.config, pc, self._spi_in_use),
+            name,
+            config or session_config(self.config, pc, self._spi_in_use),
             remote=remote,
-            policy=PeerPolicy(auto=pc.auto, dpd_action=pc.dpd_action, limits=limits),
+            policy=PeerPolicy(
+                auto="listen" if name != pc.name else pc.auto,
+                dpd_action=pc.dpd_action,
+                limits=limits,
+            ),
             children=children,
             local_addr=lambda: (self._local_host, self.config.gateway.port),
-            key_tables=self._key_tables_for(pc),
+            key_tables=None if reception is not None else self._key_tables_for(pc),
+            reception=reception,
         )
 
     def _key_tables_for(self, pc: PeerConfig) -> KeyTables | None:
@@ -447,7 +526,11 @@ class Daemon:
     def _admit(self, dgram: IkeDatagram) -> Peer | None:
         """Rule 5: a new IKE_SA_INIT; the peer to deliver it to, or None (answered or dropped)."""
         now = trio.current_time()
-        peer = self._peer_for_address(dgram.remote[0])
+        assert self.directory is not None
+        candidates = self.directory.candidates(dgram.remote[0])
+        peer = self.directory.direct_peer(candidates) if candidates else None
+        if candidates and peer is None:
+            peer = self.reception
         if peer is None:
             self.dispatch.no_peer += 1
             self._unauth_log(UNAUTHENTICATED_LOG[0], now, remote=dgram.remote[0])
@@ -467,36 +550,10 @@ class Daemon:
             return None
         return peer
 
-    def _peer_for_address(self, host: str) -> Peer | None:
-        """The peer configured for ``host`` (a dict lookup: this runs for every new
-        IKE_SA_INIT, spoofed floods included), else the first without an address."""
-        peer = self._peer_by_host.get(host)
-        if peer is not None:
-            return peer
-        try:  # not in the canonical form the sockets report: compare as addresses
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            return self._wildcard_peer
-        for known, peer in self._peer_by_host.items():
-            if ipaddress.ip_address(known) == addr:
-                return peer
-        return self._wildcard_peer
-
-    def _index_peers(self) -> None:
-        """The peers by configured (or resolved) address in canonical text, and the first
-        without an address; rebuilt when a name resolves to another address."""
-        self._peer_by_host = {}
-        self._wildcard_peer = None
-        for peer in self.peers.values():
-            if peer.remote is None:
-                self._wildcard_peer = self._wildcard_peer or peer
-            elif peer.resolved is not None:  # (a DNS name not resolved yet matches nothing)
-                host = str(ipaddress.ip_address(peer.resolved))
-                self._peer_by_host.setdefault(host, peer)
-
     def peer_resolved(self, peer: Peer) -> None:
         """A peer's DNS name resolved (again): new IKE_SA_INIT match the new address."""
-        self._index_peers()
+        if self.directory is not None:
+            self.directory.reindex()
 
     def _esp_moved(self, tunnel: Tunnel, source: Address) -> None:
         """Authenticated, newest ESP of ``tunnel`` came from a new address (sadb rule 7):
@@ -614,7 +671,20 @@ class Daemon:
             },
             "ike_dispatch": vars(self.dispatch).copy(),
             "front_door": self.front_door.status() if self.front_door is not None else {},
+            "reception": self._reception_status(now),
             "tasks": task_count(),
+        }
+
+    def _reception_status(self, now: float) -> dict[str, Any]:
+        """Rule 2: what the reception holds and refused (sessions before IKE_AUTH)."""
+        if self.reception is None or self.directory is None:
+            return {}
+        snap = self.reception.snapshot(now)
+        return {
+            "half_open_ike_sas": snap["half_open_ike_sas"],
+            "half_open_ended": snap["counters"]["half_open_ended"],
+            "last_unauthenticated_failure": snap["last_unauthenticated_failure"],
+            **self.directory.status(),
         }
 
 

@@ -101,6 +101,16 @@ Theory of operation:
    new IKE_SA_INIT from it is dropped and counted (``refused_initiations``,
    logged once per hold) until ``tunneld up PEER``, or until the hold's
    time has passed; then ``auto`` applies again (``start`` initiates).
+12. The daemon's *reception* (``reception`` given) is a Peer with no peer of
+    its own: it holds the half-open responder sessions whose peer entry is not
+    known before IKE_AUTH (several entries could serve the source address, or
+    an identity pattern does; :mod:`tunneld.peermatch`). Its sessions come from
+    :meth:`Reception.responder` (every candidate's proposals, and a lookup by
+    identity); once one is established, :meth:`Reception.owner` names the peer
+    it belongs to and the session, with its record's start time, moves there
+    (:meth:`Peer.take_over`) *before* any of its events is applied, so its
+    Child SAs reach the data plane through the owner's ChildSet. A session that
+    fails IKE_AUTH ends here, unauthenticated, as rule 9 says.
 """
 
 from __future__ import annotations
@@ -228,6 +238,14 @@ class PeerHost(Protocol):
     ) -> None: ...
 
 
+class Reception(Protocol):
+    """Rule 12: where the daemon's reception gets its sessions and gives them away."""
+
+    def responder(self, dgram: IkeDatagram, now: float) -> IkeSession: ...
+
+    def owner(self, session: IkeSession) -> Peer: ...
+
+
 @dataclass
 class PeerStatus:
     last_error: str | None = None
@@ -287,8 +305,10 @@ class Peer:
         children: ChildSet,
         local_addr: Callable[[], tuple[str, int]],
         key_tables: KeyTables | None = None,
+        reception: Reception | None = None,
     ) -> None:
         self.host = host
+        self.reception = reception  # rule 12
         self.name = name
         self.session_config = session_config
         self.remote = remote
@@ -591,9 +611,12 @@ class Peer:
         if self._held(now):
             self._refuse(dgram, now)
             return None
-        session = IkeSession.responder(
-            self.session_config, self.host.entropy, now, dgram.local, dgram.remote
-        )
+        if self.reception is not None:  # rule 12
+            session = self.reception.responder(dgram, now)
+        else:
+            session = IkeSession.responder(
+                self.session_config, self.host.entropy, now, dgram.local, dgram.remote
+            )
         self._adopt(session, now)
         record = self._records[session]
         record.half_open = (header.spi_i, dgram.remote)  # the session learns SPIi only now
@@ -614,6 +637,37 @@ class Peer:
             f"(run `tunneld up {self.name}` to accept it)",
             extra={"peer": self.name, "remote": dgram.remote[0], "held_until": until},
         )
+
+    def take_over(self, session: IkeSession, begun: float) -> None:
+        """Rule 12: an established responder session the reception found to be ours,
+        its events not yet applied: adopt it, apply them, send its answer."""
+        self._adopt(session, begun)
+        self._after_io()
+        self._poke()  # its timers join ours
+
+    def refuses_new(self, now: float) -> bool:
+        """Rule 8 for the reception: the operator holds this peer down (counted)."""
+        if not self._held(now):
+            return False
+        self.status.refused_initiations += 1
+        return True
+
+    @property
+    def idle(self) -> bool:
+        """No IKE SA (a closed one lingering for retransmissions does not count), no
+        Child SA, no operator's hold: nothing would be lost without this peer."""
+        return (
+            self._held_until is None
+            and not self.children.records
+            and all(s.state is IkeState.CLOSED for s in self._records)
+        )
+
+    def discard(self, now: float) -> None:
+        """An idle peer goes for good (tunneld.directory rule 4): its lingering sessions
+        are forgotten (their SPIs unrouted) and its inbound SAs leave at once."""
+        for record in list(self._records.values()):
+            self._forget(record)
+        self.children.expire(now, everything=True)
 
     def _adopt(self, session: IkeSession, now: float) -> None:
         self._records[session] = SessionRecord(session, begun=now)
@@ -707,6 +761,9 @@ class Peer:
     def _flush(self, session: IkeSession) -> bool:
         """Apply the session's events, then send its datagrams (a ChildSaUp's inbound SA
         is installed before the answer carrying its SPI leaves); True if it came up."""
+        if self.reception is not None and session.established:  # rule 12
+            self._pass_on(session)
+            return False
         came_up = False
         while (event := session.next_event()) is not None:
             self._apply(self._records[session], event)
@@ -716,6 +773,14 @@ class Peer:
         if self.key_tables is not None:  # rule 7: keys exist from IKE_SA_INIT on
             self.key_tables.save_ike(self.name, session.ike_sa_keys())
         return came_up
+
+    def _pass_on(self, session: IkeSession) -> None:
+        """Rule 12: the reception gives an established session to its owner."""
+        assert self.reception is not None
+        owner = self.reception.owner(session)
+        record = self._records.pop(session)
+        self._unindex(record)  # ends its half-open count, unroutes its SPIs here
+        owner.take_over(session, record.begun)
 
     def _apply(self, record: SessionRecord, event: object) -> None:
         now = trio.current_time()

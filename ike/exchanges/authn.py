@@ -8,8 +8,12 @@ Both roles sign (or MAC) the same shape of octets (§2.15)::
 Checking the peer, in this order, each failure AUTHENTICATION_FAILED:
 
 1. pick the configuration whose ``remote_id`` matches the peer's ID payload
-   (a responder may hold several candidates) and whose method is the AUTH
-   payload's: signatures (14, or legacy 9-11) for ``pubkey``, 2 for ``psk``;
+   (a responder may hold several candidates, or ask its ``lookup``, which
+   the daemon answers from the identity, the address and the proposed TSi)
+   and whose method is the AUTH payload's: signatures (14, or legacy 9-11)
+   for ``pubkey``, 2 for ``psk``; a looked-up configuration must also accept
+   the IKE proposal IKE_SA_INIT selected (from the union of the candidates'
+   proposals, before anyone's identity was known);
 2. pubkey: the first CERT is the leaf; the chain must end at a configured
    trust anchor and be valid at ``wall_clock(now)``; the ID must match the
    leaf's SAN or subject; the AUTH signature must verify with the leaf's key;
@@ -33,11 +37,13 @@ from ike.auth import (
 from ike.certs import certreq_data, malformed_certificates_refused
 from ike.constants import AuthMethod, CertEncoding, PayloadType
 from ike.crypto import auth_octets, psk_auth
-from ike.errors import AuthenticationFailed, LocalError, ParseError
+from ike.errors import AuthenticationFailed, LocalError, NoProposalChosen, ParseError
+from ike.exchanges import selectors
 from ike.exchanges.base import Received
 from ike.exchanges.context import SaContext
-from ike.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, Payload
-from ike.sessionconfig import PskAuth, PubkeyAuth, SessionConfig
+from ike.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, Payload, TsPayload
+from ike.proposals import select_proposal
+from ike.sessionconfig import PeerQuery, PskAuth, PubkeyAuth, SessionConfig
 
 _SIGNATURE_METHODS = (
     AuthMethod.DIGITAL_SIGNATURE,
@@ -117,8 +123,7 @@ def choose_config(ctx: SaContext, identity: Identity, method: int) -> SessionCon
     for config in ctx.configs:
         if config.remote_id is not None and not config.remote_id.matches(identity):
             continue
-        uses_psk = isinstance(config.auth, PskAuth)
-        if uses_psk != (method == AuthMethod.SHARED_KEY_MIC):
+        if not _method_fits(config, method):
             continue
         return config
     expected = ", ".join(str(c.remote_id or "any") for c in ctx.configs)
@@ -126,6 +131,45 @@ def choose_config(ctx: SaContext, identity: Identity, method: int) -> SessionCon
         f"peer identity '{identity}' with AUTH method {method} is not configured"
         f" (expected {expected})"
     )
+
+
+def _method_fits(config: SessionConfig, method: int) -> bool:
+    return isinstance(config.auth, PskAuth) == (method == AuthMethod.SHARED_KEY_MIC)
+
+
+def look_up_config(
+    ctx: SaContext, received: Received, identity: Identity, method: int
+) -> SessionConfig:
+    """Rule 1 with a lookup (responder): the daemon names the configuration of this
+    identity; AuthenticationFailed when it names none, or one that does not fit."""
+    if ctx.lookup is None:
+        return choose_config(ctx, identity, method)
+    idr = [p for p in received.message.find_all(IdPayload) if p.payload_type == PayloadType.IDr]
+    tsi = [p for p in received.message.find_all(TsPayload) if p.payload_type == PayloadType.TSi]
+    query = PeerQuery(
+        idi=identity,
+        idr=Identity.from_payload(idr[0].id_type, idr[0].data) if idr else None,
+        remote_addr=ctx.remote_addr,
+        tsi=selectors.to_networks(tsi[0].selectors) if tsi else (),
+    )
+    found = ctx.lookup(query)
+    if isinstance(found, str):
+        raise AuthenticationFailed(found)
+    if found.remote_id is not None and not found.remote_id.matches(identity):
+        raise LocalError(f"peer lookup for '{identity}' returned one for '{found.remote_id}'")
+    if not _method_fits(found, method):
+        raise AuthenticationFailed(
+            f"peer identity '{identity}' used AUTH method {method}, not the one configured"
+        )
+    if ctx.ike_proposal is not None:
+        try:
+            select_proposal((ctx.ike_proposal.to_wire(),), found.ike_proposals)
+        except NoProposalChosen:
+            raise AuthenticationFailed(
+                f"IKE proposal {ctx.ike_proposal} (selected at IKE_SA_INIT) is not "
+                f"configured for peer identity '{identity}'"
+            ) from None
+    return found
 
 
 def verify_peer(ctx: SaContext, received: Received, peer_id: IdPayload, identity: Identity) -> None:

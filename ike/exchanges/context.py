@@ -26,7 +26,7 @@ from ike.events import Address, ChildSaDown, ChildSaOutboundActive, Event, IPNet
 from ike.lifetimes import Lifetime
 from ike.payloads import NotifyPayload, Payload
 from ike.proposals import SelectedProposal
-from ike.sessionconfig import SessionConfig
+from ike.sessionconfig import PeerLookup, SessionConfig
 from ike.wire import IkeHeader, Message, decrypt_message, encrypt_message, parse_message
 
 SPI_LEN = 8  # §3.1
@@ -121,6 +121,9 @@ class SaContext:
     ``is_initiator`` is the role in the IKE SA (the I flag of §3.1), not of
     any one exchange. ``configs`` holds the candidates a responder may still
     choose from; after IKE_AUTH it is narrowed to the one in use (``config``).
+    ``lookup`` (responder only, optional): asked at IKE_AUTH for the configuration
+    of the initiator's identity (:data:`ike.sessionconfig.PeerLookup`); without
+    it, the first of ``configs`` that fits is used.
     """
 
     configs: tuple[SessionConfig, ...]
@@ -147,6 +150,7 @@ class SaContext:
     remote_identity: Identity | None = None
     children: dict[int, ChildSa] = field(default_factory=dict)
     events: deque[Event] = field(default_factory=deque)
+    lookup: PeerLookup | None = field(default=None, repr=False)
 
     # -- roles and identities ------------------------------------------------
 

@@ -24,6 +24,7 @@ from ike.exchanges.authn import (
     certreq_payloads,
     choose_config,
     id_payload,
+    look_up_config,
     peer_identity,
     verify_peer,
 )
@@ -100,7 +101,7 @@ class IkeAuthResponder(Answer):
         idi, identity = peer_identity(request, PayloadType.IDi)
         auth = request.message.find(AuthPayload)
         method = auth.method if auth is not None else 0
-        ctx.configs = (choose_config(ctx, identity, method),)
+        ctx.configs = (look_up_config(ctx, request, identity, method),)
         verify_peer(ctx, request, idi, identity)
         # Our AUTH is computed here, before the Child SA task installs anything:
         # if we cannot sign for this peer, nothing is up yet.

@@ -40,7 +40,7 @@ from ike.events import (
 from ike.policy import RetransmitPolicy
 from ike.proposals import parse_esp_proposal, parse_ike_proposal
 from ike.session import IkeSession, peek_header
-from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
+from ike.sessionconfig import PeerLookup, PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import IkeHeader, parse_message
 
 # -- time ---------------------------------------------------------------------
@@ -244,8 +244,10 @@ class SessionPair:
         link: Link | None = None,
         seed: int = 0,
         cookies: CookieJar | None = None,
+        lookup: PeerLookup | None = None,
     ) -> None:
         self.now = T0
+        self.lookup = lookup  # the daemon's peer lookup by identity, if any
         self.link = link or Link(seed)
         self.responder_config = responder_config
         self.cookies = cookies  # set: the fake daemon demands a cookie (as under load)
@@ -315,7 +317,12 @@ class SessionPair:
                     return
             # the daemon creates a responder for a new IKE_SA_INIT request
             session = IkeSession.responder(
-                self.responder_config, self._entropy_r, self.now, sent.dst, sent.src
+                self.responder_config,
+                self._entropy_r,
+                self.now,
+                sent.dst,
+                sent.src,
+                lookup=self.lookup,
             )
             self.responders.append(session)
         if session is not None:

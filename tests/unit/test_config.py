@@ -245,3 +245,20 @@ def test_conf_examples_load(tmp_path: Path) -> None:
     assert (
         psk.peers[0].auth == "psk" and psk.peers[0].psk is not None and len(psk.peers[0].psk) == 32
     )
+
+
+def test_conf_hub_examples_load(tmp_path: Path) -> None:
+    """conf/hub.toml and conf/spoke1.toml, with the certificates their comments name."""
+    for example in ("hub.toml", "spoke1.toml"):
+        shutil.copy(REPO / "conf" / example, tmp_path / example)
+    pki.init_ca(tmp_path / "pki", "tunneld lab CA")
+    pki.issue(tmp_path / "pki", "hub", dns=["hub.example.org"], ips=["192.0.2.1"])
+    pki.issue(tmp_path / "pki", "s1", dns=["s1.branch.example.org"])
+    hub = load_config(tmp_path / "hub.toml")
+    spoke = load_config(tmp_path / "spoke1.toml")
+    branches = hub.peer("branches")
+    assert branches.is_pattern and branches.max_spokes == 50
+    (row,) = branches.spokes
+    assert row.id.matches(spoke.identity.id)
+    assert list(row.subnets) == list(spoke.peers[0].local_subnets)
+    assert spoke.peers[0].id.matches(hub.identity.id)
