@@ -5,7 +5,7 @@
     tunneld status (-c FILE | -s SOCKET) [--json]
     tunneld up PEER (-c FILE | -s SOCKET)
     tunneld down PEER [--for SECONDS] (-c FILE | -s SOCKET)
-    tunneld rekey PEER [--ike] (-c FILE | -s SOCKET)
+    tunneld rekey PEER [--ike | --child NAME] (-c FILE | -s SOCKET)
     tunneld pki init-ca ... | tunneld pki issue ...
 
 Exit codes: 0 success, 1 runtime failure (daemon unreachable, command
@@ -94,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rekey = sub.add_parser("rekey", help="rekey a peer's Child SAs now (--ike: its IKE SA)")
     rekey.add_argument("peer")
-    rekey.add_argument("--ike", action="store_true", help="rekey the IKE SA instead")
+    which = rekey.add_mutually_exclusive_group()
+    which.add_argument("--ike", action="store_true", help="rekey the IKE SA instead")
+    which.add_argument("--child", help="rekey only the Child SAs of this [[peer.child]]")
     _add_target(rekey)
     rekey.set_defaults(func=_cmd_rekey)
 
@@ -191,12 +193,15 @@ def _cmd_peer(args: argparse.Namespace) -> int:
 
 
 def _cmd_rekey(args: argparse.Namespace) -> int:
-    request = {"cmd": "rekey", "peer": args.peer, "ike": args.ike}
+    request: dict[str, Any] = {"cmd": "rekey", "peer": args.peer, "ike": args.ike}
+    if args.child is not None:
+        request["child"] = args.child
     response = control.request(_socket_of(args), request)
     if not response.get("ok"):
         print(f"tunneld: {response.get('error')}", file=sys.stderr)
         return 1
-    print(f"rekey {'IKE SA' if args.ike else 'Child SAs'} of {args.peer}: started")
+    what = "IKE SA" if args.ike else "Child SAs" if args.child is None else f"child {args.child}"
+    print(f"rekey {what} of {args.peer}: started")
     return 0
 
 
@@ -229,6 +234,7 @@ def format_status(st: dict[str, Any]) -> str:
                 f"    Child SA {ch['spi_in']}_in {ch['spi_out']}_out {ch['algorithms']} "
                 f"gen {ch['generation']} age {ch['age']:.0f}s rekey in {rekey}  "
                 f"{','.join(ch['local_ts'])} === {','.join(ch['remote_ts'])}"
+                + (f"  [child {ch['child']}]" if ch.get("child") else "")
             )
             lines.append(
                 f"      in {ch['in']['packets']} pkts {ch['in']['bytes']} B, "

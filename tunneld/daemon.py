@@ -57,11 +57,12 @@ from ike.events import Address
 from ike.frontdoor import FrontDoor, Verdict
 from ike.identity import Identity as IkeIdentity
 from ike.session import IkeSession
+from ike.sessionconfig import ChildConfig as IkeChildConfig
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
 from tunneld import control, hardening
-from tunneld.childsas import ChildSet, Limits
-from tunneld.config import Config, PeerConfig
+from tunneld.childsas import ChildSet, ChildSets, Limits
+from tunneld.config import ChildConfig, Config, PeerConfig
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
 from tunneld.dataplane.sadb import SADatabase
 from tunneld.entropy import SystemEntropy
@@ -179,6 +180,22 @@ def session_config(
         child_lifetime=peer.child_lifetime,
         rekey_jitter=peer.rekey_jitter,
         dpd_delay=peer.dpd_delay,
+        children=tuple(
+            IkeChildConfig(
+                c.name, c.local_subnets, c.remote_subnets, tuple(c.esp), c.child_lifetime
+            )
+            for c in peer.children
+        ),
+        keep_children=peer.auto == "start",
+    )
+
+
+def _limits(child: ChildConfig) -> Limits:
+    return Limits(
+        soft_packets=child.child_packet_limit,
+        soft_bytes=child.child_byte_limit,
+        hard_packets=child.child_packet_hard_limit,
+        hard_bytes=child.child_byte_hard_limit,
     )
 
 
@@ -303,13 +320,18 @@ class Daemon:
     def _make_peer(self, pc: PeerConfig) -> Peer:
         remote = None if pc.address is None else (str(pc.address), pc.port)
         assert self._routes is not None
-        children = ChildSet(
-            pc.name,
-            self.sadb,
-            self._routes,
-            delete_delay=pc.delete_delay,
-            replay_window=pc.replay_window,
-        )
+        sets = [
+            ChildSet(
+                pc.name if c.implicit else f"{pc.name}/{c.name}",  # SADB tunnel names
+                self.sadb,
+                self._routes,
+                delete_delay=pc.delete_delay,
+                replay_window=pc.replay_window,
+                limits=_limits(c),
+            )
+            for c in pc.children
+        ]
+        children = ChildSets(sets, [c.name for c in pc.children])
         limits = Limits(
             soft_packets=pc.child_packet_limit,
             soft_bytes=pc.child_byte_limit,
@@ -516,7 +538,11 @@ class Daemon:
             peer = self.peers.get(str(request.get("peer")))
             if peer is None:
                 return {"ok": False, "error": f"no peer named {request.get('peer')!r}"}
-            if not peer.rekey(ike=bool(request.get("ike"))):
+            child = request.get("child")
+            names = [c.name for c in peer.session_config.child_configs]
+            if child is not None and child not in names:
+                return {"ok": False, "error": f"peer {peer.name} has no child {child!r}"}
+            if not peer.rekey(ike=bool(request.get("ike")), child=child):
                 return {"ok": False, "error": f"peer {peer.name} has no established SA to rekey"}
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
