@@ -319,6 +319,17 @@ class Peer:
         self._poke()
         return started
 
+    def delete_child(self, inbound_spi: int) -> bool:
+        """Delete one Child SA (INFORMATIONAL DELETE); False if no established one has
+        that inbound SPI. With auto = "start" the session creates it again."""
+        record = self.children.records.get(inbound_spi)
+        if record is None or record.session.state is not IkeState.ESTABLISHED:
+            return False
+        record.session.delete_child(inbound_spi, trio.current_time())
+        self._dirty.add(record.session)
+        self._poke()
+        return True
+
     def up(self) -> None:
         """Operator asked for the tunnel: end a hold, initiate now if no IKE SA is in progress."""
         if self._held_until is not None:
