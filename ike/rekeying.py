@@ -34,6 +34,7 @@ move to the survivor.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from ike.constants import ExchangeType, NotifyType
@@ -173,6 +174,9 @@ class Rekeying:
         config = self.ctx.config.child_config(child)
         task = ChildSaInitiator(None, pfs_group(config), ts, child=config.name)
         self.core.tm.enqueue(Exchange(ExchangeType.CREATE_CHILD_SA, [task]))
+        if self.ctx.config.keep_children:  # one creation at a time per child, whoever asked
+            missing = self._missing.setdefault(config.name, MissingChild(math.inf))
+            missing.task = task
         return task
 
     def _keep_children(self, now: float) -> None:
@@ -197,7 +201,7 @@ class Rekeying:
                 missing.delay = min(missing.delay * 2, CHILD_CREATE_RETRY[1])
             if now >= missing.due:
                 log.info("creating Child SA %r", child.name)
-                missing.task = self.create_child(None, child.name)
+                self.create_child(None, child.name)
 
     def _expire_child(self, child: ChildSa) -> None:
         """Hard lifetime: the SA goes now; the peer hears it with a DELETE."""

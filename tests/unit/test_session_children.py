@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 import itertools
 
-from sessionpair import SessionPair, config_pair, with_
+from sessionpair import T0, Link, Sent, SessionPair, config_pair, with_
 
-from ike.constants import ExchangeType
-from ike.events import ChildSaUp
+from ike.constants import ExchangeType, NotifyType
+from ike.events import ChildSaDown, ChildSaUp
 from ike.policy import CHILD_CREATE_RETRY, CHILD_START_GRACE
 from ike.proposals import parse_esp_proposal
 from ike.sessionconfig import ChildConfig
@@ -144,3 +144,29 @@ def test_the_responder_picks_the_child_the_selectors_fit() -> None:
         ("low", (N("203.0.113.0/25"),), (N("198.51.100.0/25"),)),
     ]
     assert extra[0].algorithms == "chacha20poly1305-noesn"
+
+
+def test_child_sa_not_found_recreates_the_child_once() -> None:
+    """i's rekey gets CHILD_SA_NOT_FOUND (r's SA expired, r's own rekeys were lost): the
+    rekey task's own re-creation (RFC 7296 §2.25) and keep_children make one, not two."""
+    i, r = config_pair(child_lifetime=60.0, rekey_jitter=0.0, keep_children=True)
+    r = with_(r, child_lifetime=50.0, keep_children=False)
+    link = Link()
+    lost = [4]
+
+    def lose_r_rekeys(sent: Sent) -> int | None:  # r's rekey requests at 50, 51, 52.8, 56.04
+        request = sent.header.exchange_type == ExchangeType.CREATE_CHILD_SA
+        if request and not sent.header.is_response and sent.sender == "r" and lost[0]:
+            lost[0] -= 1
+            return 0
+        return None
+
+    link.rules.append(lose_r_rekeys)
+    pair = SessionPair(i, r, link=link)
+    pair.start()
+    pair.run(until=T0 + 100)
+    downs = [d.reason for d in pair.of("i", ChildSaDown)]
+    assert any(NotifyType.CHILD_SA_NOT_FOUND.name in reason for reason in downs), downs
+    created = [u for u in pair.of("i", ChildSaUp) if u.rekey_of is None]
+    assert len(created) == 2, created  # IKE_AUTH's, and one re-creation
+    assert len(pair.initiator.children) == 1
