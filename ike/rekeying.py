@@ -16,7 +16,8 @@ immediate retry starts at once):
   created, or deleted) is created with CREATE_CHILD_SA: at once by the IKE
   SA's initiator, after ``CHILD_START_GRACE`` by its responder; a failed
   creation is tried again after a delay doubling within
-  ``CHILD_CREATE_RETRY`` (:class:`MissingChild`);
+  ``CHILD_CREATE_RETRY`` (:class:`MissingChild`); when both sides created
+  the same child at once, the IKE SA's responder deletes the copy it made;
 - ``dpd_delay`` after the last authenticated message or ESP from the peer,
   with no request of ours outstanding, an empty INFORMATIONAL checks that
   the peer is alive (§2.4); when its retransmissions run out, IkeSaDown has
@@ -184,6 +185,7 @@ class Rekeying:
         config = self.ctx.config
         if not config.keep_children:
             return
+        self._drop_duplicates()
         present = {c.name for c in self.ctx.children.values()}
         for child in config.child_configs:
             if child.name in present:
@@ -202,6 +204,24 @@ class Rekeying:
             if now >= missing.due:
                 log.info("creating Child SA %r", child.name)
                 self.create_child(None, child.name)
+
+    def _drop_duplicates(self) -> None:
+        """Both sides created one child at once (the initiator's creation took longer
+        than the responder's grace): the IKE SA's responder deletes the Child SA it
+        created, so one remains. Only copies we made from scratch are touched."""
+        if self.ctx.is_initiator:
+            return
+        by_name: dict[str, list[ChildSa]] = {}
+        for child in self.ctx.children.values():
+            if child.status is ChildStatus.INSTALLED and not child.redundant:
+                by_name.setdefault(child.name, []).append(child)
+        for copies in by_name.values():
+            if len(copies) < 2 or all(c.created_by_us for c in copies):
+                continue
+            for child in copies:
+                if child.created_by_us and child.rekey_of is None:
+                    log.info("deleting duplicate Child SA %08x (%r)", child.inbound_spi, child.name)
+                    self.delete_child(child.inbound_spi, "duplicate of the peer's Child SA")
 
     def _expire_child(self, child: ChildSa) -> None:
         """Hard lifetime: the SA goes now; the peer hears it with a DELETE."""

@@ -170,3 +170,18 @@ def test_child_sa_not_found_recreates_the_child_once() -> None:
     created = [u for u in pair.of("i", ChildSaUp) if u.rekey_of is None]
     assert len(created) == 2, created  # IKE_AUTH's, and one re-creation
     assert len(pair.initiator.children) == 1
+
+
+def test_a_child_both_sides_created_at_once_is_kept_once() -> None:
+    """The initiator creates "high" while the responder's creation (its grace ran out) is
+    on the wire: the IKE SA's responder deletes its own copy (INFORMATIONAL { D(ESP) })."""
+    pair = make_pair(keep_i=False, keep_r=True)
+    pair.run_until(lambda: bool(create_child_requests(pair, "r")))
+    pair.initiator.create_child(pair.now, child="high")  # the requests cross
+    pair.run(until=pair.now + 5)
+    assert len(create_child_requests(pair, "i")) == len(create_child_requests(pair, "r")) == 1
+    for side, session in (("i", pair.initiator), ("r", pair.responder)):
+        assert len(ups(pair, side)["high"]) == 2
+        assert sorted(c.name for c in session.children) == ["high", "low"], side
+    (kept,) = [c for c in pair.responder.children if c.name == "high"]
+    assert not kept.created_by_us
