@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID
 
 from ike.errors import AuthenticationFailed, ParseError
-from ike.identity import dn_string
+from ike.identity import CERT_PARSE_ERRORS, dn_string
 
 MAX_PATH_LEN = 8  # our limit on intermediates, against loops and CPU abuse
 CERTREQ_HASH_LEN = 20  # §3.7: SHA-1 of the CA's SubjectPublicKeyInfo
@@ -165,11 +165,6 @@ def verify_chain(
         for index, issuer in enumerate(path[1:], start=1):
             _check_issuer(issuer, certs_below=index - 1)
     return leaf
-
-
-# cryptography parses a certificate lazily: a malformed name, extension or
-# version surfaces as one of these when a field is first read, anywhere.
-CERT_PARSE_ERRORS = (ValueError, KeyError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
 
 
 @contextlib.contextmanager

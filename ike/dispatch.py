@@ -88,7 +88,9 @@ class Dispatcher:
             cached = sa.tm.cached
             if cached is None or cached.request != data:
                 core.drop("different request under an answered message ID")
-            elif cached.peer is not None and cached.peer != src:  # no reflection to a third party
+            elif cached.peer not in (None, src) and src != sa.ctx.remote_addr:
+                # no reflection to a third party; the peer's authenticated new
+                # address (it moved, e.g. a NAT rebinding, §2.23) is no third party
                 core.drop("retransmitted request from another address", f"{src}")
             else:  # §2.1: answer from the cache
                 core.outbox.append((cached.datagram, dst, src))
@@ -251,8 +253,12 @@ class Dispatcher:
         try:
             for task in exchange.tasks:
                 try:
-                    if task.process_i(sa.ctx, response) is Outcome.RETRY:
+                    outcome = task.process_i(sa.ctx, response)
+                    if outcome is Outcome.RETRY:
                         self._retry(exchange, now)
+                        return
+                    if outcome is Outcome.IGNORED:
+                        self.core.drop("COOKIE already answered")
                         return
                 except PeerError as err:
                     if task.critical:

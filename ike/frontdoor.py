@@ -5,10 +5,16 @@ address that makes a responder compute a DH and keep state. RFC 7296 §2.6
 (COOKIE) and RFC 8019 (half-open limits) bound that cost; this module is
 the pure policy the daemon asks before it creates a responder session:
 
-1. Half-open IKE SAs (IKE_SA_INIT answered, IKE_AUTH not yet verified) are
-   counted globally, per peer entry and per source address. The daemon
-   reports each one it opens (:meth:`FrontDoor.opened`) and each one that
-   ends or is established (:meth:`FrontDoor.closed`).
+1. Half-open IKE SAs (IKE_SA_INIT admitted, IKE_AUTH not yet verified) are
+   counted globally, per peer entry and per source address, from the moment
+   a request is admitted: the daemon hands it to a peer task that creates the
+   session later, and a flood must not slip past the thresholds in between.
+   The daemon reports the session it opens (:meth:`FrontDoor.opened`, which
+   turns the reservation into the session) and each one that ends or is
+   established (:meth:`FrontDoor.closed`). A reservation whose session is
+   never opened (the peer's inbox was full, the peer is held down) lapses
+   after :data:`RESERVATION_TTL`; a retransmitted request meanwhile finds
+   its reservation and is not counted twice.
 2. A request without a valid cookie is admitted only while fewer than
    ``cookie_threshold`` half-open SAs exist in all and fewer than
    ``source_threshold`` from its source address. Otherwise it gets
@@ -29,8 +35,10 @@ the pure policy the daemon asks before it creates a responder session:
    what senders send except the per-key half-open counters, which are bounded
    by the caps and emptied as SAs close.
 
-What it costs: parsing the request (no crypto) and, above the threshold,
-one HMAC. It never raises on a malformed request: that is a drop reason.
+What it costs: a walk over the request's payload headers
+(:func:`ike.cookies.scan_init_request`, no payload decoded) and, above the
+threshold, one HMAC and a reply packed directly. It never raises on a
+malformed request: that is a drop reason.
 """
 
 from __future__ import annotations
@@ -39,10 +47,9 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 
-from ike.constants import ExchangeType
-from ike.cookies import CookieJar, cookie_challenge, request_cookie
+from ike.cookies import CookieJar, InitRequest, cookie_reply, scan_init_request
 from ike.entropy import Entropy
-from ike.errors import PeerError
+from ike.errors import ParseError
 from ike.events import Address
 from ike.policy import (
     COOKIE_SECRET_LIFETIME,
@@ -52,9 +59,9 @@ from ike.policy import (
     MAX_HALF_OPEN_PER_PEER,
     MAX_HALF_OPEN_PER_SOURCE,
 )
-from ike.wire import Message, parse_message
 
 COOKIE_SECRET_LEN = 32
+RESERVATION_TTL = 2.0  # seconds an admitted request may wait for its session (rule 1)
 
 
 class Verdict(Enum):
@@ -67,6 +74,7 @@ class Verdict(Enum):
 REASONS = (
     "admitted",
     "admitted with a valid cookie",
+    "retransmission of an admitted request",
     "cookie requested",
     "invalid cookie",
     "malformed IKE_SA_INIT",
@@ -108,6 +116,8 @@ class FrontDoor:
         self._jar = CookieJar(entropy.random_bytes(COOKIE_SECRET_LEN))
         self._rotate_at = now + secret_lifetime
         self.half_open = 0
+        # admitted requests whose session is not opened yet: (SPIi, source) -> (peer, until)
+        self._reserved: dict[tuple[bytes, Address], tuple[str, float]] = {}
         self._per_peer: Counter[str] = Counter()
         self._per_source: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -117,36 +127,41 @@ class FrontDoor:
     def admit(self, data: bytes, src: Address, peer: str, now: float) -> Admission:
         """Decide about a new IKE_SA_INIT request (SPIr = 0) from ``src`` for ``peer``."""
         self._maybe_rotate(now)
+        self._lapse(now)
         try:
-            request = parse_message(data)
-        except PeerError:  # ParseError, or e.g. an unsupported critical payload
+            request = scan_init_request(data)
+        except ParseError:
             return self._count(Admission(Verdict.DROP, "malformed IKE_SA_INIT"))
-        if request.exchange_type != ExchangeType.IKE_SA_INIT or request.is_response:
-            return self._count(Admission(Verdict.DROP, "malformed IKE_SA_INIT"))
+        if (request.spi_i, src) in self._reserved:  # its session is not opened yet
+            return self._count(Admission(Verdict.ADMIT, "retransmission of an admitted request"))
         host = src[0]
         busy = (
             self.half_open >= self.cookie_threshold
             or self._per_source[host] >= self.source_threshold
         )
-        if busy or request_cookie(request) is not None:
-            if request_cookie(request) is None:
+        if busy or request.cookie is not None:
+            if request.cookie is None:
                 return self._challenge(request, host)
             if not self._jar.valid(request, host):
                 # §2.6: a stale cookie (say, from before two rotations) gets a fresh one
                 self.counters["invalid cookie"] += 1
                 return self._challenge(request, host)
-            limit = self._limit(peer, host)
-            if limit is not None:
-                return self._count(Admission(Verdict.DROP, limit))
-            return self._count(Admission(Verdict.ADMIT, "admitted with a valid cookie"))
-        limit = self._limit(peer, host)
+            return self._reserve(request, src, peer, now, "admitted with a valid cookie")
+        return self._reserve(request, src, peer, now, "admitted")
+
+    def _challenge(self, request: InitRequest, host: str) -> Admission:
+        reply = cookie_reply(request.spi_i, self._jar.cookie(request, host))
+        return self._count(Admission(Verdict.COOKIE, "cookie requested", reply))
+
+    def _reserve(
+        self, request: InitRequest, src: Address, peer: str, now: float, reason: str
+    ) -> Admission:
+        limit = self._limit(peer, src[0])
         if limit is not None:
             return self._count(Admission(Verdict.DROP, limit))
-        return self._count(Admission(Verdict.ADMIT, "admitted"))
-
-    def _challenge(self, request: Message, host: str) -> Admission:
-        reply = cookie_challenge(request, self._jar.cookie(request, host))
-        return self._count(Admission(Verdict.COOKIE, "cookie requested", reply))
+        self._reserved[(request.spi_i, src)] = (peer, now + RESERVATION_TTL)
+        self._add(peer, src[0], 1)
+        return self._count(Admission(Verdict.ADMIT, reason))
 
     def _limit(self, peer: str, host: str) -> str | None:
         if self.half_open >= self.max_half_open:
@@ -168,17 +183,28 @@ class FrontDoor:
 
     # -- half-open accounting (rule 1) ----------------------------------------------
 
-    def opened(self, peer: str, src: Address) -> None:
+    def opened(self, peer: str, src: Address, spi_i: bytes) -> None:
         """A responder session was created for an admitted request."""
-        self.half_open += 1
-        self._per_peer[peer] += 1
-        self._per_source[src[0]] += 1
+        if self._reserved.pop((spi_i, src), None) is None:  # its reservation lapsed
+            self._add(peer, src[0], 1)
 
     def closed(self, peer: str, src: Address) -> None:
         """A session reported with :meth:`opened` was established or ended."""
-        self.half_open = max(0, self.half_open - 1)
-        for counter, key in ((self._per_peer, peer), (self._per_source, src[0])):
-            counter[key] -= 1
+        self._add(peer, src[0], -1)
+
+    def _lapse(self, now: float) -> None:
+        """Drop reservations whose session was never opened (oldest first: one TTL)."""
+        while self._reserved:
+            key, (peer, until) = next(iter(self._reserved.items()))
+            if until > now:
+                return
+            del self._reserved[key]
+            self._add(peer, key[1][0], -1)
+
+    def _add(self, peer: str, host: str, n: int) -> None:
+        self.half_open = max(0, self.half_open + n)
+        for counter, key in ((self._per_peer, peer), (self._per_source, host)):
+            counter[key] += n
             if counter[key] <= 0:
                 del counter[key]
 
@@ -186,6 +212,7 @@ class FrontDoor:
         """For the control socket: counts only, never the secret."""
         return {
             "half_open": self.half_open,
+            "admitted_not_opened": len(self._reserved),
             "cookie_threshold": self.cookie_threshold,
             "cookies_required": self.half_open >= self.cookie_threshold,
             "max_half_open": self.max_half_open,

@@ -21,11 +21,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from ike import der
 from ike.constants import IdType
 from ike.errors import LocalError, ParseError
+
+# cryptography parses a certificate lazily: a malformed name, extension or
+# version surfaces as one of these when a field is first read, anywhere.
+# DuplicateExtension and UnsupportedGeneralNameType are plain Exception subclasses
+# (an extension twice; an ediPartyName or x400Address SAN, legal in RFC 5280).
+CERT_PARSE_ERRORS = (
+    ValueError,
+    KeyError,
+    TypeError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    UnsupportedAlgorithm,
+)
 
 _ID_RESERVED = b"\x00\x00\x00"  # §3.5: three RESERVED octets after ID Type
 
@@ -352,7 +367,7 @@ def identity_matches(id_type: IdType, id_data: bytes, cert: x509.Certificate) ->
     try:
         ident = Identity(IdType(id_type), bytes(id_data))
         return _matches_cert(ident, cert)
-    except (ValueError, ParseError):
+    except (ParseError, *CERT_PARSE_ERRORS):
         return False
 
 

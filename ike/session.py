@@ -358,6 +358,13 @@ class IkeSession:
         if child is not None and core.state is not IkeState.CLOSED:
             core.ctx.activate_outbound(child)
 
+    def move_path(self, remote: Address) -> bool:
+        """Authenticated ESP of this peer arrived from ``remote`` (a new address or
+        port, §2.23, RFC 3948): every IKE SA of the session sends there from now
+        on. True if an address changed; nothing happens without NAT traversal
+        (forced by default) or after the session closed."""
+        return self._core.move_path(remote)
+
     def _established_child(self, inbound_spi: int) -> ChildSa:
         child = self._core.ctx.children.get(inbound_spi)
         if self._core.state is not IkeState.ESTABLISHED or child is None:

@@ -53,6 +53,7 @@ DROP_REASONS = (
     "retransmitted request from another address",
     "IKE_SA_INIT response from another address",
     "IKE_SA_INIT error response (unauthenticated)",
+    "COOKIE already answered",
 )
 
 
@@ -136,12 +137,35 @@ class SessionCore:
         self.pump_sa(target, now)
 
     def adopt_path(self, sa: IkeSa, header: IkeHeader, src: Address, dst: Address) -> None:
-        """Follow the peer's address (§2.23: from authenticated messages, behind NAT)."""
+        """Follow the peer's address (§2.23: from authenticated messages, behind NAT).
+
+        Called only for an authenticated message that is the newest of its
+        direction (the next request, or the response to ours); every IKE SA of
+        the session follows, so that the daemon moves the Child SAs once."""
         ctx = sa.ctx
         if header.exchange_type == ExchangeType.IKE_SA_INIT and not ctx.is_initiator:
             ctx.spi_i, ctx.local_addr, ctx.remote_addr = header.spi_i, dst, src
         elif ctx.nat_t:
-            ctx.local_addr, ctx.remote_addr = dst, src
+            ctx.local_addr = dst
+            self.move_path(src)
+
+    def move_path(self, remote: Address) -> bool:
+        """§2.23: the peer's authenticated traffic (IKE or ESP) now comes from ``remote``.
+
+        Every IKE SA of the session sends there from now on, retransmissions of a
+        request in flight included (not IKE_SA_INIT's: its answer must come from
+        where it went, §2.21.1). Only with NAT traversal (real or forced, which
+        is tunneld's default); True if an address changed."""
+        if not self.ctx.nat_t or self.state is IkeState.CLOSED:
+            return False
+        moved = False
+        for sa in self.sas:
+            if sa.ctx.remote_addr != remote:
+                sa.ctx.remote_addr, moved = remote, True
+            flight = sa.tm.in_flight
+            if flight is not None and flight.exchange.exchange_type != ExchangeType.IKE_SA_INIT:
+                flight.dst = remote
+        return moved
 
     def move_to_nat_t(self) -> None:
         """§2.23: after IKE_SA_INIT, with NAT (real or forced), IKE moves to UDP 4500."""

@@ -21,6 +21,7 @@ Building with impossible values (our bug) raises ``LocalError``.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -57,7 +58,6 @@ from ike.payloads import (
     UnknownPayload,
     VendorIdPayload,
     decode_payload,
-    enum_or_int,
     pack,
 )
 
@@ -94,9 +94,17 @@ __all__ = [
 ]
 
 SPI_LEN = 8  # §3.1: IKE SA SPIs
+_ZERO_SPI = bytes(SPI_LEN)
 CRITICAL = 0x80  # §3.2: the C bit of the generic payload header
 MAX_PAYLOAD_LEN = 0xFFFF  # §3.2: Payload Length is 16 bits
 _KNOWN_FLAGS = HeaderFlag.INITIATOR | HeaderFlag.VERSION | HeaderFlag.RESPONSE
+# parse_header runs for every IKE datagram, spoofed floods included: table lookups
+# instead of enum constructors (each costs microseconds).
+_HEADER = struct.Struct("!8s8sBBBBII")  # §3.1
+_KNOWN_BITS = int(_KNOWN_FLAGS)
+_FLAGS = {bits: HeaderFlag(bits) for bits in range(256) if not bits & ~_KNOWN_BITS}
+_EXCHANGES: dict[int, ExchangeType | int] = {int(t): t for t in ExchangeType}
+_RESPONSE, _INITIATOR = int(HeaderFlag.RESPONSE), int(HeaderFlag.INITIATOR)
 
 P = TypeVar("P")
 
@@ -117,11 +125,11 @@ class IkeHeader:
 
     @property
     def is_response(self) -> bool:
-        return HeaderFlag.RESPONSE in self.flags
+        return bool(self.flags.value & _RESPONSE)
 
     @property
     def is_initiator(self) -> bool:
-        return HeaderFlag.INITIATOR in self.flags
+        return bool(self.flags.value & _INITIATOR)
 
     @property
     def starts_ike_sa(self) -> bool:
@@ -129,9 +137,8 @@ class IkeHeader:
         retransmission), the only message routed by anything but our SPI."""
         return (
             self.exchange_type == ExchangeType.IKE_SA_INIT
-            and not any(self.spi_r)
-            and not self.is_response
-            and self.is_initiator
+            and self.spi_r == _ZERO_SPI
+            and self.flags.value & (_RESPONSE | _INITIATOR) == _INITIATOR
         )
 
 
@@ -231,18 +238,19 @@ def _pack_header(msg: Message, next_payload: int, length: int) -> bytes:
 
 def parse_header(data: bytes) -> IkeHeader:
     """§3.1. Checks the version and that Length is exactly the datagram's size."""
-    r = Reader(bytes(data), "IKE header")
-    spi_i, spi_r = r.take(SPI_LEN), r.take(SPI_LEN)
-    next_payload, version, exchange, flags = r.u8(), r.u8(), r.u8(), r.u8()
-    message_id, length = r.u32(), r.u32()
+    if len(data) < IKE_HEADER_LEN:
+        raise ParseError(f"IKE header: {IKE_HEADER_LEN} bytes needed, {len(data)} left")
+    spi_i, spi_r, next_payload, version, exchange, flags, message_id, length = _HEADER.unpack_from(
+        data
+    )
     header = IkeHeader(
         spi_i=spi_i,
         spi_r=spi_r,
         next_payload=next_payload,
         major_version=version >> 4,
         minor_version=version & 0x0F,  # §3.1: ignored on receipt
-        exchange_type=enum_or_int(ExchangeType, exchange),
-        flags=HeaderFlag(flags & _KNOWN_FLAGS),  # §3.1: other bits ignored
+        exchange_type=_EXCHANGES.get(exchange, exchange),
+        flags=_FLAGS[flags & _KNOWN_BITS],  # §3.1: other bits ignored
         message_id=message_id,
         length=length,
     )

@@ -232,6 +232,20 @@ class ChildSet:
                 self._routes.add(net)
                 self._routed.add(net)
 
+    def owns(self, tunnel: str) -> bool:
+        """Whether the SA database tunnel named ``tunnel`` holds this peer's Child SAs."""
+        return tunnel == self.name
+
+    def move(self, peer: tuple[str, int]) -> tuple[str, int] | None:
+        """Every Child SA of the peer sends to ``peer`` from now on (the peer's
+        address changed, as an authenticated packet showed: peer.py rule 10).
+        Returns the address it replaced, None if there was none or it is the same."""
+        if self.name not in {t.name for t in self._sadb.tunnels}:
+            return None
+        old = self._sadb.tunnel(self.name).peer
+        self._sadb.set_peer(self.name, peer)  # also when equal: a new report may come
+        return None if old == peer else old
+
     # -- rule 3: remove, expire ---------------------------------------------------------
 
     def remove(self, inbound_spi: int, now: float) -> ChildRecord | None:
@@ -402,6 +416,16 @@ class ChildSets:
         if child is not None:
             return self.child(child).carrying()
         return any(s.carrying() for s in self.by_child.values())
+
+    def owns(self, tunnel: str) -> bool:
+        """Whether the SA database tunnel named ``tunnel`` is one of this peer's children's."""
+        return any(s.owns(tunnel) for s in self.by_child.values())
+
+    def move(self, peer: tuple[str, int]) -> tuple[str, int] | None:
+        """Every child's Child SAs send to ``peer`` from now on (ChildSet.move); the
+        address replaced, None if none was or it is the same for all."""
+        moved = [s.move(peer) for s in self.by_child.values()]
+        return next((old for old in moved if old is not None), None)
 
     def remove(self, inbound_spi: int, now: float) -> ChildRecord | None:
         child_set = self._holding(inbound_spi)

@@ -220,13 +220,16 @@ def format_status(st: dict[str, Any]) -> str:
             )
         live = peer["liveness"]
         heard = "never" if live["last_heard"] is None else f"{live['last_heard']:.0f}s ago"
+        remote = _remote_text(peer)
         lines.append(
-            f"  peer {peer['name']} [{peer['state']}] remote {peer['remote']}{err}"
+            f"  peer {peer['name']} [{peer['state']}] remote {remote}{err}"
             f"  liveness {live['state']} (heard {heard})"
         )
         for ike in peer["ike_sas"]:
+            superseded = " (superseded, until the peer deletes it)" if ike.get("superseded") else ""
             lines.append(
                 "    IKE SA {spi_i}_i {spi_r}_r {state} {algorithms} id {remote_id}".format(**ike)
+                + superseded
             )
         for ch in peer["child_sas"]:
             rekey = "-" if ch.get("rekey_in") is None else f"{ch['rekey_in']:.0f}s"
@@ -244,6 +247,20 @@ def format_status(st: dict[str, Any]) -> str:
     drops = st["dataplane"]["drops"]
     lines.append(f"  data plane drops: {drops if drops else 'none'}")
     return "\n".join(lines)
+
+
+def _remote_text(peer: dict[str, Any]) -> str:
+    """The configured address, what a DNS name resolved to, and where the peer is now
+    if that is elsewhere (it moved, or sits behind a NAT): not just port 4500."""
+    remote = str(peer["remote"])
+    host, _, port = remote.rpartition(":")
+    resolved = peer.get("resolved")
+    if resolved and resolved != host:
+        remote, host = f"{remote} ({resolved})", resolved
+    address = peer.get("address")
+    if address and address not in (f"{host}:{port}", f"{host}:4500"):
+        remote = f"{remote} at {address}"
+    return remote
 
 
 if __name__ == "__main__":

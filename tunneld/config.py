@@ -171,7 +171,9 @@ class ChildConfig:
 @dataclass(frozen=True)
 class PeerConfig:
     name: str
-    address: IPAddress | None  # None: listen-only, any source address, ID must match
+    # None: listen-only, any source address, ID must match; a str is a DNS name,
+    # resolved by the daemon at start and before every initiation (never by `check`)
+    address: IPAddress | str | None
     port: int
     nat_t_port: int
     id: Identity
@@ -251,7 +253,7 @@ def _read_gateway(file: Path, data: object) -> GatewayConfig:
     control = s.file_path("control_socket", file.parent) or Path(f"/run/tunneld/{name}.sock")
     return GatewayConfig(
         name=name,
-        listen=s.items("listen", parse_address, ["0.0.0.0"], single=True),
+        listen=_listen(s),
         port=s.integer("port", 500, 1, 65535),
         nat_t_port=s.integer("nat_t_port", 4500, 1, 65535),
         tun=tun,
@@ -262,6 +264,23 @@ def _read_gateway(file: Path, data: object) -> GatewayConfig:
         save_keys_dir=s.file_path("save_keys_dir", file.parent) or control.parent / f"{name}-keys",
         **_run_as(s),
     )
+
+
+def _listen(s: Section) -> tuple[IPAddress, ...]:
+    """Every address is bound (UDP port and NAT-T port): no duplicates, and the
+    any-address of a family only alone (binding it next to a concrete one fails)."""
+    listen = s.items("listen", parse_address, ["0.0.0.0"], single=True)
+    for i, addr in enumerate(listen):
+        if addr in listen[:i]:
+            raise s.error(f"listen[{i}]", f"'{addr}' is listed twice")
+        same_family = [a for a in listen if a.version == addr.version]
+        if addr.is_unspecified and len(same_family) > 1:
+            raise s.error(
+                f"listen[{i}]",
+                f"'{addr}' (every address) cannot be combined with other IPv{addr.version} "
+                "addresses: list the addresses, or only it",
+            )
+    return listen
 
 
 class _Account(TypedDict):
@@ -395,7 +414,7 @@ _DAY = 86400.0
 
 
 class _Endpoint(TypedDict):
-    address: IPAddress | None
+    address: IPAddress | str | None
     port: int
     nat_t_port: int
     auto: Auto
@@ -499,7 +518,7 @@ def _union(groups: Iterable[tuple[IPNetwork, ...]]) -> tuple[IPNetwork, ...]:
 
 def _peer_endpoint(s: Section) -> _Endpoint:
     address = (
-        s.convert("address", lambda v: parse_address(_string(v)), None)
+        s.convert("address", lambda v: _address_or_name(_string(v)), None)
         if s.has("address")
         else None
     )
@@ -512,6 +531,22 @@ def _peer_endpoint(s: Section) -> _Endpoint:
         "nat_t_port": s.integer("nat_t_port", 4500, 1, 65535),
         "auto": auto,
     }
+
+
+# RFC 1123 §2.1 host names: labels of letters, digits and hyphens, not at either end
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _address_or_name(text: str) -> IPAddress | str:
+    """An IP address, or a DNS name (checked for syntax only: `check` never resolves)."""
+    try:
+        return parse_address(text)
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.fullmatch(text) or text.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        raise ValueError(f"'{text}' is neither an IPv4/IPv6 address nor a DNS name")
+    return text.rstrip(".").lower()
 
 
 def _peer_auth(s: Section, file: Path, me: IdentityConfig) -> _Auth:

@@ -10,6 +10,9 @@ Theory of operation:
 2. The dispatcher parses only the IKE header of each datagram and hands it to
    the peer that owns the SPI it names; a new IKE_SA_INIT (SPIr = 0) goes to
    the peer configured for its source address (or a peer without an address).
+   The pumps call the dispatcher for each IKE datagram as they read it (no
+   queue: see :mod:`tunneld.datapath`); it is synchronous and cheap, and a
+   peer's own bounded queue takes what it hands over.
    Anything else is counted and dropped: the dispatcher never raises. The
    lookup is O(1) (dicts by our SPI, and by the initiator's SPI and address
    for a retransmitted IKE_SA_INIT), never a walk over sessions.
@@ -27,6 +30,11 @@ Theory of operation:
    COOKIE challenge straight from the dispatcher, with no session and no DH;
    over a cap it is dropped. Peers report the half-open sessions they open
    and close (:meth:`Daemon.half_open_changed`).
+7. Every ``listen`` address is bound (IKE and NAT-T ports). IKE answers leave
+   from the address the request came to (the session's local address), and
+   a peer's ESP and NAT keepalives from the address its IKE SA uses
+   (:meth:`Daemon.esp_source`, told by the peer when a Child SA is installed
+   or the peer moves). What we initiate leaves from the first address.
 6. An exception escaping one peer's task is a bug, but it must not stop the
    gateway: it is logged with the peer's name and the traceback, that peer
    is reset (its Child SAs leave the data plane, its sessions are
@@ -42,6 +50,7 @@ import logging
 import math
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,7 +73,7 @@ from tunneld import control, hardening
 from tunneld.childsas import ChildSet, ChildSets, Limits
 from tunneld.config import ChildConfig, Config, PeerConfig
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
-from tunneld.dataplane.sadb import SADatabase
+from tunneld.dataplane.sadb import SADatabase, Tunnel
 from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
@@ -75,16 +84,16 @@ from tunneld.savekeys import KeyTables
 
 log = logging.getLogger("tunneld.daemon")
 
-IKE_INBOX = 256  # datagrams between the pumps and the dispatcher
 SHUTDOWN_GRACE = 1.0  # seconds to wait for DELETE answers at exit
 
 
 class Devices(Protocol):
-    """Where the daemon gets its file descriptors from (real, or in-memory for tests)."""
+    """Where the daemon gets its file descriptors (and names) from (real, or in-memory)."""
 
     def open_tun(self, name: str, mtu: int) -> Tun: ...
     def bind_udp(self, host: str, port: int) -> Udp: ...
     def routes(self, tun_name: str) -> RouteTable: ...
+    async def resolve(self, name: str, family: int) -> str: ...
 
 
 class KernelDevices:
@@ -106,14 +115,23 @@ class KernelDevices:
     def routes(self, tun_name: str) -> RouteTable:
         return KernelRoutes(tun_name)
 
+    async def resolve(self, name: str, family: int) -> str:
+        """The first address of ``family`` for a DNS name (``/etc/hosts`` first, as the
+        system's resolver is configured); OSError if there is none."""
+        found = await trio.socket.getaddrinfo(name, None, family, socket.SOCK_DGRAM)
+        if not found:
+            raise OSError(f"no {socket.AddressFamily(family).name} address")
+        return str(found[0][4][0])
+
 
 class MemoryDevices:
     """In-memory twins: daemons in one process joined by a :class:`MemoryNetwork`."""
 
-    def __init__(self, network: MemoryNetwork) -> None:
+    def __init__(self, network: MemoryNetwork, hosts: dict[str, str] | None = None) -> None:
         self.network = network
         self.tun: MemoryTun | None = None
         self.route_table = MemoryRoutes()
+        self.hosts = {} if hosts is None else hosts  # DNS names (an /etc/hosts of its own)
 
     def open_tun(self, name: str, mtu: int) -> Tun:
         self.tun = MemoryTun(name, mtu)
@@ -124,6 +142,12 @@ class MemoryDevices:
 
     def routes(self, tun_name: str) -> RouteTable:
         return self.route_table
+
+    async def resolve(self, name: str, family: int) -> str:
+        await trio.lowlevel.checkpoint()
+        if name not in self.hosts:
+            raise OSError(f"[Errno -2] Name or service not known: {name!r}")
+        return self.hosts[name]
 
 
 @dataclass
@@ -227,6 +251,7 @@ class Daemon:
         self.entropy = entropy or SystemEntropy()
         self.handle_signals = handle_signals
         self.sadb = SADatabase()
+        self.sadb.on_move = self._esp_moved  # peer.py rule 10
         self.peers: dict[str, Peer] = {}
         self.dispatch = DispatchStats()
         self._by_spi: dict[bytes, Peer] = {}
@@ -234,11 +259,14 @@ class Daemon:
         # half-open responder sessions by (initiator's SPI, its address): a
         # retransmitted IKE_SA_INIT (SPIr = 0) finds its session in O(1)
         self._by_init: dict[tuple[bytes, Address], Peer] = {}
+        self._peer_by_host: dict[str, Peer] = {}  # new IKE_SA_INIT: the peer for its source
+        self._wildcard_peer: Peer | None = None
         self.front_door: FrontDoor | None = None  # made in run (it needs the clock)
         self._unauth_log = LogThrottle(log, UNAUTHENTICATED_LOG)
         self._datapath: DataPath | None = None
         self._routes: RouteTable | None = None
-        self._udp: dict[int, Udp] = {}
+        self._udp: dict[int, Udp] = {}  # the first listen address's, by port
+        self._sockets: dict[tuple[str, int], Udp] = {}  # every one, by local address
         self._local_host = ""
         self._started_at = 0.0
         self._cancel = trio.CancelScope()
@@ -262,9 +290,13 @@ class Daemon:
             try:
                 self._routes = self.devices.routes(gw.tun)
                 self._local_host = str(gw.listen[0])
+                # every listen address, IKE and NAT-T ports (rule 7); the first one's
+                # sockets are the default for what has no address of its own to leave from
+                for host in dict.fromkeys(str(a) for a in gw.listen):
+                    for port in (gw.port, gw.nat_t_port):
+                        self._sockets[(host, port)] = self.devices.bind_udp(host, port)
                 self._udp = {
-                    gw.port: self.devices.bind_udp(self._local_host, gw.port),
-                    gw.nat_t_port: self.devices.bind_udp(self._local_host, gw.nat_t_port),
+                    p: self._sockets[(self._local_host, p)] for p in (gw.port, gw.nat_t_port)
                 }
                 if account is not None:
                     _drop_privileges(account)
@@ -278,20 +310,26 @@ class Daemon:
         self, tun: Tun, control_socket: control.ControlSocket, task_status: trio.TaskStatus[None]
     ) -> None:
         gw = self.config.gateway
-        send, recv = trio.open_memory_channel[IkeDatagram](IKE_INBOX)
+        more = [u for u in self._sockets.values() if u not in self._udp.values()]
         self._datapath = DataPath(
-            self.sadb, tun, self._udp, send, esp_port=gw.nat_t_port, ike_port=gw.port
+            self.sadb,
+            tun,
+            self._udp,
+            self._on_ike,
+            esp_port=gw.nat_t_port,
+            ike_port=gw.port,
+            more=more,
         )
         self._started_at = trio.current_time()
         self.front_door = FrontDoor(self.entropy, self._started_at)
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._datapath.run)
-                nursery.start_soon(self._dispatch_loop, recv)
                 for pc in self.config.peers:
                     peer = self._make_peer(pc)
                     self.peers[pc.name] = peer
                     nursery.start_soon(self._run_peer, peer)
+                self._index_peers()
                 await nursery.start(control.serve, control_socket, self._control)
                 nursery.start_soon(self._shutdown_watcher)
                 if self.handle_signals:
@@ -390,20 +428,20 @@ class Daemon:
     def _close_devices(self, tun: Tun) -> None:
         if self._routes is not None:
             self._routes.close()
-        for udp in self._udp.values():
+        for udp in self._sockets.values():
             udp.close()  # type: ignore[attr-defined]
         tun.close()  # type: ignore[attr-defined]
         log.info("tunneld stopped", extra={"gateway": self.config.gateway.name})
 
     # -- IKE datagrams ------------------------------------------------------------
 
-    async def _dispatch_loop(self, recv: trio.MemoryReceiveChannel[IkeDatagram]) -> None:
-        async for dgram in recv:
-            try:
-                self._dispatch(dgram)
-            except Exception:  # a bug: one datagram must never stop the gateway
-                self.dispatch.dispatch_errors += 1
-                log.exception("IKE dispatch failed (a bug): datagram dropped")
+    def _on_ike(self, dgram: IkeDatagram) -> None:
+        """The pumps' IKE handler: called in the pump's task for each datagram read."""
+        try:
+            self._dispatch(dgram)
+        except Exception:  # a bug: one datagram must never stop the gateway
+            self.dispatch.dispatch_errors += 1
+            log.exception("IKE dispatch failed (a bug): datagram dropped")
 
     def _dispatch(self, dgram: IkeDatagram) -> None:
         """Rule 2: route one IKE datagram to its peer; never raises."""
@@ -450,14 +488,43 @@ class Daemon:
         return peer
 
     def _peer_for_address(self, host: str) -> Peer | None:
-        addr = ipaddress.ip_address(host)
-        wildcard = None
+        """The peer configured for ``host`` (a dict lookup: this runs for every new
+        IKE_SA_INIT, spoofed floods included), else the first without an address."""
+        peer = self._peer_by_host.get(host)
+        if peer is not None:
+            return peer
+        try:  # not in the canonical form the sockets report: compare as addresses
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return self._wildcard_peer
+        for known, peer in self._peer_by_host.items():
+            if ipaddress.ip_address(known) == addr:
+                return peer
+        return self._wildcard_peer
+
+    def _index_peers(self) -> None:
+        """The peers by configured (or resolved) address in canonical text, and the first
+        without an address; rebuilt when a name resolves to another address."""
+        self._peer_by_host = {}
+        self._wildcard_peer = None
         for peer in self.peers.values():
             if peer.remote is None:
-                wildcard = wildcard or peer
-            elif ipaddress.ip_address(peer.remote[0]) == addr:
-                return peer
-        return wildcard
+                self._wildcard_peer = self._wildcard_peer or peer
+            elif peer.resolved is not None:  # (a DNS name not resolved yet matches nothing)
+                host = str(ipaddress.ip_address(peer.resolved))
+                self._peer_by_host.setdefault(host, peer)
+
+    def peer_resolved(self, peer: Peer) -> None:
+        """A peer's DNS name resolved (again): new IKE_SA_INIT match the new address."""
+        self._index_peers()
+
+    def _esp_moved(self, tunnel: Tunnel, source: Address) -> None:
+        """Authenticated, newest ESP of ``tunnel`` came from a new address (sadb rule 7):
+        its peer decides (peer.py rule 10). Called by the pumps, rarely (once per move)."""
+        for peer in self.peers.values():
+            if peer.children.owns(tunnel.name):
+                peer.heard_from(source)
+                return
 
     def register_session(self, session: IkeSession, peer: Peer) -> None:
         """Route every IKE SPI the session answers to (more than one around an IKE rekey).
@@ -479,31 +546,40 @@ class Daemon:
         for spi in self._spis_of.pop(session, ()):
             self._by_spi.pop(spi, None)
 
-    def half_open_changed(
-        self, peer: Peer, session: IkeSession, remote: Address, *, opened: bool
-    ) -> None:
+    def half_open_changed(self, peer: Peer, spi_i: bytes, remote: Address, *, opened: bool) -> None:
         """Rule 5: a responder session was created (``opened``) or left the half-open
         state (established, or ended); keeps the front door's counts and the O(1)
         route of a retransmitted IKE_SA_INIT."""
-        key = (session.spi_i, remote)
+        key = (spi_i, remote)
         if opened:
             self._by_init[key] = peer
         else:
             self._by_init.pop(key, None)
         if self.front_door is not None:
             if opened:
-                self.front_door.opened(peer.name, remote)
+                self.front_door.opened(peer.name, remote, spi_i)
             else:
                 self.front_door.closed(peer.name, remote)
+
+    async def resolve(self, name: str) -> str:
+        """A peer's DNS name, in the address family we listen on (peer.py rule 11)."""
+        listen = self.config.gateway.listen[0]
+        family = socket.AF_INET6 if listen.version == 6 else socket.AF_INET
+        return await self.devices.resolve(name, family)
 
     def send_ike(self, data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
         if self._datapath is None:
             return
         port = src[1] if src[1] in self._udp else self.config.gateway.port
         try:
-            self._datapath.send_ike(data, port, dst)
+            self._datapath.send_ike(data, port, dst, src[0])  # from where the peer talks to
         except OSError as exc:  # unreachable network, peer's port closed: IKE retransmits
             log.debug("IKE send failed", extra={"dst": dst[0], "error": str(exc)})
+
+    def esp_source(self, dst: tuple[str, int], src: tuple[str, int]) -> None:
+        """Rule 7: a peer's ESP to ``dst`` leaves from our address ``src[0]``."""
+        if self._datapath is not None:
+            self._datapath.esp_source(dst, src[0])
 
     def send_keepalive(self, dst: tuple[str, int]) -> None:
         if self._datapath is None:

@@ -12,24 +12,34 @@ Pipeline, outbound (one task):
 Inbound (one task per UDP socket):
   1. wait until the socket is readable, read every queued datagram;
   2. demultiplex (RFC 3948 §2.2 on the NAT-T port): four zero bytes, the
-     non-ESP marker, start an IKE message (marker stripped, put on the IKE
-     inbox); a single 0xFF byte is a NAT keepalive (RFC 3948 §2.3, counted);
+     non-ESP marker, start an IKE message (marker stripped, handed to the IKE
+     handler); a single 0xFF byte is a NAT keepalive (RFC 3948 §2.3, counted);
      anything else is ESP. On port 500 every datagram is IKE (RFC 7296 §2.23);
   3. ``sadb.decapsulate_batch`` the ESP packets in one call (SPI lookup,
      replay, AES-GCM, selector check), which decrypts them back to back into
      one reusable buffer, and write the inner packets (views into it) to the
      TUN in one ``write_batch`` (which may merge TCP segments,
-     tunneld.io.offload).
+     tunneld.io.offload). The packets' sources go along: authenticated ESP
+     from a new address is reported to the SA's owner (sadb rule 7), at the
+     cost of one tuple compare per run of packets of one SA.
 
 A packet the data plane refuses raises :class:`EspDrop`; the pumps count it
-by reason and go on. Nothing is logged per packet. The IKE inbox is a bounded
-trio channel: when the IKE task lags, datagrams are counted and dropped (the
-peer retransmits), so the data plane never blocks on IKE.
+by reason and go on. Nothing is logged per packet.
+
+IKE datagrams go to the IKE handler (the daemon's dispatcher) in the pump's
+own task, as they are read: the handler is synchronous, cheap (an IKE
+header, a dict lookup, a hand-over to a peer's queue, or the front door's
+cookie) and never raises. There is no queue in between: a queue cost a task
+switch per datagram, and under a spoofed IKE_SA_INIT flood it filled up and
+dropped the flood and the genuine peers' messages alike. Without one, a
+flood costs what the handler costs, one batch per wakeup (the other pumps
+run in between), and what the gateway cannot read waits in (or overflows)
+the kernel's socket buffer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Protocol
 
@@ -42,7 +52,7 @@ from tunneld.dataplane.udpencap import UdpKind, classify
 from tunneld.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Address, Buffer, Datagram
 
 DEFAULT_BATCH = 64  # packets per wakeup: one full GSO run (UDP_MAX_SEGMENTS)
-IKE_INBOX_FULL = "ike_inbox_full"
+IKE_NO_HANDLER = "ike_no_handler"  # a DataPath without an IKE handler (tests)
 _MAX_PACKET = 65535  # the largest inner packet (IPv4 total length) read from the TUN
 # Inner packets read from the TUN per batch: 64 of 4 KiB, or one of 64 KiB at least.
 _PLAIN_ROOM = (256 << 10) + _MAX_PACKET + TRAILER_MAX
@@ -79,7 +89,10 @@ class Sadb(Protocol):
         max_bytes: int,
     ) -> tuple[list[tuple[Any, int, int, int]], list[DropReason]]: ...
     def decapsulate_batch(
-        self, packets: Sequence[Buffer], out: memoryview
+        self,
+        packets: Sequence[Buffer],
+        out: memoryview,
+        sources: Sequence[Address] | None = None,
     ) -> tuple[list[memoryview], list[DropReason]]: ...
 
 
@@ -121,23 +134,32 @@ class DataPath:
         sadb: Sadb,
         tun: Tun,
         udp_by_port: Mapping[int, Udp],
-        ike_inbox: trio.MemorySendChannel[IkeDatagram] | None,
+        on_ike: Callable[[IkeDatagram], None] | None,
         *,
         esp_port: int = NAT_T_PORT,
         ike_port: int = IKE_PORT,
         batch: int = DEFAULT_BATCH,
+        more: Sequence[Udp] = (),
     ) -> None:
+        """``udp_by_port``: the sockets of the first listen address; ``more``: those of
+        the others (each pumped too; its ``local_address`` port says ESP or IKE)."""
         if esp_port not in udp_by_port:
             raise ValueError(f"no UDP socket for the ESP port {esp_port}")
         self._sadb = sadb
         self._tun = tun
         self._udp = dict(udp_by_port)
         self._esp_udp = self._udp[esp_port]
-        self._inbox = ike_inbox
+        self._on_ike = on_ike  # synchronous, never raises (see the module docstring)
+        # every socket by its local address: replies and ESP leave from the address
+        # the peer talks to (esp_source)
+        self._more = list(more)
+        self._by_local: dict[Address, Udp] = {u.local_address: u for u in self._more}
+        self._by_local.update({u.local_address: u for u in self._udp.values()})
+        self._esp_from: dict[Address, Udp] = {}  # peer address -> our ESP socket for it
         self._esp_port = esp_port
         self._ike_port = ike_port
         self._batch = batch
-        self._dest_cache: dict[Any, Address] = {}
+        self._dest_cache: dict[Any, tuple[Address, Any]] = {}  # peer -> (dest, send_run)
         # Outbound: inner packets read from the TUN (with room for each ESP
         # trailer), and the send buffer they are sealed into (32 bytes more each).
         self._plain = memoryview(bytearray(_PLAIN_ROOM))
@@ -153,16 +175,33 @@ class DataPath:
             nursery.start_soon(self._pump_out)
             for port, udp in self._udp.items():
                 nursery.start_soon(self._pump_in, port, udp)
+            for udp in self._more:
+                nursery.start_soon(self._pump_in, udp.local_address[1], udp)
             task_status.started()
 
-    def send_ike(self, data: bytes, src_port: int, dst_addr: Address) -> None:
-        """Send one IKE message from our ``src_port``; the NAT-T port adds the marker."""
-        udp = self._udp[src_port]
+    def send_ike(
+        self, data: bytes, src_port: int, dst_addr: Address, src_host: str | None = None
+    ) -> None:
+        """Send one IKE message from our ``src_port`` (on ``src_host`` if we listen there,
+        else the first listen address); the NAT-T port adds the marker."""
+        udp = self._by_local.get((src_host, src_port)) if src_host else None
+        udp = udp or self._udp[src_port]
         udp.sendto(data if src_port == self._ike_port else NON_ESP_MARKER + data, dst_addr)
+
+    def esp_source(self, dst_addr: Address, src_host: str) -> None:
+        """ESP (and NAT keepalives) to ``dst_addr`` leave from our ESP port on ``src_host``
+        (the address the peer talks to), if we listen there."""
+        udp = self._by_local.get((src_host, self._esp_port))
+        if udp is None or self._esp_from.get(dst_addr) is udp:
+            return
+        if len(self._esp_from) > 4096:  # peers come and go; keep it bounded
+            self._esp_from.clear()
+        self._esp_from[dst_addr] = udp
+        self._dest_cache.clear()
 
     def send_keepalive(self, dst_addr: Address) -> None:
         """A NAT keepalive (RFC 3948 §2.3) from the ESP port."""
-        self._esp_udp.sendto(NAT_KEEPALIVE, dst_addr)
+        self._esp_from.get(dst_addr, self._esp_udp).sendto(NAT_KEEPALIVE, dst_addr)
 
     def stats(self) -> dict[str, Any]:
         """JSON-ready counters of the pumps and the devices under them."""
@@ -170,7 +209,13 @@ class DataPath:
             "outbound": asdict(self.outbound),
             "inbound": asdict(self.inbound),
             "tun": _device_stats(self._tun),
-            "udp": {str(port): _device_stats(udp) for port, udp in self._udp.items()},
+            "udp": {
+                **{str(port): _device_stats(udp) for port, udp in self._udp.items()},
+                **{
+                    f"{u.local_address[0]}:{u.local_address[1]}": _device_stats(u)
+                    for u in self._more
+                },
+            },
         }
 
     # -- outbound: TUN -> ESP -> UDP ------------------------------------------------
@@ -193,18 +238,21 @@ class DataPath:
         )
         for reason in dropped:
             self.outbound.drop(reason.value)
-        send, out, dests = self._esp_udp.send_run, self._out, self._dest_cache
+        out, dests = self._out, self._dest_cache
         for peer, start, end, segment in runs:
-            send(dests.get(peer) or self._learn_dest(peer), out[start:end], segment)
+            dest, send = dests.get(peer) or self._learn_dest(peer)
+            send(dest, out[start:end], segment)
         return len(spans)
 
-    def _learn_dest(self, peer: Any) -> Address:
-        """The UDP destination of a tunnel's peer: an address (port 4500) or (host, port)."""
+    def _learn_dest(self, peer: Any) -> tuple[Address, Any]:
+        """The UDP destination of a tunnel's peer (an address, port 4500, or (host,
+        port)) and the ``send_run`` of the socket its ESP leaves from."""
         dest = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else (str(peer), NAT_T_PORT)
         if len(self._dest_cache) > 4096:  # peers come and go; keep it bounded
             self._dest_cache.clear()
-        self._dest_cache[peer] = dest
-        return dest
+        entry = (dest, self._esp_from.get(dest, self._esp_udp).send_run)
+        self._dest_cache[peer] = entry
+        return entry
 
     # -- inbound: UDP -> demux -> ESP -> TUN ------------------------------------------
 
@@ -225,6 +273,7 @@ class DataPath:
     def _demux(self, batch: list[Datagram], udp: Udp) -> None:
         stats, room = self.inbound, len(self._inner)
         esp: list[Buffer] = []
+        sources: list[Address] = []  # esp's sources, in order (sadb rule 7)
         size = 0  # what the ESP packets so far need in the decrypt buffer (at most)
         for data, src in batch:
             length = len(data)
@@ -232,9 +281,10 @@ class DataPath:
             # anything else (IKE, keepalive, runts) takes the classify() path.
             if length >= MIN_ESP_LEN and (data[0] or data[1] or data[2] or data[3]):
                 if size + length > room:  # not with UdpSocket's 1 MiB arena
-                    self._open_and_write(esp)
-                    esp, size = [], 0
+                    self._open_and_write(esp, sources)
+                    esp, sources, size = [], [], 0
                 esp.append(data)
+                sources.append(src)
                 size += length
                 continue
             try:
@@ -247,10 +297,10 @@ class DataPath:
             elif kind is UdpKind.KEEPALIVE:
                 stats.keepalives += 1
         if esp:
-            self._open_and_write(esp)
+            self._open_and_write(esp, sources)
 
-    def _open_and_write(self, esp: list[Buffer]) -> None:
-        inner, dropped = self._sadb.decapsulate_batch(esp, self._inner)
+    def _open_and_write(self, esp: list[Buffer], sources: list[Address]) -> None:
+        inner, dropped = self._sadb.decapsulate_batch(esp, self._inner, sources)
         for reason in dropped:
             self.inbound.drop(reason.value)
         if inner:  # one call: the TUN may merge TCP segments (tunneld.io.offload)
@@ -258,13 +308,10 @@ class DataPath:
 
     def _to_ike(self, data: Buffer, src: Address, udp: Udp) -> None:
         self.inbound.ike_datagrams += 1
-        if self._inbox is None:
-            self.inbound.drop(IKE_INBOX_FULL)
+        if self._on_ike is None:
+            self.inbound.drop(IKE_NO_HANDLER)
             return
-        try:
-            self._inbox.send_nowait(IkeDatagram(bytes(data), src, udp.local_address))
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self.inbound.drop(IKE_INBOX_FULL)
+        self._on_ike(IkeDatagram(bytes(data), src, udp.local_address))
 
 
 def _device_stats(device: object) -> dict[str, Any]:

@@ -42,7 +42,12 @@ Theory of operation:
       again). The new Child SA's outbound SA waits meanwhile, like a rekey
       responder's (the peer installs its inbound SA only when our IKE_AUTH
       answer arrives): it takes over when the old Child SA goes or ESP
-      arrives on the new one.
+      arrives on the new one. A peer that initiates yet again while such a
+      reauthentication is pending cannot be reauthenticating the IKE SA that
+      was superseded first: it has forgotten it (a peer that drops its IKE
+      SAs silently), so that one is replaced as stale at once. At most one
+      established IKE SA and one superseded one (``superseded`` in status)
+      are ever held.
    c. Duplicates, IKE SAs negotiated concurrently (both sides initiated):
       the one with the larger (SPIi, SPIr) pair survives; both gateways see
       both pairs, so both pick the same one, and each deletes the other with
@@ -72,6 +77,24 @@ Theory of operation:
    not count as "live" (they never stop ``auto = start`` from initiating),
    never set ``last_error`` or liveness, and are logged through a throttle.
    Only authenticated messages (or our own timeouts) change what status says.
+10. The peer's address follows its authenticated packets (RFC 7296 §2.23,
+   RFC 3948; NAT rebinding, roaming): an IKE message the session
+   authenticated, or ESP whose ICV verified and that was the newest on its
+   SA (reported by the data plane, sadb rule 7, through
+   :meth:`Peer.heard_from`), from a new address or port moves every IKE SA
+   and every Child SA of the peer there, in one place (:meth:`Peer._follow`),
+   logged once. A packet failing authentication, or a replayed one, never
+   gets this far. NAT keepalives and liveness checks go where the IKE SA
+   goes, so a liveness answer proves the path the ESP takes too.
+11. A peer's configured address may be a DNS name: it is resolved when the
+   task starts (so that the dispatcher can match the peer's IKE_SA_INIT by
+   address) and again before every initiation (``auto = start``, a retry,
+   ``dpd_action = restart``, ``tunneld up``), through the daemon
+   (:meth:`PeerHost.resolve`, at most :data:`RESOLVE_TIMEOUT` seconds, the
+   task waits meanwhile). A failure is logged once per run of failures, with
+   the peer's name, sets ``last_error`` and is retried as a failed initiation
+   is (also for a listening peer, whose IKE_SA_INIT the dispatcher can match
+   only by the resolved address); it never ends the task.
 8. Operator ``down`` (``tunneld down PEER [--for SECONDS]``): every Child SA
    leaves the data plane at once (outbound and routes; inbound SAs stay for
    the delete delay), every IKE SA is deleted, and the peer is *held*: a
@@ -85,6 +108,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import heapq
+import ipaddress
 import itertools
 import logging
 import math
@@ -126,6 +150,7 @@ RETRY_MAX = 4.0
 WATCH_INTERVAL = 1.0  # seconds between looks at the SA counters (rule 4)
 REAUTH_GRACE = 10.0  # seconds a reauthenticating peer gets to delete its old IKE SA (rule 5b)
 NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: "a default of 20 seconds"
+RESOLVE_TIMEOUT = 5.0  # seconds a DNS lookup of the peer's name may take (rule 11)
 
 
 _Input = tuple[IkeDatagram, IkeHeader]
@@ -188,12 +213,18 @@ class PeerHost(Protocol):
 
     def send_keepalive(self, dst: Address) -> None: ...
 
+    def esp_source(self, dst: Address, src: Address) -> None: ...
+
+    async def resolve(self, name: str) -> str: ...
+
+    def peer_resolved(self, peer: Peer) -> None: ...
+
     def register_session(self, session: IkeSession, peer: Peer) -> None: ...
 
     def unregister_session(self, session: IkeSession) -> None: ...
 
     def half_open_changed(
-        self, peer: Peer, session: IkeSession, remote: Address, *, opened: bool
+        self, peer: Peer, spi_i: bytes, remote: Address, *, opened: bool
     ) -> None: ...
 
 
@@ -232,8 +263,9 @@ class SessionRecord:
     # rule 5b: a reauthentication by the peer supersedes it until then
     superseded_until: float | None = None
     superseded_by: SessionRecord | None = None
-    # rule 9: a responder session still half-open, and the address it came from
-    half_open_from: Address | None = None
+    # rule 9: a responder session still half-open: (the initiator's SPI, the address
+    # its IKE_SA_INIT came from), its key here and in the daemon's front door
+    half_open: tuple[bytes, Address] | None = None
     spis: tuple[bytes, ...] = ()  # our SPIs it is indexed under (rule 9)
 
     def established_before(self, other: SessionRecord) -> bool:
@@ -287,6 +319,13 @@ class Peer:
         self._held_until: float | None = None
         self._refusal_logged = False
         self.inbox_drops = 0
+        self._heard_from: Address | None = None  # rule 10: ESP from a new address
+        # rule 11: the configured address as an IP (None: a DNS name not resolved yet)
+        self.resolved: str | None = None if remote is None or _is_name(remote[0]) else remote[0]
+        self._initiate_wanted = False
+        self._resolve_wanted = False  # a listening peer's name failed to resolve: again
+        self._resolve_failing = False
+        self.moves = 0  # rule 10: address changes followed
 
     @property
     def sessions(self) -> list[IkeSession]:
@@ -299,6 +338,12 @@ class Peer:
             self._send.send_nowait((dgram, header))
         except trio.WouldBlock:
             self.inbox_drops += 1
+
+    def heard_from(self, remote: Address) -> None:
+        """Rule 10: authenticated ESP of this peer arrived from ``remote``, a new
+        address (called by the data plane's hook, once per new address)."""
+        self._heard_from = remote
+        self._poke()
 
     def rekey(self, *, ike: bool, child: str | None = None) -> bool:
         """Operator asked for a rekey of the IKE SA, or of every Child SA (of ``child``
@@ -359,6 +404,7 @@ class Peer:
     # -- the task ------------------------------------------------------------------
 
     async def run(self) -> None:
+        await self._resolve()  # rule 11: also for a listening peer (the dispatcher matches it)
         if self._want_up and self.remote is not None:
             self._retry_at = trio.current_time()
         self._watch_at = trio.current_time() + WATCH_INTERVAL
@@ -371,7 +417,44 @@ class Peer:
                 self._after_io()
                 continue
             self._on_timer(trio.current_time())
+            if self._initiate_wanted or self._resolve_wanted:
+                initiate, self._initiate_wanted, self._resolve_wanted = (
+                    self._initiate_wanted,
+                    False,
+                    False,
+                )
+                if await self._resolve() and initiate:  # rule 11: before every initiation
+                    self._initiate(trio.current_time())
             self._after_io()
+
+    async def _resolve(self) -> bool:
+        """Rule 11: resolve a DNS name (an IP needs nothing); False if that failed."""
+        if self.remote is None or not _is_name(self.remote[0]):
+            return True
+        name = self.remote[0]
+        try:
+            with trio.fail_after(RESOLVE_TIMEOUT):
+                address = await self.host.resolve(name)
+        except (OSError, trio.TooSlowError) as exc:
+            why = str(exc) or f"no answer within {RESOLVE_TIMEOUT:g}s"
+            self.status.last_error = f"cannot resolve {name}: {why}"
+            if not self._resolve_failing:  # once per run of failures
+                self._resolve_failing = True
+                log.warning(
+                    "cannot resolve the peer's address, retrying",
+                    extra={"peer": self.name, "address": name, "error": why},
+                )
+            return False
+        if self._resolve_failing or address != self.resolved:
+            log.info(
+                "peer address resolved",
+                extra={"peer": self.name, "address": name, "resolved": address},
+            )
+        self._resolve_failing = False
+        if address != self.resolved:
+            self.resolved = address
+            self.host.peer_resolved(self)  # its IKE_SA_INIT are matched by this address
+        return True
 
     async def _next_input(self) -> _Input | None:
         """The next datagram, or None when woken by ``up``/``down``."""
@@ -420,7 +503,9 @@ class Peer:
         if self._retry_at <= now:
             self._retry_at = math.inf
             if self._want_up and not self._live_sessions():
-                self._initiate(now)
+                self._initiate_wanted = True  # run() resolves the name first (rule 11)
+            elif self.remote is not None and self.resolved is None:
+                self._resolve_wanted = True  # rule 11: the dispatcher needs the address
 
     def _live_sessions(self) -> bool:
         """Whether an IKE SA with the peer exists or is being set up by us or by the
@@ -449,7 +534,8 @@ class Peer:
         return self._held_until is not None and now < self._held_until
 
     def _initiate(self, now: float) -> None:
-        assert self.remote is not None
+        assert self.remote is not None and self.resolved is not None
+        remote = (self.resolved, self.remote[1])
 
         def alone() -> bool:  # rule 5a, asked when IKE_AUTH is built
             return not any(
@@ -461,23 +547,47 @@ class Peer:
             self.host.entropy,
             now,
             local_addr=self._local_addr(),
-            remote_addr=self.remote,
+            remote_addr=remote,
             initial_contact=alone,
         )
         session.initiate(now)  # picks our SPI
         self._adopt(session, now)
-        log.info("initiating IKE SA", extra={"peer": self.name, "remote": self.remote[0]})
+        log.info("initiating IKE SA", extra={"peer": self.name, "remote": remote[0]})
 
     def _receive(self, dgram: IkeDatagram, header: IkeHeader) -> None:
         now = trio.current_time()
         session = self._session_for(header, dgram, now)
         if session is None:
             return
+        before, was_up = session.remote_addr, session.established
         session.receive_datagram(dgram.data, dgram.remote, dgram.local, now)
         self._dirty.add(session)
         if session.established:  # rule 9: only what the session authenticated counts
             heard = session.last_heard
             self._last_heard = heard if self._last_heard is None else max(self._last_heard, heard)
+            # rule 10: it authenticated a new address (not IKE_AUTH's move to port 4500)
+            if was_up and session.remote_addr != before:
+                self._follow(session.remote_addr, now, "IKE", before)
+
+    def _follow(self, remote: Address, now: float, by: str, old: Address | None = None) -> None:
+        """Rule 10: every IKE SA and every Child SA of the peer sends to ``remote``."""
+        if not any(s.established for s in self._records):
+            return  # nothing to move (an ESP report for SAs on their way out)
+        old = self.children.move(remote) or old
+        for session in self._records:
+            prior = session.remote_addr
+            if session.established and session.move_path(remote):
+                old = old or prior
+                self._dirty.add(session)
+            if session.established:
+                self.host.esp_source(remote, session.local_addr)  # daemon rule 7
+        if old is None or old == remote:
+            return
+        self.moves += 1
+        log.info(
+            "peer address changed",
+            extra={"peer": self.name, "old": _hostport(old), "new": _hostport(remote), "by": by},
+        )
 
     def _session_for(self, header: IkeHeader, dgram: IkeDatagram, now: float) -> IkeSession | None:
         """Rule 9: the session a datagram names, by SPI (O(1)); or a new responder."""
@@ -498,9 +608,9 @@ class Peer:
         )
         self._adopt(session, now)
         record = self._records[session]
-        record.half_open_from = dgram.remote
-        self._by_init[(header.spi_i, dgram.remote)] = session
-        self.host.half_open_changed(self, session, dgram.remote, opened=True)
+        record.half_open = (header.spi_i, dgram.remote)  # the session learns SPIi only now
+        self._by_init[record.half_open] = session
+        self.host.half_open_changed(self, header.spi_i, dgram.remote, opened=True)
         return session
 
     def _refuse(self, dgram: IkeDatagram, now: float) -> None:
@@ -547,21 +657,24 @@ class Peer:
         self.host.unregister_session(session)
 
     def _end_half_open(self, record: SessionRecord) -> None:
-        remote = record.half_open_from
-        if remote is None:
+        key = record.half_open
+        if key is None:
             return
-        record.half_open_from = None
-        key = (record.session.spi_i, remote)
+        record.half_open = None
         if self._by_init.get(key) is record.session:
             del self._by_init[key]
-        self.host.half_open_changed(self, record.session, remote, opened=False)
+        self.host.half_open_changed(self, *key, opened=False)
 
     # -- after every input: send, apply events, forget dead sessions --------------
 
     def _after_io(self) -> None:
-        """Flush the sessions this input touched (rule 9), resolve duplicates, forget
-        finished sessions, re-index SPIs and timers, and schedule re-initiation."""
+        """Follow an address change the data plane reported (rule 10), flush the
+        sessions this input touched (rule 9), resolve duplicates, forget finished
+        sessions, re-index SPIs and timers, and schedule re-initiation."""
         now = trio.current_time()
+        if self._heard_from is not None:
+            remote, self._heard_from = self._heard_from, None
+            self._follow(remote, now, "ESP")
         while self._dirty:
             touched, self._dirty = self._dirty, set()
             came_up = [s for s in touched if s in self._records and self._flush(s)]
@@ -574,13 +687,13 @@ class Peer:
                 if session.finished:
                     self._forget(record)
                     continue
-                if record.half_open_from is not None and not session.half_open:
+                if record.half_open is not None and not session.half_open:
                     self._end_half_open(record)
                 self._index(record)  # IKE SPIs come and go with IKE rekeys (rule 2)
                 self._timers.set(session, session.next_deadline())
         if (
             not self._live_sessions()
-            and self._want_up
+            and (self._want_up or self.resolved is None)  # rule 11: a name to resolve
             and self.remote is not None
             and self._retry_at == math.inf
         ):
@@ -662,7 +775,7 @@ class Peer:
             )
         elif isinstance(event, InitialContact):
             self._initial_contact(record, now)
-        elif isinstance(event, IkeSaDown) and record.half_open_from is not None:
+        elif isinstance(event, IkeSaDown) and record.half_open is not None:
             self._half_open_down(record, event, now)
         elif isinstance(event, IkeSaDown):
             self._ike_down(record, event, now)
@@ -682,6 +795,16 @@ class Peer:
             if r.session.state is IkeState.ESTABLISHED and not r.deleting
         ]
         if not fresh.is_initiator:  # (we initiate only while we hold no other IKE SA)
+            for old in [
+                r for r in up if r.superseded_by is not None and r.established_before(record)
+            ]:
+                # rule 5b: the peer initiated again while that reauthentication was pending:
+                # it cannot be reauthenticating this one, it has forgotten it
+                log.info(
+                    "peer initiated again: superseded IKE SA is stale", extra={"peer": self.name}
+                )
+                self._replace_stale(old, now)
+            up = [r for r in up if not r.deleting]
             for old in [r for r in up if r.established_before(record) and not r.superseded_by]:
                 self._supersede(old, record, now + REAUTH_GRACE)  # the peer deletes it
         up = [r for r in up if r.superseded_by is None]
@@ -803,6 +926,7 @@ class Peer:
         if event.outbound_active and not confirmed and self.children.carrying(event.child):
             event = dataclasses.replace(event, outbound_active=False)
         child = self.children.install(session, event, now, confirmed=confirmed)
+        self.host.esp_source(event.remote_addr, session.local_addr)  # daemon rule 7
         if record.deleting:  # rule 5c: e.g. a rekey the peer made while we delete
             self.children.withdraw(event.inbound_spi)
         if self.key_tables is not None:
@@ -917,8 +1041,13 @@ class Peer:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         # rule 9: half-open sessions are counted, not listed (anyone can make them)
-        ike_sas = [s.status(now) for s in self._records if not s.half_open]
-        half_open = sum(1 for r in self._records.values() if r.half_open_from is not None)
+        ike_sas = []
+        for record in self._records.values():
+            if not record.session.half_open:
+                # rule 5b: kept until the reauthenticating peer deletes it (or the grace ends)
+                superseded = record.superseded_by is not None
+                ike_sas.append({**record.session.status(now), "superseded": superseded})
+        half_open = sum(1 for r in self._records.values() if r.half_open is not None)
         timers = {c["spi_in"]: c for ike in ike_sas for c in ike.get("child_sas", [])}
         children = self.children.snapshot(now)
         for child in children:  # the session owns the time limits (rekey_in, expires_in)
@@ -928,6 +1057,8 @@ class Peer:
         return {
             "name": self.name,
             "remote": None if self.remote is None else f"{self.remote[0]}:{self.remote[1]}",
+            "resolved": self.resolved,  # rule 11: what a DNS name resolved to last
+            "address": self._current_address(),
             "auto": self.auto,
             "state": self.state,
             "held_down": self._hold(now),
@@ -948,5 +1079,27 @@ class Peer:
                 "half_open_ended": self.status.half_open_ended,
                 "inbox_drops": self.inbox_drops,
                 "nat_keepalives_sent": self.keepalives_sent,
+                "address_changes": self.moves,
             },
         }
+
+    def _current_address(self) -> str | None:
+        """Rule 10: where the peer's IKE SA sends now (it follows the peer), if up."""
+        for session in self._records:
+            if session.established:
+                return _hostport(session.remote_addr)
+        return None
+
+
+def _is_name(host: str) -> bool:
+    """Rule 11: a DNS name rather than an IP address."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def _hostport(addr: Address) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -59,6 +59,7 @@ class Received:
 class Outcome(Enum):
     DONE = auto()  # the task is complete
     RETRY = auto()  # send the exchange again from scratch (IKE_SA_INIT only)
+    IGNORED = auto()  # a duplicate of an answer already acted on: keep waiting (IKE_SA_INIT)
 
 
 class FollowUps(Protocol):

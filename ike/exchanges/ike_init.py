@@ -67,10 +67,17 @@ def natd_hash(spi_i: bytes, spi_r: bytes, addr: Address) -> bytes:
     return digest.finalize()
 
 
-def natd_payloads(ctx: SaContext, spi_r: bytes, src: Address, dst: Address) -> list[Payload]:
-    """Our two NAT detection notifies for a message from ``src`` to ``dst``."""
+def natd_payloads(
+    ctx: SaContext, spi_r: bytes, src: Address, dst: Address, fake: bytes | None = None
+) -> list[Payload]:
+    """Our two NAT detection notifies for a message from ``src`` to ``dst``.
+
+    With ``force_encap`` the source hash is a fake ("we are behind a NAT"):
+    ``fake`` if given (an initiator keeps one, so that its IKE_SA_INIT request
+    is the same bytes each time it is built), else fresh random bytes.
+    """
     if ctx.config.force_encap:
-        source = ctx.entropy.random_bytes(NATD_HASH_LEN)  # fake: "we are behind a NAT"
+        source = fake if fake is not None else ctx.entropy.random_bytes(NATD_HASH_LEN)
     else:
         source = natd_hash(ctx.spi_i, spi_r, src)
     return [
@@ -177,6 +184,10 @@ class IkeInitInitiator(Task):
         self.cookie: bytes | None = None
         self.cookie_retries = 0
         self._dh: DhPrivate | None = None
+        # force_encap: one fake NAT-D hash for every build of the request. A retry
+        # (a COOKIE, or its duplicate) must not change the bytes: the responder may
+        # answer either copy, and AUTH signs the request that was answered (§2.15).
+        self._fake_natd: bytes | None = None
 
     def build_i(self, ctx: SaContext) -> list[Payload]:
         if not any(ctx.spi_i):
@@ -186,18 +197,25 @@ class IkeInitInitiator(Task):
         if self._dh is None or self._dh.group != self.group:
             self._dh = DhPrivate.generate(self.group, ctx.entropy)
         ctx.spi_r = bytes(SPI_LEN)
+        if ctx.config.force_encap and self._fake_natd is None:
+            self._fake_natd = ctx.entropy.random_bytes(NATD_HASH_LEN)
         cookie = [notify(NotifyType.COOKIE, self.cookie)] if self.cookie is not None else []
         return [
             *cookie,  # §2.6: the COOKIE notify comes first
             SaPayload(make_offer(ctx.config.ike_proposals)),
             KePayload(self.group, self._dh.public_bytes()),
             NoncePayload(ctx.nonce_i),
-            *natd_payloads(ctx, bytes(SPI_LEN), ctx.local_addr, ctx.remote_addr),
+            *natd_payloads(ctx, bytes(SPI_LEN), ctx.local_addr, ctx.remote_addr, self._fake_natd),
             sighash_notify(),
         ]
 
     def process_i(self, ctx: SaContext, response: Received) -> Outcome:
         msg = response.message
+        cookie = msg.notifies(NotifyType.COOKIE)
+        if cookie and self.cookie is not None and cookie[0].data == self.cookie:
+            # the same cookie again: a duplicate, or the answer to a copy of our first
+            # request that crossed our retry, which already carries it
+            return Outcome.IGNORED
         if self._retry_requested(ctx, msg):
             return Outcome.RETRY
         refuse_on_error_notify(msg, "IKE_SA_INIT")

@@ -23,6 +23,7 @@ from ike.policy import COOKIE_SOURCE_THRESHOLD, HALF_OPEN_TIMEOUT
 from tests.helpers.daemon_memory import Pair, Site, children, start_site, wait_for_children
 from tests.tools.flood import init_datagrams
 from tools.lab import GWA_UNDERLAY, GWB_UNDERLAY, SiteOptions, write_site_configs
+from tunneld.datapath import IkeDatagram
 from tunneld.io.udp import MemoryNetwork
 
 GW_A_IKE = (GWA_UNDERLAY, 500)
@@ -83,6 +84,27 @@ async def test_a_spoofed_flood_gets_cookies_and_costs_no_state(
     assert "half-open IKE SA timed out" in str(peer_of(pair.a)["last_unauthenticated_failure"])
     lines = [r for r in caplog.records if r.name.startswith("tunneld")]
     assert len(lines) < 20, [r.getMessage() for r in lines]  # no line per spoofed datagram
+
+
+async def test_a_burst_faster_than_the_peer_task_cannot_pass_the_threshold(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    """300 spoofed requests land in one dispatcher step, before the peer task has made a
+    single session: the front door counts each admission at once (it used to count the
+    session, so up to a peer inbox full of requests got a DH each without a cookie)."""
+    await wait_for_children(pair.a, pair.b)
+    source, highest = spoofed_inits(seed=3), 0
+    for _ in range(5):
+        for _ in range(300):  # one dispatcher step: no checkpoint, the peer task waits
+            data, src = next(source)
+            pair.a.daemon._dispatch(IkeDatagram(data, src, GW_A_IKE))
+        highest = max(highest, int(front_door(pair.a)["half_open"]))  # type: ignore[call-overload]
+        await trio.sleep(0.001)  # now the peer task makes its sessions
+    decisions = front_door(pair.a)["decisions"]
+    assert isinstance(decisions, dict)
+    assert decisions["admitted"] == COOKIE_SOURCE_THRESHOLD, decisions
+    assert highest == COOKIE_SOURCE_THRESHOLD
+    assert peer_of(pair.a)["half_open_ike_sas"] == COOKIE_SOURCE_THRESHOLD
 
 
 async def test_a_new_gateway_gets_in_during_a_flood(

@@ -14,13 +14,11 @@ import datetime
 import time
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from fuzzing import Target, profile
 from genuine import cert_corpus, certificates, der_corpus, identity_corpus
-from known import certificate_extensions
 
 from ike import der
 from ike.certs import certreq_hashes, load_certificate, verify_chain
@@ -114,7 +112,6 @@ def certs_target() -> Target:
         cert_corpus(),
         run,
         (ParseError, AuthenticationFailed),
-        known=certificate_extensions,
     )
 
 
@@ -175,7 +172,8 @@ def test_a_64_kib_dn_identity_is_refused_in_under_50_ms() -> None:
     assert time.thread_time() - start < 0.05
 
 
-# Found by this profile and not fixed: strict xfails until they are.
+# Found by this profile and fixed (DuplicateExtension and UnsupportedGeneralNameType
+# are among ike.identity.CERT_PARSE_ERRORS now): regression tests.
 
 
 def _resigned(tbs: bytes, old: bytes, new: bytes) -> bytes:
@@ -202,28 +200,13 @@ def _trusted_leaf() -> tuple[bytes, bytes]:
     return leaf.tbs_certificate_bytes, san
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=x509.UnsupportedGeneralNameType,
-    reason="a trusted CA's certificate with an ediPartyName (or x400Address) SAN, legal in "
-    "RFC 5280: cryptography raises UnsupportedGeneralNameType (an Exception, not in "
-    "ike.certs.CERT_PARSE_ERRORS) from _check_common's cert.extensions; it escapes "
-    "verify_chain and so receive_datagram",
-)
 def test_a_trusted_certificate_with_an_edi_party_name_san() -> None:
     tbs, san = _trusted_leaf()
     edi = san.replace(b"\x82\x10gw-a", b"\xa5\x10gw-a")  # [5] ediPartyName
-    leaf = verify_chain(_resigned(tbs, san, edi), [], [make_ca().cert], WALL_T0)
-    assert not identity_matches(IdType.ID_FQDN, b"gw-a.example.org", leaf)
+    with pytest.raises(AuthenticationFailed):
+        verify_chain(_resigned(tbs, san, edi), [], [make_ca().cert], WALL_T0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=x509.DuplicateExtension,
-    reason="a trusted CA's certificate with one extension twice: cryptography raises "
-    "DuplicateExtension (an Exception, not in ike.certs.CERT_PARSE_ERRORS) from "
-    "_check_common's cert.extensions; it escapes verify_chain and so receive_datagram",
-)
 def test_a_trusted_certificate_with_a_duplicate_extension() -> None:
     tbs, san = _trusted_leaf()
     with pytest.raises(AuthenticationFailed):
@@ -241,13 +224,6 @@ DUPLICATE_BASIC_CONSTRAINTS = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=x509.DuplicateExtension,
-    reason="identity_matches documents that a malformed certificate never matches, but "
-    "catches only ValueError and ParseError: DuplicateExtension (and "
-    "UnsupportedGeneralNameType) from the SAN lookup escape",
-)
 def test_identity_matches_a_certificate_with_a_duplicate_extension() -> None:
     cert = load_certificate(bytes.fromhex(DUPLICATE_BASIC_CONSTRAINTS))
     assert not identity_matches(IdType.ID_FQDN, b"gw-a.example.org", cert)

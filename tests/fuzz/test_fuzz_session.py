@@ -24,7 +24,6 @@ from collections.abc import Callable
 import pytest
 from fuzzing import Target, mutate, profile
 from genuine import Datagram, initiator_first_messages, reference_pair_wire, seal
-from known import certificate_extensions
 
 from ike.constants import NON_ESP_MARKER, ExchangeType
 from ike.entropy import DeterministicEntropy
@@ -219,7 +218,6 @@ def session_target(name: str, stage_class: Callable[[], Stage], senders: str) ->
         stage.deliver,
         (),
         generate=generate,
-        known=certificate_extensions,
         reset=stage.rebuild,
         stateful=True,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import shutil
 from pathlib import Path
@@ -117,6 +118,24 @@ def test_listen_only_peer(confdir: Path) -> None:
     del data["peer"][0]["address"]
     peer = load(confdir, data).peers[0]
     assert peer.address is None and peer.auto == "listen"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("gw-b.example.org", "gw-b.example.org"),
+        ("GW-B.Example.ORG.", "gw-b.example.org"),
+        ("localhost", "localhost"),
+        ("192.0.2.2", ipaddress.ip_address("192.0.2.2")),
+    ],
+)
+def test_peer_address_may_be_a_dns_name_never_resolved_by_check(
+    confdir: Path, text: str, expected: object
+) -> None:
+    data = base()
+    data["peer"][0]["address"] = text
+    peer = load(confdir, data).peers[0]
+    assert peer.address == expected and peer.auto == "start"
 
 
 @pytest.mark.parametrize(

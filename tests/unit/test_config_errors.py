@@ -85,6 +85,18 @@ ERRORS: list[tuple[str, Mutator, str, str]] = [
         "'192.0.2.300' is not an IPv4/IPv6 address",
     ),
     (
+        "gw-listen-twice",
+        setter("gateway", "listen", ["192.0.2.1", "192.0.2.3", "192.0.2.1"]),
+        "gateway.listen[2]",
+        "'192.0.2.1' is listed twice",
+    ),
+    (
+        "gw-listen-any-and-more",
+        setter("gateway", "listen", ["192.0.2.1", "0.0.0.0"]),
+        "gateway.listen[1]",
+        "'0.0.0.0' (every address) cannot be combined with other IPv4 addresses",
+    ),
+    (
         "gw-listen-type",
         setter("gateway", "listen", 5),
         "gateway.listen",
@@ -211,9 +223,9 @@ ERRORS: list[tuple[str, Mutator, str, str]] = [
     ("peer-missing-name", deleter("peer", "name"), "peer[0].name", "required key is missing"),
     (
         "peer-address",
-        setter("peer", "address", "gw-b"),
+        setter("peer", "address", "gw_b.example.org"),
         "peer[0].address",
-        "'gw-b' is not an IPv4/IPv6 address",
+        "'gw_b.example.org' is neither an IPv4/IPv6 address nor a DNS name",
     ),
     (
         "peer-address-type",

@@ -9,6 +9,7 @@ pumps over the real SADatabase.
 from __future__ import annotations
 
 import ipaddress
+import math
 import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 
@@ -17,7 +18,7 @@ import trio
 import trio.testing
 
 from tests.helpers import packets
-from tunneld.datapath import IKE_INBOX_FULL, DataPath, IkeDatagram
+from tunneld.datapath import IKE_NO_HANDLER, DataPath, IkeDatagram
 from tunneld.dataplane.drops import DropReason, EspDrop
 from tunneld.io import MemoryNetwork, MemoryTun, MemoryUdp
 from tunneld.io.udp import Address, Buffer
@@ -104,7 +105,10 @@ class FakeSadb:
         return runs, dropped
 
     def decapsulate_batch(
-        self, packets: Sequence[Buffer], out: memoryview
+        self,
+        packets: Sequence[Buffer],
+        out: memoryview,
+        sources: Sequence[tuple[str, int]] | None = None,
     ) -> tuple[list[memoryview], list[DropReason]]:
         inner, dropped, end = [], [], 0
         for esp in packets:
@@ -120,12 +124,15 @@ class FakeSadb:
 
 
 class Gateway:
-    def __init__(self, net: MemoryNetwork, addr: str, sadb: FakeSadb, inbox_size: int = 4) -> None:
+    def __init__(self, net: MemoryNetwork, addr: str, sadb: FakeSadb) -> None:
         self.tun = MemoryTun(name=f"tun-{addr}")
         self.nat_t = net.bind(addr, 4500)
         self.ike = net.bind(addr, 500)
-        self.inbox_send, self.inbox = trio.open_memory_channel[IkeDatagram](inbox_size)
-        self.path = DataPath(sadb, self.tun, {4500: self.nat_t, 500: self.ike}, self.inbox_send)
+        # the IKE handler: here it queues what it is given, for the test to read
+        self.inbox_send, self.inbox = trio.open_memory_channel[IkeDatagram](math.inf)
+        self.path = DataPath(
+            sadb, self.tun, {4500: self.nat_t, 500: self.ike}, self.inbox_send.send_nowait
+        )
 
 
 @pytest.fixture
@@ -228,17 +235,31 @@ async def test_replayed_esp_is_dropped_and_counted(
     assert b.tun.host_recv_nowait() == []
 
 
-async def test_full_ike_inbox_drops_and_counts_but_esp_flows(
+async def test_ike_datagrams_reach_the_handler_as_they_are_read_and_esp_flows(
     pair: tuple[Gateway, Gateway, MemoryNetwork],
 ) -> None:
     a, b, net = pair
     peer = net.bind("192.0.2.50", 4500)
-    for i in range(6):  # inbox holds 4
+    for i in range(6):
         peer.sendto(MARKER + IKE_HEADER + bytes([i]), (GW_B, 4500))
     a.tun.host_send(ipv4(HOST_A, HOST_B))
     await recv(b.tun)
-    assert b.path.inbound.drops == {IKE_INBOX_FULL: 2}
-    assert [(await receive(b.inbox)).data[-1] for _ in range(4)] == [0, 1, 2, 3]
+    assert [(await receive(b.inbox)).data[-1] for _ in range(6)] == [0, 1, 2, 3, 4, 5]
+    assert b.path.inbound.drops == {} and b.path.inbound.ike_datagrams == 6
+
+
+async def test_without_an_ike_handler_ike_is_counted_and_dropped() -> None:
+    net = MemoryNetwork()
+    udp = net.bind(GW_B, 4500)
+    path = DataPath(FakeSadb(0x2000, 0x1000, {}), MemoryTun("t"), {4500: udp}, None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(path.run)
+        net.bind("192.0.2.50", 4500).sendto(MARKER + IKE_HEADER, (GW_B, 4500))
+        with trio.fail_after(5):
+            while not path.inbound.drops:
+                await trio.sleep(0.001)
+        assert path.inbound.drops == {IKE_NO_HANDLER: 1}
+        nursery.cancel_scope.cancel()
 
 
 async def test_send_ike_adds_marker_only_on_nat_t(

@@ -195,7 +195,12 @@ def test_sadb_decapsulate_batch_reports_drops_in_order_and_goes_on() -> None:
     a, b = _pair()
     ok = _ipv4(b"\xc6\x33\x64\x0a", b"\xcb\x00\x71\x0a")
     spoofed = _ipv4(b"\x0a\x09\x09\x09", b"\xcb\x00\x71\x0a")  # source outside 198.51.100/24
-    first, spoof, second = (a.encapsulate(p)[0] for p in (ok, spoofed, ok))
+    first = a.encapsulate(ok)[0]
+    # A refuses to send it (its outbound policy); a peer that does not check, sealing
+    # with the same key and the next sequence number, gets it to B's inbound check
+    spoof = OutboundSA(SPI, KEY, SALT, initial_seq=2).encrypt(spoofed, 4)
+    assert a.encapsulate(ok)[0][4:8] == (2).to_bytes(4, "big")  # A's seq 2 goes unused
+    second = a.encapsulate(ok)[0]
     forged = bytearray(second)
     forged[-1] ^= 1
     unknown = b"\x00\x00\x09\x99" + first[4:]

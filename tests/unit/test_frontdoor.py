@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from sessionpair import ADDR_R, T0, config_pair
 
 from ike.constants import NotifyType
+from ike.cookies import cookie_challenge, cookie_reply, scan_init_request
 from ike.entropy import DeterministicEntropy
-from ike.frontdoor import REASONS, FrontDoor, Verdict
+from ike.errors import ParseError
+from ike.frontdoor import REASONS, RESERVATION_TTL, FrontDoor, Verdict
+from ike.payloads import NoncePayload
 from ike.session import IkeSession
 from ike.states import IkeState
 from ike.wire import parse_message
@@ -26,12 +31,20 @@ def door(**limits: int) -> FrontDoor:
     return FrontDoor(DeterministicEntropy(b"door"), T0, **limits)
 
 
+def spi_i(request: bytes) -> bytes:
+    return request[:8]
+
+
+OTHER_SPI = bytes.fromhex("00000000000000ff")  # a session the test says is open elsewhere
+
+
 def test_below_the_threshold_requests_are_admitted_and_counted() -> None:
     d = door(cookie_threshold=2)
     _, request = initiator("192.0.2.10")
     admission = d.admit(request, ("192.0.2.10", 500), "gw-b", T0)
     assert admission.verdict is Verdict.ADMIT and admission.reply == b""
-    d.opened("gw-b", ("192.0.2.10", 500))
+    assert d.half_open == 1  # counted from the admission, before the session exists
+    d.opened("gw-b", ("192.0.2.10", 500), spi_i(request))
     assert d.half_open == 1
     d.closed("gw-b", ("192.0.2.10", 500))
     assert d.half_open == 0 and d.status()["half_open"] == 0
@@ -39,7 +52,7 @@ def test_below_the_threshold_requests_are_admitted_and_counted() -> None:
 
 def test_above_the_threshold_a_request_gets_a_cookie_and_no_state() -> None:
     d = door(cookie_threshold=1)
-    d.opened("gw-b", ("198.51.100.7", 500))
+    d.opened("gw-b", ("198.51.100.7", 500), OTHER_SPI)
     session, request = initiator("192.0.2.10")
     admission = d.admit(request, ("192.0.2.10", 500), "gw-b", T0)
     assert admission.verdict is Verdict.COOKIE and d.half_open == 1
@@ -81,7 +94,7 @@ def test_a_spoofer_using_a_peers_address_cannot_fill_its_share() -> None:
     for seed in range(2):  # the spoofer's requests, never followed up
         _, spoofed = initiator("192.0.2.2", seed=100 + seed)
         assert d.admit(spoofed, peer, "gw-b", T0).verdict is Verdict.ADMIT
-        d.opened("gw-b", peer)
+        d.opened("gw-b", peer, spi_i(spoofed))
     _, spoofed = initiator("192.0.2.2", seed=200)
     assert d.admit(spoofed, peer, "gw-b", T0).verdict is Verdict.COOKIE
     # The real peer answers its cookie and gets in; the cap still holds after that.
@@ -90,7 +103,11 @@ def test_a_spoofer_using_a_peers_address_cannot_fill_its_share() -> None:
     session.receive_datagram(challenge.reply, ADDR_R, peer, T0)
     ((again, _src, _dst),) = session.datagrams_to_send()
     assert d.admit(again, peer, "gw-b", T0).verdict is Verdict.ADMIT
-    d.opened("gw-b", peer)
+    d.opened("gw-b", peer, spi_i(again))
+    session, yet_another = initiator("192.0.2.2", seed=8)  # a second genuine one: over the cap
+    challenge = d.admit(yet_another, peer, "gw-b", T0)
+    session.receive_datagram(challenge.reply, ADDR_R, peer, T0)
+    ((again, _src, _dst),) = session.datagrams_to_send()
     limited = d.admit(again, peer, "gw-b", T0)
     assert (limited.verdict, limited.reason) == (Verdict.DROP, "half-open limit (source)")
 
@@ -104,8 +121,8 @@ def test_a_spoofer_using_a_peers_address_cannot_fill_its_share() -> None:
 )
 def test_caps_drop_even_with_a_valid_cookie(limits: dict[str, int], reason: str) -> None:
     d = door(cookie_threshold=0, **limits)
-    d.opened("gw-b", ("198.51.100.1", 500))
-    d.opened("gw-b", ("198.51.100.2", 500))
+    d.opened("gw-b", ("198.51.100.1", 500), OTHER_SPI)
+    d.opened("gw-b", ("198.51.100.2", 500), OTHER_SPI)
     session, request = initiator("192.0.2.10")
     challenge = d.admit(request, ("192.0.2.10", 500), "gw-b", T0)
     session.receive_datagram(challenge.reply, ADDR_R, ("192.0.2.10", 500), T0)
@@ -124,3 +141,91 @@ def test_garbage_is_dropped_and_a_flood_grows_nothing() -> None:
     assert d.half_open == 0 and set(d.counters) <= set(REASONS)
     assert d.counters["cookie requested"] == 5000
     assert "secret" not in repr(d).replace("<secret redacted>", "")
+
+
+def test_a_retransmission_before_its_session_opens_is_not_counted_twice() -> None:
+    d = door(cookie_threshold=5)
+    _, request = initiator("192.0.2.10")
+    src = ("192.0.2.10", 500)
+    for _ in range(3):  # the peer task has not created the session yet
+        assert d.admit(request, src, "gw-b", T0).verdict is Verdict.ADMIT
+    assert d.half_open == 1 and d.status()["admitted_not_opened"] == 1
+    d.opened("gw-b", src, spi_i(request))
+    assert d.half_open == 1 and d.status()["admitted_not_opened"] == 0
+    d.closed("gw-b", src)
+    assert d.half_open == 0
+
+
+def test_admissions_count_toward_the_threshold_at_once() -> None:
+    """A burst admitted faster than sessions are made cannot pass the threshold."""
+    d = door(cookie_threshold=3, source_threshold=100)
+    verdicts = [
+        d.admit(initiator(f"192.0.2.{i + 1}", seed=i)[1], (f"192.0.2.{i + 1}", 500), "gw-b", T0)
+        for i in range(10)
+    ]
+    assert [v.verdict for v in verdicts] == [Verdict.ADMIT] * 3 + [Verdict.COOKIE] * 7
+    assert d.half_open == 3
+
+
+def test_a_reservation_whose_session_never_opens_lapses() -> None:
+    d = door(cookie_threshold=5)
+    _, request = initiator("192.0.2.10")
+    src = ("192.0.2.10", 500)
+    d.admit(request, src, "gw-b", T0)
+    _, other = initiator("192.0.2.11", seed=2)
+    d.admit(other, ("192.0.2.11", 500), "gw-b", T0 + RESERVATION_TTL + 0.1)  # the clock moves
+    assert d.half_open == 1 and d.status()["admitted_not_opened"] == 1
+    d.opened("gw-b", src, spi_i(request))  # late: counted again, as a session
+    assert d.half_open == 2
+
+
+def test_the_scan_reads_what_the_parser_reads() -> None:
+    for seed in range(20):
+        session, request = initiator("192.0.2.10", seed=seed)
+        scanned = scan_init_request(request)
+        parsed = parse_message(request)
+        assert scanned.spi_i == parsed.spi_i and scanned.cookie is None
+        assert scanned.nonce == parsed.find(NoncePayload).nonce  # type: ignore[union-attr]
+        cookie = bytes(range(36))
+        assert cookie_reply(parsed.spi_i, cookie) == cookie_challenge(parsed, cookie)
+        session.receive_datagram(cookie_reply(parsed.spi_i, cookie), ADDR_R, ADDR_R, T0)
+        ((again, _src, _dst),) = session.datagrams_to_send()
+        assert scan_init_request(again).cookie == cookie
+
+
+def _chain(*payloads: tuple[int, int, bytes]) -> bytes:
+    """An IKE_SA_INIT request of raw (type, flags, body) payloads."""
+    body = b""
+    for i, (_, flags, data) in enumerate(payloads):
+        following = payloads[i + 1][0] if i + 1 < len(payloads) else 0
+        body += struct.pack("!BBH", following, flags, 4 + len(data)) + data
+    first = payloads[0][0] if payloads else 0
+    return (
+        struct.pack("!8s8sBBBBII", b"i" * 8, bytes(8), first, 0x20, 34, 0x08, 0, 28 + len(body))
+        + body
+    )
+
+
+NONCE = (40, 0, bytes(32))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _chain((33, 0, b"sa"), (34, 0, b"ke")),  # no Nonce
+        _chain(NONCE)[:-1],  # Length says more than the datagram
+        _chain(NONCE) + b"x",  # bytes after the last payload
+        _chain((200, 0x80, b"?"), NONCE),  # an unknown critical payload (§2.5)
+        _chain(*[(43, 0, b"")] * 70, NONCE),  # more payloads than any request needs
+        _chain(NONCE).replace(bytes([0, 0, 0, 36]), bytes([0, 0, 0, 2]), 1),  # payload too short
+    ],
+    ids=["no-nonce", "truncated", "trailing", "critical", "many", "short-payload"],
+)
+def test_the_scan_refuses_malformed_requests(data: bytes) -> None:
+    with pytest.raises(ParseError):
+        scan_init_request(data)
+    assert door().admit(data, ("192.0.2.10", 500), "gw-b", T0).verdict is Verdict.DROP
+
+
+def test_an_unknown_non_critical_payload_is_skipped() -> None:
+    assert scan_init_request(_chain((200, 0, b"?"), NONCE)).nonce == bytes(32)

@@ -65,8 +65,9 @@ def test_site_to_site_both_directions_ipv4_and_ipv6(esn: bool) -> None:
 
 def test_longest_prefix_wins_for_ipv4_and_ipv6() -> None:
     db = SADatabase()
-    db.add_tunnel("wide", PEER_A, ["198.51.100.0/24"], ["203.0.113.0/24", "2001:db8::/32"])
-    db.add_tunnel("narrow", PEER_B, ["198.51.100.0/24"], ["203.0.113.128/25", "2001:db8:b::/48"])
+    local = ["198.51.100.0/24", "2001:db8:a::/48"]
+    db.add_tunnel("wide", PEER_A, local, ["203.0.113.0/24", "2001:db8::/32"])
+    db.add_tunnel("narrow", PEER_B, local, ["203.0.113.128/25", "2001:db8:b::/48"])
     for name, key in (("wide", KEY_AB), ("narrow", KEY_BA)):
         db.install_next(name, OutboundSA(0x2000 + len(name), key, SALT))
         db.promote(name)
@@ -85,7 +86,7 @@ def test_longest_prefix_wins_for_ipv4_and_ipv6() -> None:
         )
         assert db.encapsulate(inner)[1] == peer, destination
     assert drop_reason(db.encapsulate, ipv4("198.51.100.1", "192.0.2.99")) is DropReason.NO_POLICY
-    tunnel = db.lookup(ip_address("203.0.113.129").packed)
+    tunnel = db.lookup(ip_address("198.51.100.1").packed, ip_address("203.0.113.129").packed)
     assert tunnel is not None and tunnel.name == "narrow"
 
 
@@ -274,3 +275,32 @@ def test_demote_stops_sending_but_keeps_inbound() -> None:
     assert tunnel.current is None and tunnel.previous is not None
     assert drop_reason(a.encapsulate, inner) is DropReason.NO_POLICY
     assert b.decapsulate(esp) == inner  # the peer's inbound SA is untouched
+
+
+@pytest.mark.parametrize(
+    ("source", "sent"),
+    [
+        ("198.51.100.7", True),
+        ("192.0.2.1", False),  # the gateway's own address: its IKE reply to a spoofed source
+        ("203.0.113.99", False),  # a remote-site address looping back into the tunnel
+        ("2001:db8:a::7", True),
+        ("2001:db8:ffff::7", False),
+    ],
+)
+def test_outbound_the_source_must_lie_in_the_local_selectors(source: str, sent: bool) -> None:
+    """RFC 4301 §5.1: no SPD entry matches the source, discard (issue #9: COOKIE replies
+    to spoofed remote-site addresses were sealed into the tunnel)."""
+    db = SADatabase()
+    local = ["198.51.100.0/24", "2001:db8:a::/48"]
+    db.add_tunnel("t", PEER_B, local, ["203.0.113.0/24", "2001:db8:b::/48"])
+    db.install_next("t", OutboundSA(0x2000, KEY_AB, SALT))
+    db.promote("t")
+    destination = "2001:db8:b::1" if ":" in source else "203.0.113.5"
+    inner = (ipv6 if ":" in source else ipv4)(source, destination)
+    for _ in range(2):  # the second time from the cache
+        if sent:
+            assert db.encapsulate(inner)[1] == PEER_B
+        else:
+            assert drop_reason(db.encapsulate, inner) is DropReason.NO_POLICY
+    found = db.lookup(ip_address(source).packed, ip_address(destination).packed)
+    assert (found is not None) == sent

@@ -236,6 +236,7 @@ class InboundSA:
         "_window",
         "bytes",
         "drops",
+        "newest",
         "packets",
         "policy",
         "spi",
@@ -264,6 +265,11 @@ class InboundSA:
         self.packets = 0
         self.bytes = 0
         self.drops = zero_counters()
+        # The index (in the last open_batch call's ``packets``) of the last packet
+        # that raised the window's top: authentic (ICV verified), not a replay and
+        # the newest so far (RFC 7296 §2.23's rule for IKE, applied to ESP). -1: none.
+        # The SA database reads it to follow a peer's new address.
+        self.newest = -1
 
     @property
     def esn(self) -> bool:
@@ -342,6 +348,7 @@ class InboundSA:
         drops = self.drops
         end, delivered, inner_bytes = offset, 0, 0
         index = first
+        newest = -1
         for index in range(first, len(packets)):
             esp = packets[index]
             size = len(esp)
@@ -373,8 +380,10 @@ class InboundSA:
                 # only now: the ICV verified (RFC 4303 §3.4.3)
                 if fast:
                     run_last = seq
+                    newest = index
                 elif seq > window.top:
                     run_first = run_last = seq
+                    newest = index
                 else:
                     update(seq)
                 pad = out[last - 1]
@@ -406,6 +415,7 @@ class InboundSA:
             update_run(run_first, run_last)
         self.packets += delivered
         self.bytes += inner_bytes
+        self.newest = newest
         return index, end
 
     def snapshot(self) -> dict[str, object]:

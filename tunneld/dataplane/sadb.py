@@ -10,10 +10,14 @@ Theory of operation:
    so packets in flight during a rekey still decrypt.
 2. Outbound: the inner destination address picks the tunnel whose *remote*
    selectors contain it, longest prefix first, IPv4 and IPv6 alike (the
-   version nibble says which). The source is not checked on the way out:
-   the peer checks it on the way in (rule 3). Results (also "no tunnel") are
-   cached in a bounded dict keyed by the destination (an int for IPv4, which
-   one unpack yields, the 16 bytes for IPv6).
+   version nibble says which), and the source must lie in that tunnel's
+   *local* selectors, else NO_POLICY (RFC 4301 §5.1: no SPD entry matches,
+   discard). Without the source check, anything the kernel routes into the
+   TUN toward a remote subnet was sealed: the gateway's own IKE replies to a
+   spoofed remote-site address (a COOKIE flood reflected into the tunnel,
+   one ESP packet per spoofed request). Results (also "no tunnel") are cached
+   in a bounded dict keyed by source||destination (an int for IPv4, which
+   one unpack yields, the 32 bytes for IPv6).
 3. Inbound: SPI -> InboundSA (else UNKNOWN_SPI) -> decrypt -> the next header
    must match the inner version (4 <-> IPv4, 41 <-> IPv6, else MALFORMED) ->
    the inner source must lie in the tunnel's remote selectors and the
@@ -25,9 +29,9 @@ Theory of operation:
    ``remove_inbound``, ``install_next``, ``promote``, ``demote``,
    ``retire_previous``);
    each one clears the lookup caches. Tunnel attributes are for reading.
-   ``encapsulate``/``decapsulate`` change only counters, sequence numbers
-   and replay windows. All methods are synchronous, so under trio each call
-   is atomic.
+   ``encapsulate``/``decapsulate`` change only counters, sequence numbers,
+   replay windows and ``Tunnel.heard_from`` (rule 7). All methods are
+   synchronous, so under trio each call is atomic.
 5. Every drop is raised as ``EspDrop`` and counted twice: in the SA that
    refused the packet (if any) and in ``SADatabase.drops``.
 6. The packet pumps make one call per batch, zero-copy: ``encapsulate_batch``
@@ -37,12 +41,20 @@ Theory of operation:
    ``decapsulate_batch`` opens received packets back to back into one buffer,
    see ``InboundSA.open_batch``. ``encapsulate``/``decapsulate`` are
    one-packet batches for callers that want bytes.
+7. Address changes (RFC 7296 §2.23, RFC 3948, as WireGuard roams): given the
+   packets' UDP sources, ``decapsulate_batch`` looks, once per run of one
+   SPI, at the source of the run's last packet that raised the SA's replay
+   window (authentic, not a replay, the newest: ``InboundSA.newest``). If it
+   differs from the tunnel's peer address and from what was last reported,
+   ``on_move(tunnel, source)`` is called, once, and nothing else changes:
+   the owner (the peer task) decides and moves every SA of the peer through
+   ``set_peer``. A forged packet (bad ICV) or a replayed one never gets here.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from tunneld.dataplane.drops import DropReason, EspDrop, zero_counters
 from tunneld.dataplane.esp import (
@@ -55,23 +67,24 @@ from tunneld.dataplane.esp import (
     sealed_len,
 )
 from tunneld.dataplane.sa import InboundSA, OutboundSA
-from tunneld.dataplane.selectors import InboundPolicy, Key, Network, networks
+from tunneld.dataplane.selectors import InboundPolicy, Key, Network, contains, networks, rules
 
 PeerAddress = tuple[str, int]
 DEFAULT_CACHE_SIZE = 4096  # our choice: distinct destinations (or flows) remembered
 _IPV4_HEADER_LEN = 20  # RFC 791 §3.1 (without options)
 _IPV6_HEADER_LEN = 40  # RFC 8200 §3
-_U32 = struct.Struct(">I").unpack_from  # an IPv4 address, or the SPI, as an int
+_U32 = struct.Struct(">I").unpack_from  # the SPI as an int
+_U64 = struct.Struct(">Q").unpack_from  # IPv4 source||destination as one int (rule 2)
 _SPI_SEQ_LEN = 8  # RFC 4303 §2.1-2.2
 _FRAME = OVERHEAD - TRAILER_MIN  # the 32 bytes of SPI, seq, IV and ICV around a plaintext
 Run = tuple[PeerAddress, int, int, int]  # peer, start, end, segment: see encapsulate_batch
 
 
 def _other_key(plain: memoryview, start: int, size: int) -> tuple[Key, int]:
-    """Rule 2 for a packet that is not IPv4: the IPv6 destination (RFC 8200: 24..40)
-    and next header, or MALFORMED."""
+    """Rule 2 for a packet that is not IPv4: the IPv6 source||destination (RFC 8200:
+    8..40) and next header, or MALFORMED."""
     if size >= _IPV6_HEADER_LEN and plain[start] >> 4 == 6:
-        return bytes(plain[start + 24 : start + 40]), NEXT_HEADER_IPV6
+        return bytes(plain[start + 8 : start + 40]), NEXT_HEADER_IPV6
     raise EspDrop(DropReason.MALFORMED)
 
 
@@ -80,8 +93,10 @@ class Tunnel:
 
     __slots__ = (
         "current",
+        "heard_from",
         "inbound_spis",
         "local",
+        "local_rules",
         "name",
         "next",
         "peer",
@@ -106,7 +121,14 @@ class Tunnel:
         self.current: OutboundSA | None = None
         self.next: OutboundSA | None = None
         self.inbound_spis: set[int] = set()
+        # rule 7: the last new source reported to on_move (None: none since set_peer)
+        self.heard_from: PeerAddress | None = None
         self.policy = InboundPolicy(local, remote, cache_size)  # rule 3, given to inbound SAs
+        self.local_rules = rules(local)  # rule 2: what it may send from
+
+    def sends_from(self, version: int, source: bytes) -> bool:
+        """Outbound policy (rule 2): the source lies in the local selectors."""
+        return contains(self.local_rules[version], source)
 
     def admits(self, version: int, source: bytes, destination: bytes) -> bool:
         """Inbound policy (rule 3): source in remote selectors, destination in local ones."""
@@ -143,6 +165,8 @@ class SADatabase:
         self._routes: dict[int, list[tuple[int, int, dict[int, Tunnel]]]] = {4: [], 6: []}
         self._cache: dict[Key, Tunnel | None] = {}
         self.drops = zero_counters()
+        # rule 7: told when authenticated ESP arrives from a new address
+        self.on_move: Callable[[Tunnel, PeerAddress], None] | None = None
 
     # -- configuration (rule 4) ------------------------------------------------
 
@@ -182,7 +206,8 @@ class SADatabase:
 
     def set_peer(self, name: str, peer: PeerAddress) -> None:
         """Send this tunnel's ESP to a new address (e.g. after a NAT rebinding)."""
-        self._tunnels[name].peer = peer
+        tunnel = self._tunnels[name]
+        tunnel.peer, tunnel.heard_from = peer, None
         self._changed()
 
     def add_inbound(self, name: str, sa: InboundSA) -> None:
@@ -258,28 +283,31 @@ class SADatabase:
 
     # -- lookups -------------------------------------------------------------------
 
-    def lookup(self, destination: bytes) -> Tunnel | None:
-        """The tunnel for a packed inner destination (4 or 16 bytes), longest prefix."""
-        if len(destination) == 4:
-            return self._route(int.from_bytes(destination, "big"))
-        if len(destination) == 16:
-            return self._route(bytes(destination))
-        raise ValueError("destination must be a packed IPv4 or IPv6 address")
+    def lookup(self, source: bytes, destination: bytes) -> Tunnel | None:
+        """The tunnel for packed inner addresses (4 or 16 bytes each): longest prefix of
+        the destination, and the source among its local selectors (rule 2)."""
+        if len(source) == len(destination) == 4:
+            return self._route(int.from_bytes(source + destination, "big"))
+        if len(source) == len(destination) == 16:
+            return self._route(bytes(source + destination))
+        raise ValueError("addresses must be packed IPv4 or IPv6 addresses of one version")
 
     def _route(self, key: Key) -> Tunnel | None:
-        """Cached longest-prefix match for a destination key (rule 2)."""
+        """Cached lookup for a source||destination key (rule 2)."""
         cache = self._cache
         if key in cache:
             return cache[key]
         if isinstance(key, int):
-            version, value = 4, key
+            version, value, source = 4, key & 0xFFFFFFFF, (key >> 32).to_bytes(4, "big")
         else:
-            version, value = 6, int.from_bytes(key, "big")
+            version, value, source = 6, int.from_bytes(key[16:], "big"), key[:16]
         found = None
         for _length, mask, table in self._routes[version]:
             found = table.get(value & mask)
             if found is not None:
                 break
+        if found is not None and not found.sends_from(version, source):
+            found = None
         if len(cache) >= self._cache_size:
             del cache[next(iter(cache))]  # FIFO eviction keeps the cache bounded
         cache[key] = found
@@ -333,7 +361,7 @@ class SADatabase:
         for start, size in spans:
             try:
                 if size >= _IPV4_HEADER_LEN and plain[start] >> 4 == 4:
-                    key: Key = _U32(plain, start + 16)[0]  # RFC 791: destination at 16..20
+                    key: Key = _U64(plain, start + 12)[0]  # RFC 791: source, destination
                     next_header = NEXT_HEADER_IPV4
                 else:
                     key, next_header = _other_key(plain, start, size)
@@ -385,7 +413,10 @@ class SADatabase:
         return bytes(inner[0])
 
     def decapsulate_batch(
-        self, packets: Sequence[Buffer], out: memoryview
+        self,
+        packets: Sequence[Buffer],
+        out: memoryview,
+        sources: Sequence[PeerAddress] | None = None,
     ) -> tuple[list[memoryview], list[DropReason]]:
         """Open ESP packets into ``out``, back to back: ``(inner packets, drops)``.
 
@@ -394,6 +425,7 @@ class SADatabase:
         counts them here too). ``out`` needs ``len(esp) - 32`` bytes per packet.
         One call per batch: each inbound SA opens its run of consecutive
         packets itself (``InboundSA.open_batch``, rule 3 included).
+        ``sources`` (the packets' UDP sources, in order) enables rule 7.
         """
         opened: list[memoryview] = []
         dropped: list[DropReason] = []
@@ -411,10 +443,20 @@ class SADatabase:
                 index += 1
                 continue
             mark = len(dropped)
-            index, end = entry[0].open_batch(packets, index, out, end, opened, dropped)
+            sa = entry[0]
+            index, end = sa.open_batch(packets, index, out, end, opened, dropped)
             for reason in dropped[mark:]:
                 drops[reason] += 1
+            if sources is not None and sa.newest >= 0:  # rule 7: once per run
+                self._heard(entry[1], sources[sa.newest])
         return opened, dropped
+
+    def _heard(self, tunnel: Tunnel, source: PeerAddress) -> None:
+        """Rule 7: authenticated, newest ESP of ``tunnel`` came from ``source``."""
+        if source != tunnel.peer and source != tunnel.heard_from:
+            tunnel.heard_from = source
+            if self.on_move is not None:
+                self.on_move(tunnel, source)
 
     # -- status ----------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ def rules(nets: tuple[Network, ...]) -> Rules:
     return {version: tuple(pairs) for version, pairs in by_version.items()}
 
 
-def _contains(pairs: tuple[tuple[int, int], ...], address: bytes) -> bool:
+def contains(pairs: tuple[tuple[int, int], ...], address: bytes) -> bool:
     value = int.from_bytes(address, "big")
     return any(value & mask == network for network, mask in pairs)
 
@@ -57,7 +57,7 @@ class InboundPolicy:
 
     def admits(self, version: int, source: bytes, destination: bytes) -> bool:
         """The check itself, for packed addresses of IP ``version`` (4 or 6)."""
-        return _contains(self._remote[version], source) and _contains(
+        return contains(self._remote[version], source) and contains(
             self._local[version], destination
         )
 
