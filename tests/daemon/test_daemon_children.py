@@ -9,15 +9,17 @@ tunnel, routes, lifetime and rekeys; a deleted one is created again.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from tests.helpers.daemon_memory import Pair, Site, children, established
+from tests.helpers.daemon_memory import Pair, Site, children, established, start_site
 from tests.helpers.packets import udp_packet
-from tools.lab import SITE_A_HALVES, SITE_B_HALVES, TWO_CHILDREN, SiteOptions
+from tools.lab import SITE_A_HALVES, SITE_B_HALVES, TWO_CHILDREN, SiteOptions, write_site_configs
+from tunneld.io.udp import Address, MemoryNetwork
 
 # (site A host, site B host) per child
 HOSTS = {"low": ("198.51.100.10", "203.0.113.10"), "high": ("198.51.100.200", "203.0.113.200")}
@@ -147,3 +149,50 @@ async def test_a_deleted_child_is_created_again_the_other_untouched(
     assert all(len(by_child(s)["high"]) == 1 for s in (pair.a, pair.b))
     assert await exchange(pair, 10, b"after") == {"low": (10, 10), "high": (10, 10)}
     assert pair.a.daemon.status()["peers"][0]["counters"]["ike_sas_established"] == 1
+
+
+class RebindingNat(MemoryNetwork):
+    """gw-a's source ports shifted by ``shift`` (a NAT); replies to a port of an old
+    mapping are lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = 20000
+
+    def transmit(self, data: bytes, src: Address, dst: Address) -> None:
+        if src[0] == "192.0.2.1":
+            src = (src[0], src[1] + self.shift)
+        elif dst[0] == "192.0.2.1":
+            if dst[1] - self.shift not in (500, 4500):
+                return  # the old mapping is gone
+            dst = (dst[0], dst[1] - self.shift)
+        super().transmit(data, src, dst)
+
+
+async def test_an_address_change_seen_on_one_child_moves_both(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Authenticated ESP of child "low" from a new port moves "high" as well (and the IKE
+    SA): gw-b's traffic on "high" reaches gw-a at once, before any "high" ESP came back."""
+    conf_a, conf_b = write_site_configs(tmp_path, "move", TWO)
+    conf_b.write_text(conf_b.read_text().replace('address = "192.0.2.1"\n', ""))
+    network = RebindingNat()
+    async with trio.open_nursery() as nursery:
+        b, _ = await start_site(nursery, conf_b, network)
+        a, _ = await start_site(nursery, conf_a, network)
+        pair = Pair(a, b, network, nursery, trio.CancelScope(), trio.CancelScope())
+        await wait_for_both(pair)
+        assert await exchange(pair, 5, b"before") == {"low": (5, 5), "high": (5, 5)}
+        network.shift = 30000  # the NAT rebinds
+        tun_a, tun_b = a.devices.tun, b.devices.tun
+        assert tun_a is not None and tun_b is not None
+        tun_a.host_send(udp_packet(*HOSTS["low"], b"low first"))  # only "low" ESP from a
+        with trio.fail_after(1):
+            assert (await tun_b.host_recv()).endswith(b"low first")
+        await trio.sleep(0.1)
+        peers = {t.name: t.peer for t in b.daemon.sadb.tunnels}
+        assert peers == {"gw-a/low": ("192.0.2.1", 34500), "gw-a/high": ("192.0.2.1", 34500)}
+        tun_b.host_send(udp_packet(HOSTS["high"][1], HOSTS["high"][0], b"high back"))
+        with trio.fail_after(1):
+            assert (await tun_a.host_recv()).endswith(b"high back")
+        nursery.cancel_scope.cancel()
