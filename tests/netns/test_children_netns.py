@@ -49,15 +49,16 @@ def by_child(sites: Sites) -> list[dict[str, list[dict[str, Any]]]]:
 
 
 def settled(sites: Sites) -> bool:
-    """One established IKE SA and one active Child SA per child on both gateways."""
+    """One established IKE SA and one active Child SA per child on both gateways, and no
+    inbound SA of a deleted duplicate IKE SA left (its delete delay, 5 s, has passed)."""
     for gw in (sites.gwa, sites.gwb):
         (peer,) = gw.status()["peers"]
         ike = [s for s in peer["ike_sas"] if s["state"] == "established"]
         names = sorted(c["child"] for c in peer["child_sas"] if c["outbound_active"])
         if len(ike) != 1 or names != ["high", "low"]:  # (a deleted duplicate may linger)
             return False
-        if len(peer["child_sas"]) != 2:
-            return False
+        if len(peer["child_sas"]) != 2 or peer["retiring_spis"]:
+            return False  # (no inbound SA of a deleted duplicate still takes packets)
     return True
 
 
