@@ -20,6 +20,9 @@ APT_PACKAGES=(
   libstrongswan-standard-plugins
   # the default interpreter (PYTHON=python3): Debian's python3 has no pip module
   python3 python3-pip
+  # systemd-analyze verify/security on contrib/systemd/tunneld@.service (no running
+  # systemd needed); setpriv (util-linux, Essential) starts the daemon as the unit would
+  systemd
 )
 
 missing=()
@@ -39,6 +42,14 @@ fi
 
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; assert sys.version_info >= (3, 11), "tunneld needs Python >= 3.11"'
+# This project was distributed as "tunneld" before it became tunneld-ipsec (that name
+# belongs to another project on the package index). An editable install under the old
+# name would keep a second `tunneld` command and import path: remove it, and only it
+# (an install of the other project is not editable).
+if "$PY" -m pip show tunneld 2>/dev/null | grep -q '^Editable project location:'; then
+  "$PY" -m pip -q uninstall -y tunneld 2>/dev/null ||
+    "$PY" -m pip -q uninstall -y --break-system-packages tunneld
+fi
 pip_args=(-q install --disable-pip-version-check -e ".[test,dev]")
 if ! "$PY" -m pip "${pip_args[@]}" 2>/tmp/tunneld-pip.err; then
   if grep -q externally-managed /tmp/tunneld-pip.err; then

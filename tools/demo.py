@@ -3,15 +3,18 @@
     python -m tools.demo [--keep-dir DIR] [--psk] [--iperf-seconds N]
 
 Steps, each announced as it runs: bring up the lab, make a throwaway PKI with
-``tunneld pki``, write and check two configurations, start both gateways,
-wait for the IKE and Child SAs, ping and iperf3 from site A to site B through
-the tunnel, print ``tunneld status`` of both gateways, stop them (DELETE is
-sent) and tear the lab down. Everything is removed on exit, also on failure.
+``tunneld pki``, write, print and check two configurations, start both
+gateways, wait for the IKE and Child SAs, ping and iperf3 from site A to site
+B through the tunnel, print ``tunneld status`` of both gateways (and what their
+data plane drops mean), stop them (DELETE is sent) and tear the lab down. The
+namespaces are removed on exit, also on failure; so are the configurations,
+keys and logs unless ``--keep-dir DIR`` names where to write and keep them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from tools.lab import HOST_B, Gateway, Lab, SiteOptions, gateways, unique_prefix
 from tools.lab import write_site_configs as write_configs
+from tunneld.cli import format_drops
 
 
 def step(text: str) -> None:
@@ -37,10 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--psk", action="store_true", help="pre-shared key instead of certificates")
     p.add_argument("--iperf-seconds", type=int, default=3)
     p.add_argument("--prefix", default=None, help="namespace prefix (default: random)")
+    p.add_argument(
+        "--keep-dir",
+        type=Path,
+        metavar="DIR",
+        help="write the configurations, PKI or PSK and the gateways' logs to DIR and keep "
+        "them after the demo (default: a temporary directory, removed)",
+    )
     args = p.parse_args(argv)
     lab = Lab(args.prefix or unique_prefix("demo"))
-    with tempfile.TemporaryDirectory(prefix="tunneld-demo-") as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.keep_dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tunneld-demo-")))
+        else:
+            work = args.keep_dir.resolve()
+            work.mkdir(parents=True, exist_ok=True)
         gws: tuple[Gateway, Gateway] | None = None
         try:
             step(f"bringing up the lab: namespaces {lab.prefix}-{{a,gwa,wan,gwb,b}}")
@@ -70,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             step("tearing down the lab")
             lab.down()
             show("namespaces removed")
+            if args.keep_dir is not None:
+                show(f"configurations, keys and logs kept in {work}")
 
 
 def _configure(lab: Lab, work: Path, psk: bool) -> tuple[Gateway, Gateway]:
@@ -82,6 +99,8 @@ def _configure(lab: Lab, work: Path, psk: bool) -> tuple[Gateway, Gateway]:
     conf_a, conf_b = write_configs(work, lab.prefix, SiteOptions(auth=auth, pki_via_cli=True))
     step("writing the gateways' configurations and checking them with `tunneld check`")
     for conf in (conf_a, conf_b):
+        show(f"--- {conf}")
+        show(conf.read_text().strip())
         out = subprocess.run(
             [sys.executable, "-m", "tunneld.cli", "check", "-c", str(conf)],
             capture_output=True,
@@ -134,6 +153,23 @@ def _status(gws: tuple[Gateway, Gateway]) -> None:
         step(f"tunneld status -c {gw.config.name}   ({gw.node})")
         out = gw.cli("status", "-s", str(gw.socket))
         show(out.stdout or out.stderr)
+        note = explain_drops(gw.status()["dataplane"]["drops"])
+        if note:
+            show(note)
+
+
+def explain_drops(drops: dict[str, int]) -> str | None:
+    """What the data plane's drops mean: nothing to say, the expected one, or where to look."""
+    shown = {reason: n for reason, n in drops.items() if n}
+    if not shown:
+        return None
+    if set(shown) == {"no_policy"} and shown["no_policy"] <= 2:
+        return (
+            f"({format_drops(shown)}: expected right after start, a packet the kernel sent "
+            "into the new TUN device with no Child SA for it; see 'Drop reasons' in "
+            "docs/operations.md)"
+        )
+    return f"({format_drops(shown)}: see 'Drop reasons' in docs/operations.md)"
 
 
 def _grep(gw: Gateway, needle: str) -> str:

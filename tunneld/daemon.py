@@ -69,7 +69,7 @@ from ike.session import IkeSession
 from ike.sessionconfig import ChildConfig as IkeChildConfig
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
-from tunneld import control, hardening
+from tunneld import control, hardening, sdnotify
 from tunneld.childsas import ChildSet, ChildSets, Limits
 from tunneld.config import ChildConfig, Config, PeerConfig
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
@@ -338,6 +338,7 @@ class Daemon:
                     "tunneld running",
                     extra={"gateway": gw.name, "tun": gw.tun, "peers": len(self.peers)},
                 )
+                sdnotify.notify(f"READY=1\nSTATUS=running, {len(self.peers)} peers")
                 task_status.started()
 
     async def _run_peer(self, peer: Peer) -> None:
@@ -416,6 +417,7 @@ class Daemon:
         """Rule 4: on stop, DELETE every IKE SA while the pumps and peers still run,
         wait (bounded) for the answers, then cancel everything."""
         await self._stopping.wait()
+        sdnotify.notify("STOPPING=1")
         for peer in self.peers.values():
             peer.down()
         with trio.move_on_after(SHUTDOWN_GRACE):

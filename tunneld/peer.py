@@ -380,6 +380,7 @@ class Peer:
         if self._held_until is not None:
             log.info("hold lifted by the operator", extra={"peer": self.name})
         self._held_until = None
+        self.status.last_error = None  # a new attempt: `tunneld up` waits for its outcome
         self._want_up = True
         self._retry_at = trio.current_time()
         self._poke()
@@ -1042,11 +1043,16 @@ class Peer:
     def snapshot(self, now: float) -> dict[str, Any]:
         # rule 9: half-open sessions are counted, not listed (anyone can make them)
         ike_sas = []
+        closed = 0  # kept a while to answer retransmissions: counted, not listed
         for record in self._records.values():
             if not record.session.half_open:
+                view = record.session.status(now)
+                if view["state"] == "closed":
+                    closed += 1
+                    continue
                 # rule 5b: kept until the reauthenticating peer deletes it (or the grace ends)
                 superseded = record.superseded_by is not None
-                ike_sas.append({**record.session.status(now), "superseded": superseded})
+                ike_sas.append({**view, "superseded": superseded})
         half_open = sum(1 for r in self._records.values() if r.half_open is not None)
         timers = {c["spi_in"]: c for ike in ike_sas for c in ike.get("child_sas", [])}
         children = self.children.snapshot(now)
@@ -1056,7 +1062,7 @@ class Peer:
             child["expires_in"] = session_view.get("expires_in")
         return {
             "name": self.name,
-            "remote": None if self.remote is None else f"{self.remote[0]}:{self.remote[1]}",
+            "remote": None if self.remote is None else _hostport(self.remote),  # [v6]:port
             "resolved": self.resolved,  # rule 11: what a DNS name resolved to last
             "address": self._current_address(),
             "auto": self.auto,
@@ -1065,6 +1071,7 @@ class Peer:
             "last_error": self.status.last_error,
             "last_unauthenticated_failure": self.status.last_unauthenticated,
             "half_open_ike_sas": half_open,
+            "closed_ike_sas": closed,
             "liveness": self._liveness(now),
             "ike_sas": ike_sas,
             "child_sas": children,
