@@ -77,7 +77,8 @@ class ChildSaUp:
     ``outbound_spi`` is the peer's. ``encr`` is the negotiated ESP cipher the
     keys belong to: the data plane must build exactly that AEAD. ``rekey_of``
     names the inbound SPI of the Child SA this one replaces (CREATE_CHILD_SA
-    with REKEY_SA), else None.
+    with REKEY_SA), else None. ``child`` is the name of the configured Child
+    SA it belongs to (:class:`ike.sessionconfig.ChildConfig`).
     """
 
     inbound_spi: int
@@ -93,6 +94,7 @@ class ChildSaUp:
     # False: install the inbound SA, keep the outbound one ready but unused
     # until ChildSaOutboundActive names it (rekey responder, lost collision).
     outbound_active: bool = True
+    child: str = ""
 
 
 @dataclass(frozen=True)

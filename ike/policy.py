@@ -65,6 +65,12 @@ TEMPORARY_FAILURE_GIVE_UP = 300.0
 # A rekey the peer refused outright (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE, ...)
 # is tried again after this random delay, until the hard lifetime ends the SA.
 REKEY_RETRY = (30.0, 60.0)
+# keep_children (ike.sessionconfig): a configured Child SA missing from the IKE
+# SA is created by the IKE SA's initiator at once and by its responder after
+# this grace (seconds), so that both rarely create the same child. A creation
+# that fails is tried again after a delay that doubles within these bounds.
+CHILD_START_GRACE = 3.0
+CHILD_CREATE_RETRY = (2.0, 60.0)
 # A rekey collision loser (§2.8.1, §2.8.2) waits this long for the winner's
 # DELETE of a redundant IKE SA before forgetting it on its own.
 REDUNDANT_SA_TIMEOUT = 120.0

@@ -12,6 +12,12 @@ immediate retry starts at once):
 - the IKE SA past its soft lifetime is rekeyed (:mod:`ike.exchanges.ike_rekey`);
   past its hard lifetime it is deleted (one DELETE, no waiting) and the
   session ends;
+- with ``keep_children``, a configured Child SA the IKE SA lacks (never
+  created, or deleted) is created with CREATE_CHILD_SA: at once by the IKE
+  SA's initiator, after ``CHILD_START_GRACE`` by its responder; a failed
+  creation is tried again after a delay doubling within
+  ``CHILD_CREATE_RETRY`` (:class:`MissingChild`); when both sides created
+  the same child at once, the IKE SA's responder deletes the copy it made;
 - ``dpd_delay`` after the last authenticated message or ESP from the peer,
   with no request of ours outstanding, an empty INFORMATIONAL checks that
   the peer is alive (§2.4); when its retransmissions run out, IkeSaDown has
@@ -29,6 +35,8 @@ move to the survivor.
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 
 from ike.constants import ExchangeType, NotifyType
 from ike.errors import PeerError
@@ -47,6 +55,8 @@ from ike.exchanges.informational import DeleteChildTask, DeleteIkeTask, Liveness
 from ike.ikesa import IkeSa
 from ike.lifetimes import Lifetime, random_delay
 from ike.policy import (
+    CHILD_CREATE_RETRY,
+    CHILD_START_GRACE,
     REDUNDANT_SA_TIMEOUT,
     REKEY_RETRY,
     TEMPORARY_FAILURE_GIVE_UP,
@@ -60,6 +70,15 @@ from ike.wire import Message
 log = logging.getLogger("tunneld.ike")
 
 
+@dataclass
+class MissingChild:
+    """A configured Child SA the IKE SA lacks: when to create it, and the attempt under way."""
+
+    due: float
+    delay: float = CHILD_CREATE_RETRY[0]
+    task: ChildSaInitiator | None = None
+
+
 class Rekeying:
     """Lifetimes, rekeys, liveness and task follow-ups (see the module docstring)."""
 
@@ -67,6 +86,7 @@ class Rekeying:
         self.core = core
         self.ike_rekey: IkeRekeyInitiator | None = None  # ours, queued or on the wire
         self._temp_fail_since: float | None = None
+        self._missing: dict[str, MissingChild] = {}  # keep_children, by child name
 
     # -- FollowUps: what tasks see ------------------------------------------------
 
@@ -112,6 +132,7 @@ class Rekeying:
             times.append(lifetime.expire_at)
         for child in self.ctx.children.values():
             times += [child.lifetime.expire_at, self._child_rekey_time(child)]
+        times += [m.due for m in self._missing.values() if m.task is None]
         return min((t for t in times if t is not None), default=None)
 
     def run(self, now: float) -> None:
@@ -128,6 +149,7 @@ class Rekeying:
                 self._expire_child(child)
             elif rekey_at is not None and now >= rekey_at:
                 self.start_child_rekey(child)
+        self._keep_children(now)
         ike_rekey_at = self._ike_rekey_time()
         if ike_rekey_at is not None and now >= ike_rekey_at:
             self.start_ike_rekey()
@@ -140,16 +162,66 @@ class Rekeying:
 
     def start_child_rekey(self, child: ChildSa) -> None:
         ke_retry = child.ke_group is not None
-        group = child.ke_group if child.ke_group is not None else pfs_group(self.ctx)
+        config = self.ctx.config.child_config(child.name)
+        group = child.ke_group if child.ke_group is not None else pfs_group(config)
         child.status, child.retry_at, child.ke_group = ChildStatus.REKEY_QUEUED, None, None
-        task = ChildSaInitiator(child.inbound_spi, group, ke_retry=ke_retry)
+        task = ChildSaInitiator(child.inbound_spi, group, ke_retry=ke_retry, child=child.name)
         self.core.tm.enqueue(Exchange(ExchangeType.CREATE_CHILD_SA, [task], wanted=task.wanted))
         log.info("rekeying Child SA %08x", child.inbound_spi)
 
-    def create_child(self, ts: Selectors) -> None:
-        """A new Child SA (also again from scratch after CHILD_SA_NOT_FOUND, §2.25)."""
-        task = ChildSaInitiator(None, pfs_group(self.ctx), ts)
+    def create_child(self, ts: Selectors | None, child: str = "") -> ChildSaInitiator:
+        """A new Child SA of the configured ``child`` (also again from scratch after
+        CHILD_SA_NOT_FOUND, §2.25); ``ts`` None: the child's selectors."""
+        config = self.ctx.config.child_config(child)
+        task = ChildSaInitiator(None, pfs_group(config), ts, child=config.name)
         self.core.tm.enqueue(Exchange(ExchangeType.CREATE_CHILD_SA, [task]))
+        if self.ctx.config.keep_children:  # one creation at a time per child, whoever asked
+            missing = self._missing.setdefault(config.name, MissingChild(math.inf))
+            missing.task = task
+        return task
+
+    def _keep_children(self, now: float) -> None:
+        """keep_children: create the configured Child SAs the IKE SA lacks (see module doc)."""
+        config = self.ctx.config
+        if not config.keep_children:
+            return
+        self._drop_duplicates()
+        present = {c.name for c in self.ctx.children.values()}
+        for child in config.child_configs:
+            if child.name in present:
+                self._missing.pop(child.name, None)
+                continue
+            missing = self._missing.get(child.name)
+            if missing is None:
+                grace = 0.0 if self.ctx.is_initiator else CHILD_START_GRACE
+                missing = self._missing[child.name] = MissingChild(now + grace)
+            if missing.task is not None:
+                if not missing.task.finished:
+                    continue
+                missing.task = None  # it failed (a success would make the child present)
+                missing.due = now + missing.delay
+                missing.delay = min(missing.delay * 2, CHILD_CREATE_RETRY[1])
+            if now >= missing.due:
+                log.info("creating Child SA %r", child.name)
+                self.create_child(None, child.name)
+
+    def _drop_duplicates(self) -> None:
+        """Both sides created one child at once (the initiator's creation took longer
+        than the responder's grace): the IKE SA's responder deletes the Child SA it
+        created, so one remains. Only copies we made from scratch are touched."""
+        if self.ctx.is_initiator:
+            return
+        by_name: dict[str, list[ChildSa]] = {}
+        for child in self.ctx.children.values():
+            if child.status is ChildStatus.INSTALLED and not child.redundant:
+                by_name.setdefault(child.name, []).append(child)
+        for copies in by_name.values():
+            if len(copies) < 2 or all(c.created_by_us for c in copies):
+                continue
+            for child in copies:
+                if child.created_by_us and child.rekey_of is None:
+                    log.info("deleting duplicate Child SA %08x (%r)", child.inbound_spi, child.name)
+                    self.delete_child(child.inbound_spi, "duplicate of the peer's Child SA")
 
     def _expire_child(self, child: ChildSa) -> None:
         """Hard lifetime: the SA goes now; the peer hears it with a DELETE."""

@@ -320,18 +320,22 @@ class IkeSession:
         now: float,
         local_ts: Sequence[IPNetwork] | None = None,
         remote_ts: Sequence[IPNetwork] | None = None,
+        *,
+        child: str = "",
     ) -> None:
         """Create another Child SA with CREATE_CHILD_SA (§1.3.1); ChildSaUp when answered.
 
-        The selectors default to the configured ones; the peer may narrow them
-        (§2.9). With a DH group in the ESP proposals the exchange has PFS.
+        ``child`` names the configured child (its ESP proposals, lifetime and
+        selectors; the first one if no child has that name); ``local_ts`` and
+        ``remote_ts`` override its selectors. The peer may narrow them (§2.9).
+        With a DH group in the ESP proposals the exchange has PFS.
         """
         core = self._core
         if core.state is not IkeState.ESTABLISHED:
             raise LocalError(f"Child SA creation in state {core.state.name}")
-        config = core.ctx.config
+        config = core.ctx.config.child_config(child)
         ts = (tuple(local_ts or config.local_ts), tuple(remote_ts or config.remote_ts))
-        self._rekeying.create_child(ts)
+        self._rekeying.create_child(ts, config.name)
         core.pump(now)
 
     def rekey_ike(self, now: float) -> bool:

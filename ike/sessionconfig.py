@@ -79,6 +79,31 @@ class PskAuth:
     secret: Secret
 
 
+@dataclass(frozen=True)
+class ChildConfig:
+    """One configured Child SA (RFC 7296 §1.3, §2.9): a name, its selectors, its
+    ESP proposals and its soft lifetime (hard = x1.1).
+
+    A peer has one or more. The first is negotiated in IKE_AUTH, the others
+    with CREATE_CHILD_SA; a responder picks the one whose selectors match what
+    the initiator proposed (:func:`ike.exchanges.selectors.choose_child`).
+    """
+
+    name: str
+    local_ts: tuple[IPNetwork, ...]
+    remote_ts: tuple[IPNetwork, ...]
+    esp_proposals: tuple[Proposal, ...]
+    lifetime: float = DEFAULT_CHILD_LIFETIME
+
+    def __post_init__(self) -> None:
+        if self.lifetime <= 0:
+            raise LocalError("lifetimes must be positive")
+
+    @property
+    def hard_lifetime(self) -> float:
+        return self.lifetime * HARD_LIFETIME_FACTOR
+
+
 def never_in_use(spi: int) -> bool:
     """The default SPI collision check: nothing else allocates SPIs."""
     return False
@@ -100,6 +125,15 @@ class SessionConfig:
     byte limits are the daemon's (it calls ``IkeSession.rekey_child``).
     ``dpd_delay`` > 0: after that long without an authenticated message or
     ESP from the peer, send a liveness check (RFC 7296 §2.4); 0 turns it off.
+
+    Child SAs: ``children`` (several named ones, each with its own selectors,
+    proposals and lifetime); empty means one implicit child made of
+    ``local_ts``, ``remote_ts``, ``esp_proposals`` and ``child_lifetime``,
+    named ``name`` (:attr:`child_configs` gives either). ``keep_children``:
+    every configured child missing from the established IKE SA (never
+    created, or deleted) is created with CREATE_CHILD_SA, at once by the IKE
+    SA's initiator, after :data:`ike.policy.CHILD_START_GRACE` by its
+    responder (which leaves the initiator time to do it), with back-off.
     """
 
     local_id: Identity
@@ -119,6 +153,8 @@ class SessionConfig:
     child_lifetime: float = DEFAULT_CHILD_LIFETIME
     rekey_jitter: float = DEFAULT_REKEY_JITTER
     dpd_delay: float = 0.0
+    children: tuple[ChildConfig, ...] = ()
+    keep_children: bool = False
 
     def __post_init__(self) -> None:
         if self.ike_lifetime <= 0 or self.child_lifetime <= 0:
@@ -135,6 +171,21 @@ class SessionConfig:
     @property
     def child_hard_lifetime(self) -> float:
         return self.child_lifetime * HARD_LIFETIME_FACTOR
+
+    @property
+    def child_configs(self) -> tuple[ChildConfig, ...]:
+        """The configured Child SAs, the one of IKE_AUTH first (never empty)."""
+        if self.children:
+            return self.children
+        implicit = ChildConfig(
+            self.name, self.local_ts, self.remote_ts, self.esp_proposals, self.child_lifetime
+        )
+        return (implicit,)
+
+    def child_config(self, name: str) -> ChildConfig:
+        """The child called ``name`` (the first one if none is: e.g. a renamed child)."""
+        configs = self.child_configs
+        return next((c for c in configs if c.name == name), configs[0])
 
 
 @dataclass(frozen=True)

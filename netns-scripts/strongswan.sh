@@ -10,7 +10,8 @@
 #       [--reauth-time T] [--dpd-delay T]
 #       [--start-action none|start|trap] [--make-before-break yes|no]
 #       [--delete-rekeyed-delay SECONDS] [--replay-window N] [--send-cert always|ifasked]
-#       [--conn NAME] [--child NAME] [--log SUBSYS=LEVEL]... [--timeout SECONDS]
+#       [--conn NAME] [--child NAME] [--extra-child NAME,LOCAL_TS,REMOTE_TS]...
+#       [--log SUBSYS=LEVEL]... [--timeout SECONDS]
 #       [--encap yes|no] [--plugins "LIST"]   (only to reproduce failures)
 #   strongswan.sh stop --dir DIR
 #   strongswan.sh swanctl --dir DIR -- SWANCTL_ARGS...
@@ -59,9 +60,9 @@ die() {
 
 usage() { # usage EXIT_CODE: the header comment, on stdout for --help
 	if (($1 == 0)); then
-		sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
 	else
-		sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+		sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
 	fi
 	exit "$1"
 }
@@ -109,7 +110,7 @@ cmd_start() {
 	local rekey="1h" ike_rekey="4h" life="" over="" reauth="0s" dpd="0s" start_action="none"
 	local mbb="no" del_delay="5" replay="32" send_cert="always" conn="gw" child="net"
 	local encap="yes" plugins=$PLUGINS
-	local -a logs=()
+	local -a logs=() extra_children=()
 	while (($#)); do
 		(($# >= 2)) || die "option $1 needs a value"
 		case $1 in
@@ -142,6 +143,7 @@ cmd_start() {
 		--send-cert) send_cert=$2 ;;
 		--conn) conn=$2 ;;
 		--child) child=$2 ;;
+		--extra-child) extra_children+=("$2") ;;
 		--log) logs+=("$2") ;;
 		--timeout) timeout=$2 ;;
 		--encap) encap=$2 ;;
@@ -172,6 +174,11 @@ cmd_start() {
 	check_re --send-cert "$send_cert" '^(always|ifasked|never)$'
 	check_re --conn "$conn" "$RE_NAME"
 	check_re --child "$child" "$RE_NAME"
+	local extra
+	for extra in ${extra_children[@]+"${extra_children[@]}"}; do
+		# NAME,LOCAL_TS,REMOTE_TS (one network each): another child, same settings
+		check_re --extra-child "$extra" '^[A-Za-z0-9_-]+,[0-9a-fA-F:.]+(/[0-9]+)?,[0-9a-fA-F:.]+(/[0-9]+)?$'
+	done
 	check_re --timeout "$timeout" '^[0-9]+$'
 	check_re --encap "$encap" '^(yes|no)$'
 	check_re --plugins "$plugins" '^[a-z0-9 -]+$'
@@ -332,10 +339,24 @@ connections {
       id = "$rid"
     }
     children {
-      $child {
+$(child_block "$child" "$lts" "$rts")
+$(for extra in ${extra_children[@]+"${extra_children[@]}"}; do
+		IFS=, read -r name ets_l ets_r <<<"$extra"
+		child_block "$name" "$ets_l" "$ets_r"
+	done)
+    }
+  }
+}
+include conf.d/*.conf
+EOF
+}
+
+child_block() { # NAME LOCAL_TS REMOTE_TS; reads the option variables of cmd_start
+	cat <<EOF
+      $1 {
         mode = tunnel
-        local_ts = $lts
-        remote_ts = $rts
+        local_ts = $2
+        remote_ts = $3
         esp_proposals = $esp
         rekey_time = $rekey
         $life_line
@@ -343,10 +364,6 @@ connections {
         replay_window = $replay
         start_action = $start_action
       }
-    }
-  }
-}
-include conf.d/*.conf
 EOF
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -222,6 +223,31 @@ class SiteOptions:
     mtu: int = 1400
     log_format: str = "text"
     extra_peer: str = ""  # additional TOML lines in both [[peer]] tables
+    # named Child SAs instead of the top-level selectors: (name, site A subnet,
+    # site B subnet, extra TOML lines of both [[peer.child]] tables)
+    children: Sequence[tuple[str, str, str, str]] = ()
+
+
+# The second pair of halves of the sites, for labs with two Child SAs: a host
+# address in each upper half (the lower halves hold the hosts' .10).
+SITE_A_HALVES = ("198.51.100.0/25", "198.51.100.128/25")
+SITE_B_HALVES = ("203.0.113.0/25", "203.0.113.128/25")
+TWO_CHILDREN = (
+    ("low", SITE_A_HALVES[0], SITE_B_HALVES[0], ""),
+    ("high", SITE_A_HALVES[1], SITE_B_HALVES[1], ""),
+)
+
+
+def _child_tables(children: Sequence[tuple[str, str, str, str]], side_a: bool) -> str:
+    """``[[peer.child]]`` tables for one side (local/remote swap between the sides)."""
+    out = ""
+    for name, net_a, net_b, extra in children:
+        local, remote = (net_a, net_b) if side_a else (net_b, net_a)
+        out += (
+            f'\n[[peer.child]]\nname = "{name}"\n'
+            f'local_subnets = ["{local}"]\nremote_subnets = ["{remote}"]\n{extra}'
+        )
+    return out
 
 
 def make_pki(directory: Path, *, key_type: str = "ecdsa", cli: bool = False) -> dict[str, Path]:
@@ -319,6 +345,9 @@ def write_site_configs(
             auth_lines=auth_lines,
             extra=opts.extra_peer,
         )
+        if opts.children:  # named Child SAs replace the top-level selectors
+            text = re.sub(r"(?m)^(local|remote)_subnets = .*\n", "", text)
+            text += _child_tables(opts.children, side_a=name == "gw-a")
         path = directory / f"{name}.toml"
         path.write_text(text)
         paths.append(path)

@@ -2,9 +2,15 @@
 
 Theory of operation:
 
-1. One SA database tunnel per peer, named after it; its selectors come from
-   the first Child SA. Every Child SA of the peer has a :class:`ChildRecord`
-   here, keyed by its inbound SPI.
+1. One SA database tunnel per configured child of a peer (the implicit child
+   of a peer without ``[[peer.child]]`` is named after the peer, and so is
+   its tunnel; others are ``peer/child``); its selectors come from the
+   child's first Child SA. Every Child SA of the child has a
+   :class:`ChildRecord` here, keyed by its inbound SPI. :class:`ChildSets`
+   holds one :class:`ChildSet` per configured child and sends each event to
+   the one it names (``ChildSaUp.child``), so the rules below hold per
+   child: the Child SAs of one child replace each other (rekeys,
+   reauthentication, duplicates), those of different children coexist.
 2. Make-before-break (DESIGN §4): ``install`` puts the inbound SA into the
    database first. If the event says the outbound SA is active it becomes the
    tunnel's current one at once (the previous current is kept as
@@ -131,8 +137,10 @@ class ChildSet:
         delete_delay: float,
         replay_window: int,
         sa_factory: SaFactory = data_plane_sas,
+        limits: Limits | None = None,
     ) -> None:
         self.name = name
+        self.limits = limits  # None: the peer's (watch's argument)
         self._sadb = sadb
         self._routes = routes
         self.delete_delay = delete_delay
@@ -299,6 +307,7 @@ class ChildSet:
     # -- rule 4: limits and liveness ------------------------------------------------------
 
     def watch(self, limits: Limits) -> WatchResult:
+        limits = self.limits or limits
         result = WatchResult()
         for record in self.records.values():
             if record.inbound.packets != record.seen_inbound:
@@ -326,6 +335,7 @@ class ChildSet:
     @staticmethod
     def _snapshot(r: ChildRecord, now: float) -> dict[str, Any]:
         return {
+            "child": r.event.child,
             "spi_in": f"{r.inbound.spi:08x}",
             "spi_out": f"{r.outbound.spi:08x}",
             "algorithms": r.event.algorithms,
@@ -345,3 +355,102 @@ class ChildSet:
             },
             "drops": {k.value: v for k, v in r.inbound.drops.items() if v},
         }
+
+
+class ChildSets:
+    """The Child SAs of one peer, one :class:`ChildSet` per configured child (rule 1).
+
+    Events go to the set their child names (an unknown name: the first set);
+    everything keyed by inbound SPI goes to the set holding that SPI. The
+    first set is the child of IKE_AUTH.
+    """
+
+    def __init__(self, sets: list[ChildSet], names: list[str]) -> None:
+        if not sets or len(sets) != len(names):
+            raise ValueError("one ChildSet per child name, at least one")
+        self.by_child: dict[str, ChildSet] = dict(zip(names, sets, strict=True))
+        self.name = sets[0].name
+
+    def child(self, name: str) -> ChildSet:
+        return self.by_child.get(name) or next(iter(self.by_child.values()))
+
+    def _holding(self, inbound_spi: int) -> ChildSet | None:
+        return next((s for s in self.by_child.values() if inbound_spi in s.records), None)
+
+    @property
+    def records(self) -> dict[int, ChildRecord]:
+        """Every Child SA of the peer by inbound SPI (a fresh dict: read it, do not change it)."""
+        out: dict[int, ChildRecord] = {}
+        for child_set in self.by_child.values():
+            out.update(child_set.records)
+        return out
+
+    @property
+    def installed_total(self) -> int:
+        return sum(s.installed_total for s in self.by_child.values())
+
+    @property
+    def rekeys_total(self) -> int:
+        return sum(s.rekeys_total for s in self.by_child.values())
+
+    def install(
+        self, session: IkeSession, event: ChildSaUp, now: float, *, confirmed: bool = True
+    ) -> ChildRecord:
+        return self.child(event.child).install(session, event, now, confirmed=confirmed)
+
+    def activate(self, inbound_spi: int) -> None:
+        child_set = self._holding(inbound_spi)
+        if child_set is not None:
+            child_set.activate(inbound_spi)
+
+    def withdraw(self, inbound_spi: int) -> None:
+        child_set = self._holding(inbound_spi)
+        if child_set is not None:
+            child_set.withdraw(inbound_spi)
+
+    def successor(self, record: ChildRecord) -> ChildRecord | None:
+        return self.child(record.event.child).successor(record)
+
+    def carrying(self, child: str | None = None) -> bool:
+        """Whether a Child SA of ``child`` (None: of any child) sends traffic now."""
+        if child is not None:
+            return self.child(child).carrying()
+        return any(s.carrying() for s in self.by_child.values())
+
+    def owns(self, tunnel: str) -> bool:
+        """Whether the SA database tunnel named ``tunnel`` is one of this peer's children's."""
+        return any(s.owns(tunnel) for s in self.by_child.values())
+
+    def move(self, peer: tuple[str, int]) -> tuple[str, int] | None:
+        """Every child's Child SAs send to ``peer`` from now on (ChildSet.move); the
+        address replaced, None if none was or it is the same for all."""
+        moved = [s.move(peer) for s in self.by_child.values()]
+        return next((old for old in moved if old is not None), None)
+
+    def remove(self, inbound_spi: int, now: float) -> ChildRecord | None:
+        child_set = self._holding(inbound_spi)
+        return None if child_set is None else child_set.remove(inbound_spi, now)
+
+    def next_expiry(self) -> float | None:
+        times = [s.next_expiry() for s in self.by_child.values()]
+        return min((t for t in times if t is not None), default=None)
+
+    def expire(self, now: float, *, everything: bool = False) -> None:
+        for child_set in self.by_child.values():
+            child_set.expire(now, everything=everything)
+
+    def retiring_spis(self) -> list[int]:
+        return [spi for s in self.by_child.values() for spi in s.retiring_spis()]
+
+    def watch(self, limits: Limits) -> WatchResult:
+        """Rule 4 for every child, each with its own limits (``limits``: the peer's)."""
+        result = WatchResult()
+        for child_set in self.by_child.values():
+            one = child_set.watch(limits)
+            result.rekey += one.rekey
+            result.expire += one.expire
+            result.inbound_seen += one.inbound_seen
+        return result
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        return [c for s in self.by_child.values() for c in s.snapshot(now)]

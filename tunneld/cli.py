@@ -5,7 +5,7 @@
     tunneld status (-c FILE | -s SOCKET) [--json]
     tunneld up PEER [--timeout SECONDS] (-c FILE | -s SOCKET)
     tunneld down PEER [--for SECONDS] [--timeout SECONDS] (-c FILE | -s SOCKET)
-    tunneld rekey PEER [--ike] (-c FILE | -s SOCKET)
+    tunneld rekey PEER [--ike | --child NAME] (-c FILE | -s SOCKET)
     tunneld pki init-ca ... | tunneld pki issue ...
 
 Exit codes: see EXIT_CODES (printed by ``--help``).
@@ -146,7 +146,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rekey = sub.add_parser("rekey", help="rekey a peer's Child SAs now (--ike: its IKE SA)")
     rekey.add_argument("peer", help="the [[peer]] name")
-    rekey.add_argument("--ike", action="store_true", help="rekey the IKE SA instead")
+    which = rekey.add_mutually_exclusive_group()
+    which.add_argument("--ike", action="store_true", help="rekey the IKE SA instead")
+    which.add_argument("--child", help="rekey only the Child SAs of this [[peer.child]]")
     _add_target(rekey)
     rekey.set_defaults(func=_cmd_rekey)
 
@@ -340,12 +342,15 @@ def _count(n: int, what: str) -> str:
 
 
 def _cmd_rekey(args: argparse.Namespace) -> int:
-    request = {"cmd": "rekey", "peer": args.peer, "ike": args.ike}
+    request: dict[str, Any] = {"cmd": "rekey", "peer": args.peer, "ike": args.ike}
+    if args.child is not None:
+        request["child"] = args.child
     response = control.request(_socket_of(args), request)
     if not response.get("ok"):
         print(f"tunneld: {response.get('error')}", file=sys.stderr)
         return 1
-    print(f"rekey {'IKE SA' if args.ike else 'Child SAs'} of {args.peer}: started")
+    what = "IKE SA" if args.ike else "Child SAs" if args.child is None else f"child {args.child}"
+    print(f"rekey {what} of {args.peer}: started")
     return 0
 
 
@@ -430,7 +435,8 @@ def _child_lines(ch: dict[str, Any]) -> list[str]:
     return [
         f"    Child SA {ch['spi_in']}_in {ch['spi_out']}_out {ch['algorithms']} "
         f"gen {ch['generation']} age {ch['age']:.0f}s rekey in {rekey}  "
-        f"{','.join(ch['local_ts'])} === {','.join(ch['remote_ts'])}",
+        f"{','.join(ch['local_ts'])} === {','.join(ch['remote_ts'])}"
+        + (f"  [child {ch['child']}]" if ch.get("child") else ""),
         f"      in {ch['in']['packets']} pkts {ch['in']['bytes']} B, "
         f"out {ch['out']['packets']} pkts {ch['out']['bytes']} B{shown}",
     ]

@@ -16,8 +16,17 @@ How a file is read:
    files are mode 0600), and so is ``[gateway] user``/``group`` (the account
    must exist), so ``tunneld check`` catches a bad file.
 5. Whole-file checks: unique peer names and IDs, remote subnets of different
-   peers do not overlap, no two entries could serve the same identity from the
-   same address (:mod:`tunneld.peermatch`, which also reads identity patterns).
+   peers and of different Child SAs of one peer do not overlap (the data
+   plane picks the outbound SA by destination address alone), no two entries
+   could serve the same identity from the same address
+   (:mod:`tunneld.peermatch`, which also reads identity patterns).
+
+Child SAs: a peer has one implicit Child SA (named after the peer) made of
+its top-level ``local_subnets``/``remote_subnets``, or named
+``[[peer.child]]`` tables, each with its own selectors and, optionally, its
+own ``esp``, ``child_lifetime``, ``child_packet_limit`` and
+``child_byte_limit`` (the peer's values are their defaults). Selectors at the
+top level and ``[[peer.child]]`` together are refused.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import argparse
 import re
 import sys
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +66,7 @@ from tunneld.tomlschema import (
 from tunneld.tomlschema import kind_of as _kind
 
 __all__ = [
+    "ChildConfig",
     "Config",
     "ConfigError",
     "GatewayConfig",
@@ -128,6 +139,39 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class ChildConfig:
+    """One Child SA of a peer: ``[[peer.child]]``, or the implicit one (named after
+    the peer, from the peer's top-level keys; ``implicit`` True)."""
+
+    name: str
+    local_subnets: tuple[IPNetwork, ...]
+    remote_subnets: tuple[IPNetwork, ...]
+    esp: tuple[Proposal, ...]
+    child_lifetime: float  # seconds
+    child_packet_limit: int
+    child_byte_limit: int
+    implicit: bool = False
+
+    @property
+    def child_hard_lifetime(self) -> float:
+        return self.child_lifetime * HARD_LIMIT_FACTOR
+
+    @property
+    def child_packet_hard_limit(self) -> int:
+        return int(self.child_packet_limit * HARD_LIMIT_FACTOR)
+
+    @property
+    def child_byte_hard_limit(self) -> int:
+        return int(self.child_byte_limit * HARD_LIMIT_FACTOR)
+
+    def key(self, peer_index: int, child_index: int, key: str) -> str:
+        """Where ``key`` of this child is in the file (for error messages)."""
+        if self.implicit:
+            return f"peer[{peer_index}].{key}"
+        return f"peer[{peer_index}].child[{child_index}].{key}"
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     name: str
     # None: listen-only, any source address, ID must match; a str is a DNS name,
@@ -158,6 +202,8 @@ class PeerConfig:
     # fixed subnets of some of them (tunneld.peermatch rule 3); 0 / () otherwise
     max_spokes: int = 0
     spokes: tuple[SpokeSubnets, ...] = ()
+    # the Child SAs, the one of IKE_AUTH first; local/remote_subnets above are their union
+    children: tuple[ChildConfig, ...] = ()
 
     @property
     def is_pattern(self) -> bool:
@@ -370,7 +416,11 @@ _PEER_KEYS = (
     "local_subnets", "remote_subnets", "auto", "ike", "esp",
     "ike_lifetime", "child_lifetime", "rekey_jitter", "child_packet_limit", "child_byte_limit",
     "dpd_delay", "dpd_action", "delete_delay", "replay_window", "save_keys",
-    "max_spokes", "spokes",
+    "max_spokes", "spokes", "child",
+)  # fmt: skip
+_CHILD_KEYS = (
+    "name", "local_subnets", "remote_subnets", "esp",
+    "child_lifetime", "child_packet_limit", "child_byte_limit",
 )  # fmt: skip
 _DAY = 86400.0
 
@@ -389,12 +439,15 @@ class _Auth(TypedDict):
     psk: Psk | None
 
 
-class _Limits(TypedDict):
-    ike_lifetime: float
+class _ChildLimits(TypedDict):
     child_lifetime: float
-    rekey_jitter: float
     child_packet_limit: int
     child_byte_limit: int
+
+
+class _Limits(_ChildLimits):
+    ike_lifetime: float
+    rekey_jitter: float
     dpd_delay: float
     dpd_action: DpdAction
     delete_delay: float
@@ -404,23 +457,82 @@ class _Limits(TypedDict):
 
 def _read_peer(file: Path, index: int, data: object, me: IdentityConfig) -> PeerConfig:
     s = Section(file, f"peer[{index}]", data, _PEER_KEYS)
+    name = _name(s, "name")
     auth = _peer_auth(s, file, me)
     max_spokes, spokes = read_spokes(s, auth["id"] if is_pattern(auth["id"]) else None)
+    esp = s.items("esp", parse_esp_proposal, list(DEFAULT_ESP))
+    limits = _peer_limits(s)
+    children = _read_children(s, name, esp, limits)
     peer = PeerConfig(
-        name=_name(s, "name"),
+        name=name,
         **_peer_endpoint(s),
         **auth,
-        local_subnets=s.items("local_subnets", parse_network),
-        remote_subnets=s.items("remote_subnets", parse_network),
+        local_subnets=_union(c.local_subnets for c in children),
+        remote_subnets=_union(c.remote_subnets for c in children),
         ike=s.items("ike", parse_ike_proposal, list(DEFAULT_IKE)),
-        esp=s.items("esp", parse_esp_proposal, list(DEFAULT_ESP)),
-        **_peer_limits(s),
+        esp=esp,
+        **limits,
         max_spokes=max_spokes,
         spokes=spokes,
+        children=children,
     )
     if peer.is_pattern:
         check_pattern_entry(s, peer)
     return peer
+
+
+def _read_children(
+    s: Section, peer: str, esp: tuple[Proposal, ...], limits: _ChildLimits
+) -> tuple[ChildConfig, ...]:
+    """``[[peer.child]]`` tables, or the implicit child of the top-level selectors."""
+    inherited: _ChildLimits = {
+        "child_lifetime": limits["child_lifetime"],
+        "child_packet_limit": limits["child_packet_limit"],
+        "child_byte_limit": limits["child_byte_limit"],
+    }
+    if not s.has("child"):
+        return (
+            ChildConfig(
+                peer,
+                s.items("local_subnets", parse_network),
+                s.items("remote_subnets", parse_network),
+                esp,
+                **inherited,
+                implicit=True,
+            ),
+        )
+    for key in ("local_subnets", "remote_subnets"):
+        if s.has(key):
+            raise s.error(
+                key,
+                "not with [[peer.child]]: each child has its own local_subnets and "
+                "remote_subnets (move these into a [[peer.child]] table)",
+            )
+    raw = s.raw("child")
+    if not isinstance(raw, list) or not raw:
+        raise s.error("child", "write Child SAs as [[peer.child]] tables (an array of tables)")
+    children: list[ChildConfig] = []
+    for i, data in enumerate(raw):
+        c = Section(s.file, s.path(f"child[{i}]"), data, _CHILD_KEYS)
+        child = ChildConfig(
+            _name(c, "name"),
+            c.items("local_subnets", parse_network),
+            c.items("remote_subnets", parse_network),
+            c.items("esp", parse_esp_proposal, list(esp)) if c.has("esp") else esp,
+            **_child_limits(c, inherited),
+        )
+        for j, other in enumerate(children):
+            if other.name == child.name:
+                raise c.error("name", f"'{child.name}' is also child[{j}] of this peer")
+        children.append(child)
+    return tuple(children)
+
+
+def _union(groups: Iterable[tuple[IPNetwork, ...]]) -> tuple[IPNetwork, ...]:
+    out: list[IPNetwork] = []
+    for group in groups:
+        out += [net for net in group if net not in out]
+    return tuple(out)
 
 
 def _peer_endpoint(s: Section) -> _Endpoint:
@@ -481,26 +593,44 @@ def _peer_auth(s: Section, file: Path, me: IdentityConfig) -> _Auth:
     return {"id": s.convert("id", _identity), "local_id": local_id, "auth": auth, "psk": psk}
 
 
+def _duration(s: Section, key: str, default: object, lo: float, hi: float) -> float:
+    return s.ranged(key, s.convert(key, parse_duration, default), lo, hi, "s")
+
+
+_CHILD_DEFAULTS: _ChildLimits = {
+    "child_lifetime": 3600.0,
+    "child_packet_limit": DEFAULT_CHILD_PACKETS,
+    "child_byte_limit": DEFAULT_CHILD_BYTES,
+}
+
+
+def _child_limits(s: Section, defaults: _ChildLimits) -> _ChildLimits:
+    """A Child SA's lifetime and volume limits (in [[peer]] or [[peer.child]])."""
+    return {
+        "child_lifetime": _duration(s, "child_lifetime", defaults["child_lifetime"], 5, 30 * _DAY),
+        "child_packet_limit": s.integer(
+            "child_packet_limit", defaults["child_packet_limit"], 1000, MAX_CHILD_PACKETS
+        ),
+        "child_byte_limit": s.ranged(
+            "child_byte_limit",
+            s.convert("child_byte_limit", parse_size, defaults["child_byte_limit"]),
+            1 << 20,
+            1 << 40,
+        ),
+    }
+
+
 def _peer_limits(s: Section) -> _Limits:
     def duration(key: str, default: str, lo: float, hi: float) -> float:
-        return s.ranged(key, s.convert(key, parse_duration, default), lo, hi, "s")
+        return _duration(s, key, default, lo, hi)
 
     dpd = duration("dpd_delay", "30s", 0, _DAY)
     if 0 < dpd < 1:
         raise s.error("dpd_delay", "must be 0 (off) or at least 1s")
     return {
         "ike_lifetime": duration("ike_lifetime", "4h", 5, 30 * _DAY),
-        "child_lifetime": duration("child_lifetime", "1h", 5, 30 * _DAY),
+        **_child_limits(s, _CHILD_DEFAULTS),
         "rekey_jitter": s.number("rekey_jitter", 0.1, 0.0, 0.5),
-        "child_packet_limit": s.integer(
-            "child_packet_limit", DEFAULT_CHILD_PACKETS, 1000, MAX_CHILD_PACKETS
-        ),
-        "child_byte_limit": s.ranged(
-            "child_byte_limit",
-            s.convert("child_byte_limit", parse_size, DEFAULT_CHILD_BYTES),
-            1 << 20,
-            1 << 40,
-        ),
         "dpd_delay": dpd,
         "dpd_action": cast(DpdAction, s.choice("dpd_action", get_args(DpdAction), "restart")),
         "delete_delay": duration("delete_delay", "5s", 0, 300),
@@ -559,17 +689,36 @@ def _check_peers(file: Path, peers: tuple[PeerConfig, ...]) -> None:
                 raise ConfigError(file, f"peer[{i}].id", f"'{peer.id}' is also peer '{other.name}'")
     check_unambiguous(file, peers)
     for i, peer in enumerate(peers):
-        for k, net in enumerate(peer.remote_subnets):
-            where = f"peer[{i}].remote_subnets[{k}]"
-            for local in () if peer.is_pattern else peer.local_subnets:  # a hub's transit
-                if net.version == local.version and net.overlaps(local):
-                    raise ConfigError(file, where, f"{net} overlaps local subnet {local}")
-            for other in peers[:i]:
-                for theirs in other.remote_subnets:
-                    if net.version == theirs.version and net.overlaps(theirs):
-                        raise ConfigError(
-                            file, where, f"{net} overlaps {theirs} of peer '{other.name}'"
-                        )
+        for c, child in enumerate(peer.children):
+            _check_child(file, peers, i, c, child)
+
+
+def _check_child(
+    file: Path, peers: tuple[PeerConfig, ...], i: int, c: int, child: ChildConfig
+) -> None:
+    """Remote subnets: not local to the peer (but a hub's: transit), not another child's
+    or earlier peer's."""
+    peer = peers[i]
+    for k, net in enumerate(child.remote_subnets):
+        where = child.key(i, c, f"remote_subnets[{k}]")
+        for local in () if peer.is_pattern else peer.local_subnets:  # a hub's transit
+            if net.version == local.version and net.overlaps(local):
+                raise ConfigError(file, where, f"{net} overlaps local subnet {local}")
+        for sibling in peer.children[:c]:
+            for theirs in sibling.remote_subnets:
+                if net.version == theirs.version and net.overlaps(theirs):
+                    raise ConfigError(
+                        file,
+                        where,
+                        f"{net} overlaps {theirs} of child '{sibling.name}' (outbound "
+                        "packets are matched to a Child SA by destination only)",
+                    )
+        for other in peers[:i]:
+            for theirs in other.remote_subnets:
+                if net.version == theirs.version and net.overlaps(theirs):
+                    raise ConfigError(
+                        file, where, f"{net} overlaps {theirs} of peer '{other.name}'"
+                    )
 
 
 def _check_mtu(file: Path, gateway: GatewayConfig, peers: tuple[PeerConfig, ...]) -> None:
@@ -598,15 +747,23 @@ def describe(config: Config) -> str:
     ]
     for p in config.peers:
         where = f"{p.address}:{p.port}" if p.address else "any address"
+        implicit = len(p.children) == 1 and p.children[0].implicit
         spokes = f" (pattern: up to {p.max_spokes} spokes)" if p.is_pattern else ""
         lines.append(
-            f"peer {p.name}: {p.auth}, id {p.id}{spokes}, {where}, auto={p.auto}, "
-            + " ".join(map(str, p.local_subnets))
-            + " <=> "
-            + " ".join(map(str, p.remote_subnets))
+            f"peer {p.name}: {p.auth}, id {p.id}{spokes}, {where}, auto={p.auto}"
+            + (", " + _selectors(p.local_subnets, p.remote_subnets) if implicit else "")
             + (f", save_keys (SA keys written to {g.save_keys_dir})" if p.save_keys else "")
         )
+        if not implicit:
+            lines += [
+                f"  child {c.name}: " + _selectors(c.local_subnets, c.remote_subnets)
+                for c in p.children
+            ]
     return "\n".join(lines)
+
+
+def _selectors(local: tuple[IPNetwork, ...], remote: tuple[IPNetwork, ...]) -> str:
+    return " ".join(map(str, local)) + " <=> " + " ".join(map(str, remote))
 
 
 # --- `tunneld check` ----------------------------------------------------------

@@ -3,7 +3,7 @@
 Requests: ``{"cmd": "status"}``, ``{"cmd": "up", "peer": NAME}``,
 ``{"cmd": "down", "peer": NAME}`` (optionally ``"for": SECONDS``: how long the
 peer's new IKE SAs are refused; without it until ``up``),
-``{"cmd": "rekey", "peer": NAME, "ike": bool}``. Other fields are ignored.
+``{"cmd": "rekey", "peer": NAME, "ike": bool, "child": NAME (optional)}``. Other fields are ignored.
 Responses: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 
 The server side is a trio task; the client side (used by the CLI) is plain
@@ -401,6 +401,11 @@ def parse_request(line: bytes | BadRequest, commands: Sequence[str] = COMMANDS) 
         if not isinstance(ike, bool):
             raise BadRequest(f"'ike' must be true or false, not {_kind(ike)}")
         request["ike"] = ike
+        child = value.get("child")
+        if child is not None:
+            if not isinstance(child, str):
+                raise BadRequest(f"'child' must be a string, not {_kind(child)}")
+            request["child"] = child
     return request
 
 

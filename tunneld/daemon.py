@@ -71,11 +71,12 @@ from ike.events import Address
 from ike.frontdoor import FrontDoor, Verdict
 from ike.identity import Identity as IkeIdentity
 from ike.session import IkeSession
+from ike.sessionconfig import ChildConfig as IkeChildConfig
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
 from tunneld import control, hardening, sdnotify
-from tunneld.childsas import ChildSet, Limits
-from tunneld.config import Config, PeerConfig
+from tunneld.childsas import ChildSet, ChildSets, Limits
+from tunneld.config import ChildConfig, Config, PeerConfig
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
 from tunneld.dataplane.sadb import SADatabase, Tunnel
 from tunneld.directory import Directory, Hub
@@ -210,6 +211,22 @@ def session_config(
         child_lifetime=peer.child_lifetime,
         rekey_jitter=peer.rekey_jitter,
         dpd_delay=peer.dpd_delay,
+        children=tuple(
+            IkeChildConfig(
+                c.name, c.local_subnets, c.remote_subnets, tuple(c.esp), c.child_lifetime
+            )
+            for c in peer.children
+        ),
+        keep_children=peer.auto == "start",
+    )
+
+
+def _limits(child: ChildConfig) -> Limits:
+    return Limits(
+        soft_packets=child.child_packet_limit,
+        soft_bytes=child.child_byte_limit,
+        hard_packets=child.child_packet_hard_limit,
+        hard_bytes=child.child_byte_hard_limit,
     )
 
 
@@ -416,13 +433,18 @@ class Daemon:
         name = name or pc.name
         remote = None if pc.address is None or name != pc.name else (str(pc.address), pc.port)
         assert self._routes is not None
-        children = ChildSet(
-            name,
-            self.sadb,
-            self._routes,
-            delete_delay=pc.delete_delay,
-            replay_window=pc.replay_window,
-        )
+        sets = [
+            ChildSet(
+                name if c.implicit else f"{name}/{c.name}",  # SADB tunnel names
+                self.sadb,
+                self._routes,
+                delete_delay=pc.delete_delay,
+                replay_window=pc.replay_window,
+                limits=_limits(c),
+            )
+            for c in pc.children
+        ]
+        children = ChildSets(sets, [c.name for c in pc.children])
         limits = Limits(
             soft_packets=pc.child_packet_limit,
             soft_bytes=pc.child_byte_limit,
@@ -651,7 +673,11 @@ class Daemon:
             peer = self.peers.get(str(request.get("peer")))
             if peer is None:
                 return {"ok": False, "error": f"no peer named {request.get('peer')!r}"}
-            if not peer.rekey(ike=bool(request.get("ike"))):
+            child = request.get("child")
+            names = [c.name for c in peer.session_config.child_configs]
+            if child is not None and child not in names:
+                return {"ok": False, "error": f"peer {peer.name} has no child {child!r}"}
+            if not peer.rekey(ike=bool(request.get("ike")), child=child):
                 return {"ok": False, "error": f"peer {peer.name} has no established SA to rekey"}
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}"}

@@ -143,7 +143,7 @@ from ike.session import IkeSession
 from ike.sessionconfig import SessionConfig
 from ike.states import IkeState
 from ike.wire import IkeHeader
-from tunneld.childsas import ChildSet, Limits
+from tunneld.childsas import ChildSets, Limits
 from tunneld.datapath import IkeDatagram
 from tunneld.log import LogThrottle
 from tunneld.savekeys import KeyTables
@@ -302,7 +302,7 @@ class Peer:
         *,
         remote: tuple[str, int] | None,
         policy: PeerPolicy,
-        children: ChildSet,
+        children: ChildSets,
         local_addr: Callable[[], tuple[str, int]],
         key_tables: KeyTables | None = None,
         reception: Reception | None = None,
@@ -365,8 +365,9 @@ class Peer:
         self._heard_from = remote
         self._poke()
 
-    def rekey(self, *, ike: bool) -> bool:
-        """Operator asked for a rekey of the IKE SA or of every Child SA; False if none is up."""
+    def rekey(self, *, ike: bool, child: str | None = None) -> bool:
+        """Operator asked for a rekey of the IKE SA, or of every Child SA (of ``child``
+        only, if given); False if none is up."""
         now = trio.current_time()
         started = False
         for session in self.sessions:
@@ -377,10 +378,22 @@ class Peer:
                 started = session.rekey_ike(now) or started
             else:
                 for record in list(self.children.records.values()):
-                    if record.session is session and record.active:
+                    wanted = child is None or record.event.child == child
+                    if record.session is session and record.active and wanted:
                         started = session.rekey_child(record.inbound.spi, now) or started
         self._poke()
         return started
+
+    def delete_child(self, inbound_spi: int) -> bool:
+        """Delete one Child SA (INFORMATIONAL DELETE); False if no established one has
+        that inbound SPI. With auto = "start" the session creates it again."""
+        record = self.children.records.get(inbound_spi)
+        if record is None or record.session.state is not IkeState.ESTABLISHED:
+            return False
+        record.session.delete_child(inbound_spi, trio.current_time())
+        self._dirty.add(record.session)
+        self._poke()
+        return True
 
     def up(self) -> None:
         """Operator asked for the tunnel: end a hold, initiate now if no IKE SA is in progress."""
@@ -976,7 +989,7 @@ class Peer:
         session = record.session
         answered = not session.is_initiator and event.rekey_of is None
         confirmed = event.outbound_active and not answered
-        if event.outbound_active and not confirmed and self.children.carrying():
+        if event.outbound_active and not confirmed and self.children.carrying(event.child):
             event = dataclasses.replace(event, outbound_active=False)
         child = self.children.install(session, event, now, confirmed=confirmed)
         self.host.esp_source(event.remote_addr, session.local_addr)  # daemon rule 7
@@ -998,13 +1011,15 @@ class Peer:
             },
         )
 
-    def _hand_over(self, but_not: IkeSession) -> None:
-        """Rule 5b/c: the last confirmed Child SA goes (the peer deleted it, or answered
-        our DELETE, after our IKE_AUTH answer): the unconfirmed Child SAs of the other
-        IKE SAs we keep are confirmed and take over."""
+    def _hand_over(self, but_not: IkeSession, child_name: str) -> None:
+        """Rule 5b/c: the last confirmed Child SA of a configured child goes (the peer
+        deleted it, or answered our DELETE, after our IKE_AUTH answer): the unconfirmed
+        Child SAs of that child in the other IKE SAs we keep are confirmed and take over."""
         for spi, child in list(self.children.records.items()):
             record = self._records.get(child.session)
             if child.session is but_not or child.confirmed or record is None or record.deleting:
+                continue
+            if child.event.child != child_name:
                 continue
             self._confirm(spi)
 
@@ -1024,7 +1039,7 @@ class Peer:
     def _remove_child(self, inbound_spi: int, now: float, reason: str) -> None:
         child = self.children.records.get(inbound_spi)
         if child is not None and child.active and self.children.successor(child) is None:
-            self._hand_over(but_not=child.session)  # before the tunnel goes idle
+            self._hand_over(child.session, child.event.child)  # before the tunnel goes idle
         if self.children.remove(inbound_spi, now) is not None:
             log.info(
                 "Child SA removed",

@@ -79,8 +79,9 @@ class FollowUps(Protocol):
     def delete_child_again(self, inbound_spi: int, reason: str) -> None:
         """Queue a DELETE on the current IKE SA for a Child SA we still hold."""
 
-    def create_child(self, ts: Selectors) -> None:
-        """Queue a CREATE_CHILD_SA for a new Child SA with these selectors."""
+    def create_child(self, ts: Selectors | None, child: str = "") -> object:
+        """Queue a CREATE_CHILD_SA for a new Child SA of the configured ``child``
+        (with these selectors, else the child's)."""
 
     def exchange_succeeded(self) -> None:
         """A CREATE_CHILD_SA of ours went through (ends a TEMPORARY_FAILURE streak)."""

@@ -16,6 +16,11 @@ when the response is processed.
 
 ESP proposals in IKE_AUTH carry no DH transform (§1.2: the IKE SA's shared
 secret already feeds SK_d); configured PFS groups apply to CREATE_CHILD_SA.
+
+Several configured Child SAs (:class:`ike.sessionconfig.ChildConfig`): the
+initiator of IKE_AUTH proposes the first one; a responder picks the one the
+proposed selectors fit (:func:`choose_child`) and uses its ESP proposals
+and lifetime. Every Child SA remembers the name of its configured child.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 
 from ike.constants import EncrId, NotifyType, PayloadType
 from ike.crypto import AEAD_SALT_LEN, derive_child_keys
-from ike.errors import ParseError, PeerError
+from ike.errors import ParseError, PeerError, TsUnacceptable
 from ike.events import Address, ChildSaKeys, ChildSaUp
 from ike.exchanges import selectors
 from ike.exchanges.base import Answer, Outcome, Received, Task
@@ -40,6 +45,7 @@ from ike.exchanges.ike_init import encr_key_len
 from ike.lifetimes import Lifetime
 from ike.payloads import Payload, SaPayload, TrafficSelector, TsPayload
 from ike.proposals import Proposal, SelectedProposal, make_offer, select_proposal, verify_reply
+from ike.sessionconfig import ChildConfig
 from ike.wire import Message
 
 Nonces = Callable[[SaContext], tuple[bytes, bytes]]
@@ -50,8 +56,59 @@ def ike_sa_nonces(ctx: SaContext) -> tuple[bytes, bytes]:
     return ctx.nonce_i, ctx.nonce_r
 
 
-def esp_proposals(ctx: SaContext) -> tuple[Proposal, ...]:
-    return tuple(p.without_dh() for p in ctx.config.esp_proposals)
+def esp_proposals(child: ChildConfig) -> tuple[Proposal, ...]:
+    """A child's ESP proposals for IKE_AUTH: without DH (§1.2)."""
+    return tuple(p.without_dh() for p in child.esp_proposals)
+
+
+Narrowed = tuple[ChildConfig, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]
+
+
+def choose_child(
+    children: tuple[ChildConfig, ...],
+    tsi: tuple[TrafficSelector, ...],
+    tsr: tuple[TrafficSelector, ...],
+) -> Narrowed:
+    """Responder: the configured child for the proposed TSi/TSr, with the narrowed pair.
+
+    TSi is the initiator's side (our remote networks), TSr ours. A child the
+    proposal fits entirely (nothing narrowed away) wins; else the first child
+    that has something in common with it, narrowed as §2.9 says; none:
+    TS_UNACCEPTABLE (the first child's reason).
+    """
+    first: Narrowed | None = None
+    refusal: TsUnacceptable | None = None
+    for child in children:
+        try:
+            narrowed_i = selectors.narrow(tsi, selectors.from_networks(child.remote_ts), "TSi")
+            narrowed_r = selectors.narrow(tsr, selectors.from_networks(child.local_ts), "TSr")
+        except TsUnacceptable as err:
+            refusal = refusal or err
+            continue
+        if set(narrowed_i) == set(tsi) and set(narrowed_r) == set(tsr):
+            return child, narrowed_i, narrowed_r
+        first = first or (child, narrowed_i, narrowed_r)
+    if first is None:
+        raise refusal or TsUnacceptable("no Child SA is configured")
+    return first
+
+
+def choose_child_and_proposal(
+    children: tuple[ChildConfig, ...],
+    sa: SaPayload,
+    msg: Message,
+    proposals: Callable[[ChildConfig], tuple[Proposal, ...]],
+    prefer_dh: int | None = None,
+) -> tuple[Narrowed, SelectedProposal]:
+    """:func:`choose_child`, then its ESP proposal. With nothing acceptable at all,
+    NO_PROPOSAL_CHOSEN comes before TS_UNACCEPTABLE (as with one child)."""
+    tsi, tsr = ts_payloads(msg)
+    try:
+        chosen = choose_child(children, tsi.selectors, tsr.selectors)
+    except TsUnacceptable:
+        select_proposal(sa.proposals, proposals(children[0]), prefer_dh=prefer_dh)
+        raise
+    return chosen, select_proposal(sa.proposals, proposals(chosen[0]), prefer_dh=prefer_dh)
 
 
 def ts_payloads(msg: Message) -> tuple[TsPayload, TsPayload]:
@@ -86,6 +143,7 @@ class NewChild:
     we_initiated: bool
     g_ir: bytes = field(default=b"", repr=False)
     rekey_of: int | None = None
+    child: str = ""  # the configured child's name
 
 
 def install(
@@ -105,6 +163,7 @@ def install(
     in_key, in_salt = child_keys.inbound(new.we_initiated)
     out_key, out_salt = child_keys.outbound(new.we_initiated)
     config = ctx.config
+    lifetime = config.child_config(new.child).lifetime
     child = ChildSa(
         inbound_spi=new.spis[0],
         outbound_spi=new.spis[1],
@@ -113,12 +172,13 @@ def install(
         algorithms=str(selected),
         esn=selected.esn,
         encr=EncrId(selected.encr.id),
-        lifetime=Lifetime.start(now, config.child_lifetime, config.rekey_jitter, ctx.entropy),
+        lifetime=Lifetime.start(now, lifetime, config.rekey_jitter, ctx.entropy),
         rekey_of=new.rekey_of,
         nonces=new.nonces,
         created_by_us=new.we_initiated,
         outbound_active=outbound_active and not redundant,
         redundant=redundant,
+        name=new.child,
     )
     ctx.children[child.inbound_spi] = child
     sa_keys = ChildSaKeys(in_key, in_salt, out_key, out_salt)
@@ -139,6 +199,7 @@ def child_sa_up(child: ChildSa, keys: ChildSaKeys, remote_addr: Address) -> Chil
         remote_addr=remote_addr,
         rekey_of=child.rekey_of,
         outbound_active=child.outbound_active,
+        child=child.name,
     )
 
 
@@ -154,12 +215,13 @@ class ChildCreateInitiator(Task):
         self._tsr: tuple[TrafficSelector, ...] = ()
 
     def build_i(self, ctx: SaContext) -> list[Payload]:
+        child = ctx.config.child_configs[0]
         self._spi = ctx.allocate_esp_spi()
-        self._tsi = selectors.from_networks(ctx.config.local_ts)
-        self._tsr = selectors.from_networks(ctx.config.remote_ts)
+        self._tsi = selectors.from_networks(child.local_ts)
+        self._tsr = selectors.from_networks(child.remote_ts)
         spi = esp_spi_bytes(self._spi)
         return [
-            SaPayload(make_offer(esp_proposals(ctx), spi)),
+            SaPayload(make_offer(esp_proposals(child), spi)),
             TsPayload(PayloadType.TSi, self._tsi),
             TsPayload(PayloadType.TSr, self._tsr),
         ]
@@ -168,20 +230,23 @@ class ChildCreateInitiator(Task):
         msg = response.message
         refuse_on_error_notify(msg, "the Child SA")
         sa = sa_payload(msg)
-        selected = verify_reply(sa.proposals, esp_proposals(ctx))
+        child = ctx.config.child_configs[0]
+        selected = verify_reply(sa.proposals, esp_proposals(child))
         tsi, tsr = ts_payloads(msg)
         selectors.check_subset(tsi.selectors, self._tsi, "TSi")
         selectors.check_subset(tsr.selectors, self._tsr, "TSr")
         if self._spi is None:
             raise ParseError("Child SA response before our request")
         spis = (self._spi, spi_int(selected.peer_spi))
-        new = NewChild(selected, spis, tsi.selectors, tsr.selectors, self._nonces(ctx), True)
+        new = NewChild(
+            selected, spis, tsi.selectors, tsr.selectors, self._nonces(ctx), True, child=child.name
+        )
         install(ctx, new, response.now)
         return Outcome.DONE
 
 
 class ChildCreateResponder(Answer):
-    """Select an ESP proposal, narrow the selectors, install, answer."""
+    """Pick the configured child, select an ESP proposal, narrow, install, answer."""
 
     critical = False
 
@@ -192,19 +257,13 @@ class ChildCreateResponder(Answer):
     def process_r(self, ctx: SaContext, request: Received) -> None:
         msg = request.message
         sa = sa_payload(msg)
-        selected = select_proposal(sa.proposals, esp_proposals(ctx))
-        tsi, tsr = ts_payloads(msg)
-        config = ctx.config
-        # TSi is the initiator's side: our remote networks; TSr is ours.
-        narrowed_i = selectors.narrow(
-            tsi.selectors, selectors.from_networks(config.remote_ts), "TSi"
-        )
-        narrowed_r = selectors.narrow(
-            tsr.selectors, selectors.from_networks(config.local_ts), "TSr"
-        )
+        children = ctx.config.child_configs
+        chosen, selected = choose_child_and_proposal(children, sa, msg, esp_proposals)
+        child, narrowed_i, narrowed_r = chosen
         spi = ctx.allocate_esp_spi()
         spis = (spi, spi_int(selected.peer_spi))
-        new = NewChild(selected, spis, narrowed_r, narrowed_i, self._nonces(ctx), False)
+        nonces = self._nonces(ctx)
+        new = NewChild(selected, spis, narrowed_r, narrowed_i, nonces, False, child=child.name)
         install(ctx, new, request.now)
         self._answer = [
             SaPayload((selected.to_wire(esp_spi_bytes(spi)),)),

@@ -42,7 +42,13 @@ from ike.errors import InvalidKePayload, ParseError, PeerError
 from ike.events import IPNetwork
 from ike.exchanges import selectors
 from ike.exchanges.base import Answer, FollowUps, Outcome, Received, Task
-from ike.exchanges.child_create import NewChild, install, sa_payload, ts_payloads
+from ike.exchanges.child_create import (
+    NewChild,
+    choose_child_and_proposal,
+    install,
+    sa_payload,
+    ts_payloads,
+)
 from ike.exchanges.context import (
     ESP_SPI_LEN,
     ChildSa,
@@ -64,12 +70,13 @@ from ike.payloads import (
 )
 from ike.policy import NONCE_SIZE, REKEY_RETRY, TEMPORARY_FAILURE_RETRY
 from ike.proposals import (
+    Proposal,
     accepts_dh_group,
     first_dh_group,
     make_offer,
-    select_proposal,
     verify_reply,
 )
+from ike.sessionconfig import ChildConfig
 from ike.wire import Message
 
 REDUNDANT = "redundant after a simultaneous rekey (RFC 7296 §2.8.1)"
@@ -91,9 +98,13 @@ class ChildSaNotFound(PeerError):
         self.spi = spi
 
 
-def pfs_group(ctx: SaContext) -> int | None:
-    """The DH group of our KEi in CREATE_CHILD_SA: the first one in the ESP proposals."""
-    return first_dh_group(ctx.config.esp_proposals)
+def pfs_group(child: ChildConfig) -> int | None:
+    """The DH group of our KEi in CREATE_CHILD_SA: the first one in the child's ESP proposals."""
+    return first_dh_group(child.esp_proposals)
+
+
+def _child_proposals(child: ChildConfig) -> tuple[Proposal, ...]:
+    return child.esp_proposals
 
 
 def peer_successor(ctx: SaContext, inbound_spi: int) -> ChildSa | None:
@@ -122,6 +133,8 @@ def _rekey_sa_notify(msg: Message) -> NotifyPayload | None:
 class ChildSaInitiator(Task):
     """Our CREATE_CHILD_SA for a Child SA: rekey ``rekey_of`` (our inbound SPI) or add one.
 
+    ``child`` names the configured child (its ESP proposals; for a new one
+    also its selectors, unless ``ts`` gives others); a rekey inherits it.
     After the exchange, its follow-up sends DELETE for ``deletes`` ((inbound
     SPI, reason) pairs) and, after CHILD_SA_NOT_FOUND without a successor
     (``recreate``), creates the Child SA from scratch. ``ke_retry``: this
@@ -137,14 +150,17 @@ class ChildSaInitiator(Task):
         ts: tuple[tuple[IPNetwork, ...], tuple[IPNetwork, ...]] | None = None,
         *,
         ke_retry: bool = False,
+        child: str = "",
     ) -> None:
         self.rekey_of = rekey_of
+        self.child = child
         self.group = group
         self.ke_retry = ke_retry
         self.ts = ts
         self.deletes: list[tuple[int, str]] = []
         self.recreate = False
         self.created: ChildSa | None = None
+        self.finished = False  # done, failed or abandoned (keep_children waits for it)
         self._spi = 0
         self._nonce = b""
         self._dh: DhPrivate | None = None
@@ -159,8 +175,12 @@ class ChildSaInitiator(Task):
         child = ctx.children.get(self.rekey_of)
         return child is not None and child.status is ChildStatus.REKEY_QUEUED
 
+    def config(self, ctx: SaContext) -> ChildConfig:
+        return ctx.config.child_config(self.child)
+
     def build_i(self, ctx: SaContext) -> list[Payload]:
-        local, remote = self.ts or (ctx.config.local_ts, ctx.config.remote_ts)
+        config = self.config(ctx)
+        local, remote = self.ts or (config.local_ts, config.remote_ts)
         notify: list[Payload] = []
         if self.rekey_of is not None:
             child = ctx.children[self.rekey_of]
@@ -178,7 +198,7 @@ class ChildSaInitiator(Task):
             ke = [KePayload(DhGroup(self.group), self._dh.public_bytes())]
         return [
             *notify,
-            SaPayload(make_offer(ctx.config.esp_proposals, esp_spi_bytes(self._spi))),
+            SaPayload(make_offer(config.esp_proposals, esp_spi_bytes(self._spi))),
             NoncePayload(self._nonce),
             *ke,
             TsPayload(PayloadType.TSi, self._offered),
@@ -189,7 +209,7 @@ class ChildSaInitiator(Task):
         msg = response.message
         self._note_invalid_ke(ctx, msg)
         refuse_on_error_notify(msg, "the Child SA rekey" if self.rekey_of else "the new Child SA")
-        selected = verify_reply(sa_payload(msg).proposals, ctx.config.esp_proposals)
+        selected = verify_reply(sa_payload(msg).proposals, self.config(ctx).esp_proposals)
         nonce = msg.find(NoncePayload)
         if nonce is None:
             raise ParseError("CREATE_CHILD_SA response without Nonce")
@@ -200,7 +220,7 @@ class ChildSaInitiator(Task):
         spis = (self._spi, spi_int(selected.peer_spi))
         new = NewChild(
             selected, spis, tsi.selectors, tsr.selectors, (self._nonce, nonce.nonce), True,
-            g_ir, self.rekey_of,
+            g_ir, self.rekey_of, self.child,
         )  # fmt: skip
         self._settle(ctx, new, response.now)
         return Outcome.DONE
@@ -240,26 +260,29 @@ class ChildSaInitiator(Task):
     def _note_invalid_ke(self, ctx: SaContext, msg: Message) -> None:
         for n in msg.notifies(NotifyType.INVALID_KE_PAYLOAD):
             wanted = int.from_bytes(n.data, "big") if len(n.data) == 2 else None
-            if wanted is not None and accepts_dh_group(ctx.config.esp_proposals, wanted):
+            if wanted is not None and accepts_dh_group(self.config(ctx).esp_proposals, wanted):
                 self._wanted_group = wanted
 
     # -- follow-ups ---------------------------------------------------------------
 
     def on_done(self, session: FollowUps, sa: IkeSa, now: float) -> None:
+        self.finished = True
         session.exchange_succeeded()
         for spi, reason in self.deletes:
             session.delete_child(spi, reason)
 
     def on_failed(self, session: FollowUps, sa: IkeSa, err: PeerError, now: float) -> None:
         log.info("CREATE_CHILD_SA for a Child SA failed: %s", err)
+        self.finished = True
         self.failed(session.ctx, err, now)
         if err.notify == NotifyType.TEMPORARY_FAILURE:
             session.note_temporary_failure(now)
         if self.recreate and self.ts and session.established:  # §2.25
-            session.create_child(self.ts)
+            session.create_child(self.ts, self.child)
 
     def on_abandoned(self, session: FollowUps, sa: IkeSa, now: float) -> None:
         err = PeerError("no answer on a retiring IKE SA", NotifyType.TEMPORARY_FAILURE)
+        self.finished = True
         self.failed(session.ctx, err, now)  # retried after a short random delay
 
     def failed(self, ctx: SaContext, err: PeerError, now: float) -> None:
@@ -308,23 +331,21 @@ class ChildSaResponder(Answer):
         if nonce is None:
             raise ParseError("CREATE_CHILD_SA request without Nonce")
         prefer = int(ke.group) if ke is not None else None
-        selected = select_proposal(sa.proposals, ctx.config.esp_proposals, prefer_dh=prefer)
+        # A rekey keeps its child's configuration; a new Child SA picks one by its selectors.
+        children = ctx.config.child_configs if old is None else (ctx.config.child_config(old.name),)
+        chosen, selected = choose_child_and_proposal(
+            children, sa, msg, _child_proposals, prefer_dh=prefer
+        )
+        child, narrowed_i, narrowed_r = chosen
         dh, g_ir = self._key_exchange(ctx, selected.dh_group, ke)
-        tsi, tsr = ts_payloads(msg)
-        config = ctx.config
-        narrowed_i = selectors.narrow(
-            tsi.selectors, selectors.from_networks(config.remote_ts), "TSi"
-        )
-        narrowed_r = selectors.narrow(
-            tsr.selectors, selectors.from_networks(config.local_ts), "TSr"
-        )
         spi = ctx.allocate_esp_spi()
         nr = ctx.entropy.random_bytes(NONCE_SIZE)
         rekey_of = None if old is None else old.inbound_spi
         spis = (spi, spi_int(selected.peer_spi))
         new = NewChild(
-            selected, spis, narrowed_r, narrowed_i, (nonce.nonce, nr), False, g_ir, rekey_of
-        )
+            selected, spis, narrowed_r, narrowed_i, (nonce.nonce, nr), False, g_ir, rekey_of,
+            child.name,
+        )  # fmt: skip
         if old is not None and old.status is not ChildStatus.REKEY_SENT:
             old.status = ChildStatus.REKEYED  # a queued rekey of ours becomes moot
         # Make-before-break: inbound now, outbound once the peer surely has its inbound SA.

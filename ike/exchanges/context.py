@@ -56,6 +56,7 @@ class ChildSa:
     of the Child SA it replaces. ``outbound_active`` is False while the peer
     may not have installed its inbound SA yet (we answered its rekey) and for
     a ``redundant`` SA (lost a simultaneous rekey, deleted by its creator).
+    ``name`` is the configured child it belongs to (rekeys inherit it).
     """
 
     inbound_spi: int
@@ -74,6 +75,7 @@ class ChildSa:
     redundant: bool = False
     retry_at: float | None = None  # a refused rekey is tried again at this time
     ke_group: int | None = None  # the DH group the peer asked for (INVALID_KE_PAYLOAD)
+    name: str = ""
 
     @property
     def rekeyable(self) -> bool:
@@ -82,6 +84,7 @@ class ChildSa:
 
     def summary(self, now: float | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "child": self.name,
             "spi_in": f"{self.inbound_spi:08x}",
             "spi_out": f"{self.outbound_spi:08x}",
             "algorithms": self.algorithms,

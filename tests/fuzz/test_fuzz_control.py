@@ -98,6 +98,7 @@ async def fields_handler(request: dict[str, Any]) -> dict[str, Any]:
 
 class StubPeer:
     name = "site-b"
+    session_config = SimpleNamespace(child_configs=(SimpleNamespace(name="net"),))
 
     def up(self) -> None:
         pass
@@ -105,7 +106,8 @@ class StubPeer:
     def down(self, hold: float | None) -> None:
         assert hold is None or hold > 0
 
-    def rekey(self, ike: bool) -> bool:
+    def rekey(self, ike: bool, child: str | None = None) -> bool:
+        assert child is None or child == "net"
         return ike
 
 

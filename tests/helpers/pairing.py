@@ -78,6 +78,9 @@ class Setup:
     swan: Mapping[str, Any] = field(default_factory=dict)
     expect_ike: str = IKE
     expect_esp: str = f"{ESP}-noesn"
+    # tunneld's [[peer.child]] entries (tools.lab.SiteOptions.children); charon's
+    # matching children go into ``swan`` (child, local_ts, remote_ts, extra_children)
+    children: tuple[tuple[str, str, str, str], ...] = ()
 
     @property
     def tunneld_initiates(self) -> bool:
@@ -155,6 +158,7 @@ def write_configs(setup: Setup, lab: Lab, work: Path) -> tuple[Path, tuple[str, 
         key_type=setup.key_type,
         pki_via_cli=setup.pki_via_cli,
         extra_peer=setup.tunneld_extra,
+        children=setup.children,
     )
     conf_a, _ = write_site_configs(work, lab.prefix, opts)
     if setup.auth == "psk":
@@ -360,3 +364,45 @@ def _assert_same_ike(
     assert ike["nat_t"] is True
     assert (ike["local"], ike["remote"]) == (f"{WAN_A}:4500", f"{WAN_B}:4500")
     assert (swan_ike["local-port"], swan_ike["remote-port"]) == ("4500", "4500")
+
+
+def _children_settled(pair: Pair, names: list[str]) -> bool:
+    """One established IKE SA each side, one Child SA per name, nothing rekeying."""
+    peer = pair.peer()
+    live = [ike for ike in peer["ike_sas"] if ike["state"] == "established"]
+    if len(live) != 1 or live[0]["rekeying"]:
+        return False
+    ours = sorted(c["child"] for c in peer["child_sas"])
+    if ours != sorted(names) or sorted(c["child"] for c in live[0]["child_sas"]) != ours:
+        return False
+    sas = pair.swan.list_sas_raw()
+    if len(sas) != 1 or sas[0]["state"] != "ESTABLISHED":
+        return False
+    return sorted(c["name"] for c in _installed(sas[0])) == sorted(names)
+
+
+def assert_children_agree(
+    pair: Pair, names: list[str], timeout: float = 10.0
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """:func:`assert_agree` for several named Child SAs: wait until each side holds one
+    IKE SA and one Child SA per name, then compare `tunneld status --json` with
+    `swanctl --list-sas` child by child (SPIs crosswise, algorithms, selectors, the
+    name); returns (tunneld's, charon's) Child SA by name."""
+    wait_until(lambda: _children_settled(pair, names), timeout, f"Child SAs {names} each")
+    status, sas = pair.status(), pair.swan.list_sas_raw()
+    peer, swan_ike = only(status["peers"]), only(sas)
+    ike = only([s for s in peer["ike_sas"] if s["state"] == "established"])
+    _assert_same_ike(pair, peer, ike, swan_ike)
+    out = {}
+    for name in names:
+        child = only([c for c in peer["child_sas"] if c["child"] == name])
+        swan_child = only([c for c in _installed(swan_ike) if c["name"] == name])
+        assert (child["spi_in"], child["spi_out"]) == (swan_child["spi-out"], swan_child["spi-in"])
+        assert child["algorithms"] == _swan_esp_algorithms(swan_child) == pair.setup.expect_esp
+        assert (child["local_ts"], child["remote_ts"]) == (
+            swan_child["remote-ts"],
+            swan_child["local-ts"],
+        )
+        assert child["outbound_active"] is True
+        out[name] = (child, swan_child)
+    return out

@@ -65,6 +65,8 @@ class SwanConfig:
     send_cert: Literal["always", "ifasked", "never"] = "always"
     conn: str = "gw"
     child: str = "net"
+    # more children with the same settings: (name, local_ts, remote_ts)
+    extra_children: tuple[tuple[str, str, str], ...] = ()
     log_levels: tuple[str, ...] = field(default=())  # e.g. ("enc=2",)
 
     def script_args(self) -> list[str]:
@@ -98,6 +100,7 @@ class SwanConfig:
             ("--conn", self.conn),
             ("--child", self.child),
         ]
+        pairs += [("--extra-child", ",".join(extra)) for extra in self.extra_children]
         pairs += [("--log", level) for level in self.log_levels]
         args: list[str] = []
         for option, value in pairs:

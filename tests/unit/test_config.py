@@ -225,7 +225,7 @@ def test_check_subcommand(confdir: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_conf_examples_load(tmp_path: Path) -> None:
     """conf/*.toml with the certificates and PSK their comments tell you to create."""
-    for example in ("gw-a.toml", "gw-b.toml", "psk-example.toml"):
+    for example in ("gw-a.toml", "gw-b.toml", "psk-example.toml", "two-children.toml"):
         shutil.copy(REPO / "conf" / example, tmp_path / example)
     pki.init_ca(tmp_path / "pki", "tunneld lab CA")
     pki.issue(tmp_path / "pki", "gw-a", dns=["gw-a.example.org"], ips=["192.0.2.1"])
@@ -245,6 +245,9 @@ def test_conf_examples_load(tmp_path: Path) -> None:
     assert (
         psk.peers[0].auth == "psk" and psk.peers[0].psk is not None and len(psk.peers[0].psk) == 32
     )
+    (two,) = load_config(tmp_path / "two-children.toml").peers
+    assert [c.name for c in two.children] == ["low", "high"]
+    assert [c.child_lifetime for c in two.children] == [3600.0, 1200.0]
 
 
 def test_conf_hub_examples_load(tmp_path: Path) -> None:
