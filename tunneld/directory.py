@@ -181,7 +181,11 @@ class Directory:
         if len(live) >= hub.entry.max_spokes:
             why = f"hub entry {hub.entry.name} has max_spokes = {hub.entry.max_spokes} spokes up"
             return self._refuse(hub, query, why, now)
-        return dataclasses.replace(hub.template, name=name, remote_id=query.idi, remote_ts=claim)
+        # a pattern entry has one implicit Child SA (peermatch rule 4): the claim narrows it
+        children = tuple(dataclasses.replace(c, remote_ts=claim) for c in hub.template.children)
+        return dataclasses.replace(
+            hub.template, name=name, remote_id=query.idi, remote_ts=claim, children=children
+        )
 
     def _refuse(self, hub: Hub, query: PeerQuery, why: str, now: float) -> str:
         hub.refused += 1

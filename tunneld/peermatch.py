@@ -87,6 +87,12 @@ def check_pattern_entry(s: Section, peer: PeerConfig) -> None:
         raise s.error("address", "an identity pattern takes an IP address (or none), not a name")
     if peer.auto == "start":
         raise s.error("auto", 'an identity pattern names no one peer to initiate to: use "listen"')
+    if not (len(peer.children) == 1 and peer.children[0].implicit):
+        raise s.error(
+            "child",
+            "an identity pattern takes its spokes' subnets from remote_subnets (or spokes): "
+            "[[peer.child]] tables are not supported with a pattern",
+        )
     for i, row in enumerate(peer.spokes):
         for k, net in enumerate(row.subnets):
             where = f"spokes.{row.id}[{k}]"

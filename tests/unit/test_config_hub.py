@@ -123,6 +123,23 @@ REFUSED: list[tuple[str, Change, str, str]] = [
         "names no one peer to initiate to",
     ),
     (
+        "pattern-with-children",
+        peers(
+            {
+                **{k: v for k, v in HUB.items() if not k.endswith("_subnets")},
+                "child": [
+                    {
+                        "name": "low",
+                        "local_subnets": ["198.51.100.0/25"],
+                        "remote_subnets": ["203.0.113.0/25"],
+                    }
+                ],
+            }
+        ),
+        "peer[0].child",
+        "[[peer.child]] tables are not supported with a pattern",
+    ),
+    (
         "max-spokes-without-pattern",
         peers(listen_only("s1", "s1.branch.example.org", "10.1.0.0/16", max_spokes=3)),
         "peer[0].max_spokes",
