@@ -459,6 +459,7 @@ def _remote_text(peer: dict[str, Any]) -> str:
     says so. IPv6 addresses in brackets."""
     current = peer.get("address")
     configured = None
+    host = ""
     if peer.get("remote") is not None:
         host, port = _split_hostport(str(peer["remote"]))
         configured = _bracketed(host, port)
@@ -470,8 +471,10 @@ def _remote_text(peer: dict[str, Any]) -> str:
     if configured is None:
         return f"{current} (dynamic)"
     now_host, _ = _split_hostport(str(current))
-    if now_host in (_split_hostport(configured.split(" ")[0])[0], peer.get("resolved")):
+    if now_host == host:
         return str(current)
+    if now_host == peer.get("resolved"):  # a DNS name: say which
+        return f"{current} ({host})"
     return f"{current} (configured {configured})"
 
 

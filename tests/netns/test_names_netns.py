@@ -61,7 +61,7 @@ def test_both_sides_start_with_dns_names(
             view = sites.peer_status(gw)
             assert view["remote"] == f"{name}:500" and view["resolved"] == address
         text = sites.gwa.cli("status", "-s", str(sites.gwa.socket)).stdout
-        assert f"remote gw-b.example.org:500 ({GWB_UNDERLAY})" in text
+        assert f"remote {GWB_UNDERLAY}:4500 (gw-b.example.org)" in text
         assert_probes_clean(sites.probe(2000, rate=1000), 2000)
 
 

@@ -79,7 +79,7 @@ def test_a_peer_elsewhere_than_configured_shows_both() -> None:
 
 def test_a_dns_name_shows_what_it_resolved_to() -> None:
     text = status(peer(remote="gw-b.example.org:500", resolved="192.0.2.2"))
-    assert "remote 192.0.2.2:4500," in text, text
+    assert "remote 192.0.2.2:4500 (gw-b.example.org)," in text, text
     text = status(peer(remote="gw-b.example.org:500", resolved="192.0.2.2", address=None))
     assert "remote gw-b.example.org:500 (192.0.2.2) (not connected)" in text, text
 
