@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,20 @@ def settled(sites: Sites) -> bool:
     return True
 
 
+def child_spis(sites: Sites) -> list[set[str]]:
+    return [
+        {c["spi_in"] for c in gw.status()["peers"][0]["child_sas"]} for gw in (sites.gwa, sites.gwb)
+    ]
+
+
+def stable(sites: Sites) -> bool:
+    if not settled(sites):
+        return False
+    before = child_spis(sites)
+    time.sleep(4.0)
+    return settled(sites) and child_spis(sites) == before
+
+
 def test_two_children_both_start_carry_probes_and_rekey_alone(
     lab: Lab, make_sites: Callable[[SiteOptions], Sites]
 ) -> None:
@@ -70,7 +85,10 @@ def test_two_children_both_start_carry_probes_and_rekey_alone(
         SiteOptions(children=TWO_CHILDREN, auto_a="start", auto_b="start", log_format="json")
     )
     sites.start()
-    assert poll(lambda: settled(sites), timeout=20), json.dumps(
+    # both sides create what they miss (the IKE SA's responder after a 3 s grace) and a
+    # child made by both at once loses one copy: settled, and still the same SAs 4 s on,
+    # or a child may change under the probes (none lost, but its counters split)
+    assert poll(lambda: stable(sites), timeout=40), json.dumps(
         [gw.status()["peers"] for gw in (sites.gwa, sites.gwb)], indent=1
     )
     assert sorted(r.split()[0] for r in sites.tun_routes("gwa")) == [
