@@ -136,11 +136,11 @@ class ChildSet:
         *,
         delete_delay: float,
         replay_window: int,
+        limits: Limits,
         sa_factory: SaFactory = data_plane_sas,
-        limits: Limits | None = None,
     ) -> None:
         self.name = name
-        self.limits = limits  # None: the peer's (watch's argument)
+        self.limits = limits  # this child's soft and hard limits (rule 4)
         self._sadb = sadb
         self._routes = routes
         self.delete_delay = delete_delay
@@ -306,8 +306,8 @@ class ChildSet:
 
     # -- rule 4: limits and liveness ------------------------------------------------------
 
-    def watch(self, limits: Limits) -> WatchResult:
-        limits = self.limits or limits
+    def watch(self) -> WatchResult:
+        limits = self.limits
         result = WatchResult()
         for record in self.records.values():
             if record.inbound.packets != record.seen_inbound:
@@ -442,11 +442,11 @@ class ChildSets:
     def retiring_spis(self) -> list[int]:
         return [spi for s in self.by_child.values() for spi in s.retiring_spis()]
 
-    def watch(self, limits: Limits) -> WatchResult:
-        """Rule 4 for every child, each with its own limits (``limits``: the peer's)."""
+    def watch(self) -> WatchResult:
+        """Rule 4 for every child, each with its own limits."""
         result = WatchResult()
         for child_set in self.by_child.values():
-            one = child_set.watch(limits)
+            one = child_set.watch()
             result.rekey += one.rekey
             result.expire += one.expire
             result.inbound_seen += one.inbound_seen

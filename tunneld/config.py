@@ -213,18 +213,6 @@ class PeerConfig:
     def ike_hard_lifetime(self) -> float:
         return self.ike_lifetime * HARD_LIMIT_FACTOR
 
-    @property
-    def child_hard_lifetime(self) -> float:
-        return self.child_lifetime * HARD_LIMIT_FACTOR
-
-    @property
-    def child_packet_hard_limit(self) -> int:
-        return int(self.child_packet_limit * HARD_LIMIT_FACTOR)
-
-    @property
-    def child_byte_hard_limit(self) -> int:
-        return int(self.child_byte_limit * HARD_LIMIT_FACTOR)
-
 
 @dataclass(frozen=True)
 class Config:

@@ -445,12 +445,6 @@ class Daemon:
             for c in pc.children
         ]
         children = ChildSets(sets, [c.name for c in pc.children])
-        limits = Limits(
-            soft_packets=pc.child_packet_limit,
-            soft_bytes=pc.child_byte_limit,
-            hard_packets=pc.child_packet_hard_limit,
-            hard_bytes=pc.child_byte_hard_limit,
-        )
         return Peer(
             self,
             name,
@@ -459,7 +453,6 @@ class Daemon:
             policy=PeerPolicy(
                 auto="listen" if name != pc.name else pc.auto,
                 dpd_action=pc.dpd_action,
-                limits=limits,
             ),
             children=children,
             local_addr=lambda: (self._local_host, self.config.gateway.port),

@@ -143,7 +143,7 @@ from ike.session import IkeSession
 from ike.sessionconfig import SessionConfig
 from ike.states import IkeState
 from ike.wire import IkeHeader
-from tunneld.childsas import ChildSets, Limits
+from tunneld.childsas import ChildSets
 from tunneld.datapath import IkeDatagram
 from tunneld.log import LogThrottle
 from tunneld.savekeys import KeyTables
@@ -265,7 +265,6 @@ class PeerPolicy:
 
     auto: str  # "start" | "listen"
     dpd_action: str  # "restart" | "clear"
-    limits: Limits
 
 
 @dataclass(eq=False)
@@ -1048,7 +1047,7 @@ class Peer:
 
     def _watch(self, now: float) -> None:
         """Rule 4: liveness notices, soft limits (rekey), hard limits (delete)."""
-        result = self.children.watch(self.policy.limits)
+        result = self.children.watch()
         for child in result.inbound_seen:
             self._last_heard = now  # authenticated ESP (its ICV verified)
             child.session.notice_inbound(now, child.inbound.spi)

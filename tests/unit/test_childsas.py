@@ -51,7 +51,15 @@ def event(
 def make(sa_factory: Any = data_plane_sas) -> tuple[ChildSet, SADatabase, MemoryRoutes]:
     sadb, routes = SADatabase(), MemoryRoutes()
     return (
-        ChildSet("gw-b", sadb, routes, delete_delay=5.0, replay_window=64, sa_factory=sa_factory),
+        ChildSet(
+            "gw-b",
+            sadb,
+            routes,
+            delete_delay=5.0,
+            replay_window=64,
+            limits=LIMITS,
+            sa_factory=sa_factory,
+        ),
         sadb,
         routes,
     )
@@ -134,7 +142,7 @@ def test_rekey_responder_keeps_the_route_between_the_old_sas_delete_and_activati
     between, and the kernel dropped what arrived meanwhile (4 of 16,000 probes at
     1 per ms over 3 rekeys in tests/netns/test_rekey_netns.py)."""
     sadb, routes = SADatabase(), LoggedRoutes()
-    children = ChildSet("gw-b", sadb, routes, delete_delay=5.0, replay_window=64)
+    children = ChildSet("gw-b", sadb, routes, delete_delay=5.0, replay_window=64, limits=LIMITS)
     children.install(SESSION, event(0x1001, 0x2001), now=0.0)
     children.install(SESSION, event(0x1002, 0x2002, rekey_of=0x1001, active=False), now=1.0)
     children.remove(0x1001, now=1.1)
@@ -166,22 +174,22 @@ def test_removing_the_current_child_falls_back_to_the_newest_active_one() -> Non
 def test_watch_reports_inbound_traffic_soft_and_hard_limits() -> None:
     children, sadb, _ = make()
     record = children.install(SESSION, event(0x1001, 0x2001), now=0.0)
-    assert children.watch(LIMITS).inbound_seen == []
+    assert children.watch().inbound_seen == []
     for _ in range(LIMITS.soft_packets):
         sadb.encapsulate(inner())
-    result = children.watch(LIMITS)
+    result = children.watch()
     assert result.rekey == [record] and result.expire == []
-    assert children.watch(LIMITS).rekey == []  # asked once only
+    assert children.watch().rekey == []  # asked once only
     for _ in range(LIMITS.hard_packets - LIMITS.soft_packets):
         sadb.encapsulate(inner())
-    assert children.watch(LIMITS).expire == [record]
+    assert children.watch().expire == [record]
     # authenticated inbound ESP is reported once per change
     peer_sa = OutboundSA(0x1001, record.event.keys.inbound_key, record.event.keys.inbound_salt)
     reply = bytearray(inner())
     reply[12:20] = reply[16:20] + reply[12:16]  # swap source and destination
     sadb.decapsulate(peer_sa.encrypt(bytes(reply), 4))
-    assert children.watch(LIMITS).inbound_seen == [record]
-    assert children.watch(LIMITS).inbound_seen == []
+    assert children.watch().inbound_seen == [record]
+    assert children.watch().inbound_seen == []
 
 
 def test_a_sequence_number_near_2_32_forces_a_rekey_before_it_wraps() -> None:
@@ -198,10 +206,10 @@ def test_a_sequence_number_near_2_32_forces_a_rekey_before_it_wraps() -> None:
     record = children.install(SESSION, event(0x1001, 0x2001), now=0.0)
     for _ in range(3):
         sadb.encapsulate(inner())
-    assert children.watch(LIMITS).rekey == []  # packet count far below the soft limit
+    assert children.watch().rekey == []  # packet count far below the soft limit
     sadb.encapsulate(inner())
     assert record.outbound.seq == SEQ32_MAX - SEQ_HEADROOM
-    assert children.watch(LIMITS).rekey == [record]
+    assert children.watch().rekey == [record]
 
 
 # -- rules 3 and 6: Child SAs of an IKE SA being deleted (withdrawn), Child SAs the
@@ -210,7 +218,11 @@ def test_a_sequence_number_near_2_32_forces_a_rekey_before_it_wraps() -> None:
 
 def make_logged() -> tuple[ChildSet, SADatabase, LoggedRoutes]:
     sadb, routes = SADatabase(), LoggedRoutes()
-    return ChildSet("gw-b", sadb, routes, delete_delay=5.0, replay_window=64), sadb, routes
+    return (
+        ChildSet("gw-b", sadb, routes, delete_delay=5.0, replay_window=64, limits=LIMITS),
+        sadb,
+        routes,
+    )
 
 
 def test_a_withdrawn_child_hands_over_to_a_confirmed_one_at_once() -> None:
