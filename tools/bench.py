@@ -564,6 +564,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prefix", default=f"bn{secrets.token_hex(3)}", help="namespace prefix")
     p.add_argument("--lab-script", type=Path, default=SCRIPTS / "lab.sh")
     p.add_argument("--json", action="store_true", help="end with one JSON object on stdout")
+    p.add_argument("--latency", action="store_true", help="the latency mode (tools.bench_latency)")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (3 if args.quick else 10)
@@ -581,6 +582,11 @@ def _terminated(signum: int, frame: object) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--latency" in argv:  # the latency mode (tools/bench_latency.py)
+        from tools import bench_latency
+
+        return bench_latency.main([a for a in argv if a != "--latency"])
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (network namespaces)", file=sys.stderr)

@@ -91,6 +91,7 @@ class Gateway:
     socket: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None  # the daemon's environment (None: ours)
 
     def start(self, *extra: str) -> None:
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child process
@@ -105,6 +106,7 @@ class Gateway:
             *extra,
             stdout=logf,
             stderr=subprocess.STDOUT,
+            env=self.env,
         )
         logf.close()
 

@@ -35,13 +35,43 @@ dropped the flood and the genuine peers' messages alike. Without one, a
 flood costs what the handler costs, one batch per wakeup (the other pumps
 run in between), and what the gateway cannot read waits in (or overflows)
 the kernel's socket buffer.
+
+Two ways to run the pumps (rule: the same batch functions either way):
+
+- **Data thread** (kernel devices, the daemon): one thread of its own blocks in
+  ``epoll_wait`` on the TUN and every UDP socket (level-triggered, registered
+  once) and runs the pipeline above for each ready fd, one batch each per
+  wakeup. A lone packet is a straight line: epoll -> read -> seal -> sendmsg
+  (or recvmsg -> open -> writev), no trio run loop, no task switch, no epoll
+  re-arm. Trio's wakeup cost, ~150 us of CPU per lone packet on a 2-vCPU VM
+  (docs/performance.md, "Latency"), was most of a gateway crossing.
+  Mutual exclusion with trio, one lock: the trio thread holds it except while
+  it waits for I/O (a trio instrument), the data thread holds it while it
+  handles one wakeup's batches. So everything trio runs (a task step, a
+  ``run_sync_soon`` callback) is as atomic against the pumps as when the pumps
+  were trio tasks: the SA database's rule 4 holds as before. (Neither side
+  starves the other: a plain lock, with the GIL, measured fair enough; a
+  fair turnstile made no difference.)
+  What the data thread hands to trio goes through ``run_sync_soon``: the IKE
+  datagrams (a bounded queue, drained in one callback; beyond it dropped and
+  counted as ``ike_queue_full``, the peers retransmit) and the SA database's
+  ``on_move`` reports. An exception in the data thread ends :meth:`DataPath.run`
+  with it, as an exception in a pump task did.
+- **Trio tasks** (in-memory devices: tests on a virtual clock): one task per
+  direction and socket, ``await wait_readable()`` per batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import select
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 
@@ -53,6 +83,11 @@ from tunneld.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Address, Buffer, Dat
 
 DEFAULT_BATCH = 64  # packets per wakeup: one full GSO run (UDP_MAX_SEGMENTS)
 IKE_NO_HANDLER = "ike_no_handler"  # a DataPath without an IKE handler (tests)
+IKE_QUEUE_FULL = "ike_queue_full"  # the data thread's hand-over to trio is full
+# What we chose: IKE datagrams read by the data thread and not yet handed to the
+# dispatcher (one trio callback takes them all); a flood beyond waits in the kernel.
+IKE_QUEUE_DATAGRAMS = 1024
+IKE_QUEUE_BYTES = 1 << 20
 _MAX_PACKET = 65535  # the largest inner packet (IPv4 total length) read from the TUN
 # Inner packets read from the TUN per batch: 64 of 4 KiB, or one of 64 KiB at least.
 _PLAIN_ROOM = (256 << 10) + _MAX_PACKET + TRAILER_MAX
@@ -140,9 +175,12 @@ class DataPath:
         ike_port: int = IKE_PORT,
         batch: int = DEFAULT_BATCH,
         more: Sequence[Udp] = (),
+        thread: bool | None = None,
     ) -> None:
         """``udp_by_port``: the sockets of the first listen address; ``more``: those of
-        the others (each pumped too; its ``local_address`` port says ESP or IKE)."""
+        the others (each pumped too; its ``local_address`` port says ESP or IKE).
+        ``thread``: run the pumps in a data thread (None: when every device has a
+        file descriptor, see the module docstring)."""
         if esp_port not in udp_by_port:
             raise ValueError(f"no UDP socket for the ESP port {esp_port}")
         self._sadb = sadb
@@ -168,9 +206,20 @@ class DataPath:
         self._inner = memoryview(bytearray(_INNER_ROOM))
         self.outbound = PumpStats()
         self.inbound = PumpStats()
+        devices = [tun, *self._udp.values(), *self._more]
+        self.threaded = all(hasattr(d, "fileno") for d in devices) if thread is None else thread
+        self._deliver_ike: Callable[[IkeDatagram], None] | None = on_ike
+        self._ike_queue: deque[IkeDatagram] = deque()
+        self._ike_queued_bytes = 0
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stopping = False
+        self._failure: BaseException | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run both directions until cancelled."""
+        if self.threaded:
+            await self._run_thread(task_status)
+            return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_out)
             for port, udp in self._udp.items():
@@ -260,15 +309,19 @@ class DataPath:
         nat_t = port != self._ike_port
         while True:
             await udp.wait_readable()
-            batch = udp.recv_batch(self._batch)
-            if not batch:
-                continue
-            self.inbound.batch(len(batch))
-            if nat_t:
-                self._demux(batch, udp)
-            else:
-                for data, src in batch:
-                    self._to_ike(data, src, udp)
+            self._receive(udp, nat_t)
+
+    def _receive(self, udp: Udp, nat_t: bool) -> None:
+        """Read one batch from ``udp`` and take it through the inbound pipeline."""
+        batch = udp.recv_batch(self._batch)
+        if not batch:
+            return
+        self.inbound.batch(len(batch))
+        if nat_t:
+            self._demux(batch, udp)
+        else:
+            for data, src in batch:
+                self._to_ike(data, src, udp)
 
     def _demux(self, batch: list[Datagram], udp: Udp) -> None:
         stats, room = self.inbound, len(self._inner)
@@ -308,10 +361,121 @@ class DataPath:
 
     def _to_ike(self, data: Buffer, src: Address, udp: Udp) -> None:
         self.inbound.ike_datagrams += 1
-        if self._on_ike is None:
+        if self._deliver_ike is None:
             self.inbound.drop(IKE_NO_HANDLER)
             return
-        self._on_ike(IkeDatagram(bytes(data), src, udp.local_address))
+        self._deliver_ike(IkeDatagram(bytes(data), src, udp.local_address))
+
+    # -- the data thread (module docstring) ---------------------------------------------
+
+    async def _run_thread(self, task_status: trio.TaskStatus[None]) -> None:
+        token = trio.lowlevel.current_trio_token()
+        lock = threading.Lock()
+        instrument = _TrioHoldsLock(lock)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        done = trio.Event()
+        on_move = getattr(self._sadb, "on_move", None)
+        self._token, self._stopping, self._failure = token, False, None
+        if self._on_ike is not None:
+            self._deliver_ike = self._queue_ike
+        if on_move is not None:  # sadb rule 7, for the peer tasks: in trio
+            self._sadb.on_move = lambda tunnel, src: self._call_soon(on_move, tunnel, src)  # type: ignore[attr-defined]
+        thread = threading.Thread(
+            target=self._thread_main, args=(lock, wake_r, done), name="tunneld-data"
+        )
+        trio.lowlevel.add_instrument(instrument)
+        lock.acquire()  # from now on trio holds it but while waiting for I/O
+        try:
+            thread.start()
+            task_status.started()
+            await done.wait()
+            if self._failure is not None:
+                raise self._failure
+            raise RuntimeError("the data thread stopped")
+        finally:
+            self._stopping = True
+            os.write(wake_w, b"\0")
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(thread.join)
+            trio.lowlevel.remove_instrument(instrument)
+            lock.release()
+            os.close(wake_r)
+            os.close(wake_w)
+            self._deliver_ike = self._on_ike
+            if on_move is not None:
+                self._sadb.on_move = on_move  # type: ignore[attr-defined]
+
+    def _thread_main(self, lock: threading.Lock, wake_fd: int, done: trio.Event) -> None:
+        """The data thread: one epoll over every device, the pipeline per ready fd."""
+        handlers: dict[int, Callable[[], object] | None] = {wake_fd: None}
+        handlers[_fileno(self._tun)] = self._seal_and_send
+        sockets = [*self._udp.items(), *((u.local_address[1], u) for u in self._more)]
+        for port, udp in sockets:
+            handlers[_fileno(udp)] = functools.partial(self._receive, udp, port != self._ike_port)
+        poller = select.epoll()
+        try:
+            for fd in handlers:
+                poller.register(fd, select.EPOLLIN)
+            while not self._stopping:
+                ready = poller.poll()
+                with lock:
+                    for fd, _events in ready:
+                        handler = handlers[fd]
+                        if handler is not None and not self._stopping:
+                            handler()
+        except BaseException as exc:  # handed to DataPath.run, which raises it
+            self._failure = exc
+        finally:
+            poller.close()
+            self._call_soon(done.set)
+
+    def _call_soon(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` in the trio thread (from the data thread)."""
+        assert self._token is not None
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn, *args)
+
+    def _queue_ike(self, dgram: IkeDatagram) -> None:
+        """The data thread's IKE hand-over: bounded; one trio callback drains it."""
+        queue = self._ike_queue
+        size = len(dgram.data)
+        if len(queue) >= IKE_QUEUE_DATAGRAMS or self._ike_queued_bytes + size > IKE_QUEUE_BYTES:
+            self.inbound.drop(IKE_QUEUE_FULL)
+            return
+        queue.append(dgram)
+        self._ike_queued_bytes += size
+        if len(queue) == 1:
+            self._call_soon(self._drain_ike)
+
+    def _drain_ike(self) -> None:
+        """In trio (holding the lock): every queued IKE datagram to the handler."""
+        queue, handler = self._ike_queue, self._on_ike
+        while queue:
+            dgram = queue.popleft()
+            self._ike_queued_bytes -= len(dgram.data)
+            if handler is not None:
+                handler(dgram)
+
+
+class _TrioHoldsLock(trio.abc.Instrument):  # type: ignore[misc]
+    """The trio thread holds the data path's lock except while it waits for I/O."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def before_io_wait(self, timeout: float) -> None:
+        self._lock.release()
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._lock.acquire()
+
+
+class _HasFd(Protocol):
+    def fileno(self) -> int: ...
+
+
+def _fileno(device: object) -> int:
+    return cast(_HasFd, device).fileno()
 
 
 def _device_stats(device: object) -> dict[str, Any]:
