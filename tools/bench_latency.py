@@ -71,7 +71,7 @@ class TreeTunneld(bench.DaemonTunneld):
         env = {**os.environ, "PYTHONPATH": str(self._path)}
         self._gateways = sitelab.gateways(lab, work, conf_a, conf_b)
         for gw in reversed(self._gateways):  # the responder first
-            gw.env = env
+            gw.env, gw.cwd = env, self._path  # `python -m` puts its cwd first on sys.path
             gw.start()
         for gw in self._gateways:
             gw.wait_for_child(bench.SETUP_TIMEOUT)

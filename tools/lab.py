@@ -92,6 +92,7 @@ class Gateway:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] | None = None  # the daemon's environment (None: ours)
+    cwd: Path | None = None  # its working directory (`python -m` imports from there first)
 
     def start(self, *extra: str) -> None:
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child process
@@ -107,6 +108,7 @@ class Gateway:
             stdout=logf,
             stderr=subprocess.STDOUT,
             env=self.env,
+            cwd=self.cwd,
         )
         logf.close()
 

@@ -9,23 +9,34 @@
     tunneld pki init-ca ... | tunneld pki issue ...
 
 Exit codes: see EXIT_CODES (printed by ``--help``).
+
+The control verbs (:data:`CONTROL_VERBS`) take a thin path: the standard
+library and :mod:`tunneld.client` only, no trio, cryptography or pyroute2, so
+that they start in a fraction of the daemon's time (docs/performance.md,
+"Start-up"). ``run``, ``check`` and ``pki`` import what they need when run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunneld import __version__, control, pki
-from tunneld.config import ConfigError, load_config
+from tunneld import __version__, client
 
-log = logging.getLogger("tunneld")
+if TYPE_CHECKING:
+    from tunneld.config import Config
+
+CONTROL_VERBS = frozenset({"status", "up", "down", "rekey", "reload"})
+
+
+class UsageError(Exception):
+    """A configuration or usage error found by the CLI (exit 2)."""
+
 
 EXIT_CODES = """\
 exit codes:
@@ -40,24 +51,42 @@ POLL_INTERVAL = 0.1  # seconds between two status requests while `up`/`down` wai
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser(full=_subcommand(argv) not in CONTROL_VERBS)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except UsageError as exc:
         print(f"tunneld: {exc}", file=sys.stderr)
         return 2
-    except control.ControlError as exc:
+    except client.ControlError as exc:
         print(f"tunneld: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def _subcommand(argv: list[str]) -> str | None:
+    """The subcommand word of ``argv`` (the first one not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def _load_config(path: Path) -> Config:
+    """The full configuration (imports the daemon's world); UsageError if it is wrong."""
+    from tunneld.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _parser(*, full: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``full=False`` leaves out the ``pki`` commands' options
+    (they import cryptography), for the control verbs' fast start."""
     p = argparse.ArgumentParser(
         prog="tunneld",
         description="userspace IPsec (IKEv2 + ESP) VPN",
@@ -152,7 +181,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_target(rekey)
     rekey.set_defaults(func=_cmd_rekey)
 
-    pki.add_pki_subcommands(sub)
+    if full:
+        from tunneld import pki
+
+        pki.add_pki_subcommands(sub)
+    else:
+        sub.add_parser("pki", help="create a CA and issue gateway certificates")
     return p
 
 
@@ -163,12 +197,19 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 
 
 def _socket_of(args: argparse.Namespace) -> str:
+    """The control socket: -s, else what the configuration names (read without
+    loading it in full; a file that cannot be read so is loaded for its error)."""
     if args.socket is not None:
         return str(args.socket)
-    return str(load_config(args.config).gateway.control_socket)
+    path = client.control_socket_of(args.config)
+    if path is None:
+        path = _load_config(args.config).gateway.control_socket
+    return str(path)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
     import trio
 
     from tunneld import hardening
@@ -181,7 +222,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"tunneld: cannot start: cannot disable core dumps: {exc}", file=sys.stderr)
         return 1
-    config = load_config(args.config)
+    config = _load_config(args.config)
     setup_logging(
         args.log_format or config.gateway.log_format, args.log_level or config.gateway.log_level
     )
@@ -192,20 +233,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         trio.run(main)
     except OSError as exc:
-        log.error("cannot start: %s", exc)
+        logging.getLogger("tunneld").error("cannot start: %s", exc)
         return 1
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _load_config(args.config)
     peers = ", ".join(p.name for p in config.peers) or "none"
     print(f"{args.config}: ok (gateway {config.gateway.name}, peers: {peers})")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    response = control.request(_socket_of(args), {"cmd": "status"})
+    response = client.request(_socket_of(args), {"cmd": "status"})
     if not response.get("ok"):
         print(f"tunneld: {response.get('error')}", file=sys.stderr)
         return 1
@@ -238,19 +279,19 @@ def _wait_seconds(text: str) -> float:
 
 
 def _peer_status(path: str, name: str) -> dict[str, Any]:
-    response = control.request(path, {"cmd": "status"})
+    response = client.request(path, {"cmd": "status"})
     if not response.get("ok"):
-        raise control.ControlError(str(response.get("error")))
+        raise client.ControlError(str(response.get("error")))
     for peer in response.get("peers", []):
         if peer.get("name") == name:
             result: dict[str, Any] = peer
             return result
-    raise control.ControlError(f"no peer named {name!r}")
+    raise client.ControlError(f"no peer named {name!r}")
 
 
 def _command(path: str, request: dict[str, Any]) -> str | None:
     """Send ``request``; None if the daemon accepted it, else its reason."""
-    response = control.request(path, request)
+    response = client.request(path, request)
     return None if response.get("ok") else str(response.get("error"))
 
 
@@ -345,7 +386,7 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
     request: dict[str, Any] = {"cmd": "rekey", "peer": args.peer, "ike": args.ike}
     if args.child is not None:
         request["child"] = args.child
-    response = control.request(_socket_of(args), request)
+    response = client.request(_socket_of(args), request)
     if not response.get("ok"):
         print(f"tunneld: {response.get('error')}", file=sys.stderr)
         return 1

@@ -7,7 +7,8 @@ peer's new IKE SAs are refused; without it until ``up``),
 Responses: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 
 The server side is a trio task; the client side (used by the CLI) is plain
-blocking sockets so that ``tunneld status`` starts fast.
+blocking sockets in :mod:`tunneld.client` (re-exported here), which imports
+nothing but the standard library, so that ``tunneld status`` starts fast.
 
 Rules (issue #9, "Hostile networks"):
 
@@ -52,6 +53,10 @@ from typing import Any
 
 import trio
 
+# the client side, standard library only, re-exported
+from tunneld.client import ControlError as ControlError
+from tunneld.client import request as request
+
 log = logging.getLogger("tunneld.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -60,10 +65,6 @@ MAX_DEPTH = 32  # nesting of [ and { in one request
 REQUEST_TIMEOUT = 5.0  # seconds for the client to send its line
 COMMANDS = ("status", "up", "down", "rekey")  # the daemon's; serve(commands=) for another server
 _ERROR_DETAIL = 200  # characters of an exception's text in an internal error answer
-
-
-class ControlError(Exception):
-    """The daemon is not reachable or answered with an error."""
 
 
 class ControlSocketError(OSError):
@@ -457,27 +458,3 @@ def _encode(response: dict[str, Any]) -> bytes:
 
 
 # --- the client --------------------------------------------------------------------------
-
-
-def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    """Blocking client: send one request, return the decoded response."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(path)
-            s.sendall(json.dumps(payload).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError as exc:
-        raise ControlError(f"cannot reach tunneld at {path}: {exc.strerror or exc}") from None
-    try:
-        response = json.loads(data)
-    except ValueError:
-        raise ControlError(f"tunneld at {path} sent a malformed answer") from None
-    if not isinstance(response, dict):
-        raise ControlError(f"tunneld at {path} sent a malformed answer") from None
-    return response

@@ -79,7 +79,7 @@ from ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
 from tunneld.dataplane.drops import DropReason, EspDrop
 from tunneld.dataplane.esp import MIN_ESP_LEN, OVERHEAD, TRAILER_MAX
 from tunneld.dataplane.udpencap import UdpKind, classify
-from tunneld.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Address, Buffer, Datagram
+from tunneld.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Address, Buffer, Datagram, arena
 
 DEFAULT_BATCH = 64  # packets per wakeup: one full GSO run (UDP_MAX_SEGMENTS)
 IKE_NO_HANDLER = "ike_no_handler"  # a DataPath without an IKE handler (tests)
@@ -200,10 +200,10 @@ class DataPath:
         self._dest_cache: dict[Any, tuple[Address, Any]] = {}  # peer -> (dest, send_run)
         # Outbound: inner packets read from the TUN (with room for each ESP
         # trailer), and the send buffer they are sealed into (32 bytes more each).
-        self._plain = memoryview(bytearray(_PLAIN_ROOM))
-        self._out = memoryview(bytearray(_PLAIN_ROOM + OVERHEAD * batch))
+        self._plain = arena(_PLAIN_ROOM)
+        self._out = arena(_PLAIN_ROOM + OVERHEAD * batch)
         # Inbound: decrypted inner packets of one batch, until the TUN write.
-        self._inner = memoryview(bytearray(_INNER_ROOM))
+        self._inner = arena(_INNER_ROOM)
         self.outbound = PumpStats()
         self.inbound = PumpStats()
         devices = [tun, *self._udp.values(), *self._more]

@@ -2,7 +2,7 @@
 
 A route exists exactly while a Child SA for its selector is installed: the
 daemon adds it on ``ChildSaUp`` and removes it on ``ChildSaDown`` and at
-shutdown. :class:`KernelRoutes` talks netlink (pyroute2); :class:`MemoryRoutes`
+shutdown. :class:`KernelRoutes` talks netlink (:mod:`tunneld.rtnetlink`); :class:`MemoryRoutes`
 is its twin for daemon tests without root.
 """
 
@@ -12,8 +12,7 @@ import ipaddress
 import logging
 from typing import Protocol
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from tunneld.rtnetlink import IPRoute, NetlinkError  # not pyroute2: see tunneld.rtnetlink
 
 log = logging.getLogger("tunneld.routes")
 

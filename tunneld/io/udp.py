@@ -32,6 +32,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import mmap
 import socket
 import struct
 from collections import deque
@@ -82,6 +83,13 @@ class UdpStats:
     send_errors: int = 0  # unreachable, refused, too big, firewall
 
 
+def arena(size: int) -> memoryview:
+    """A zero-filled, writable buffer whose pages cost memory only once written to
+    (anonymous ``mmap``; ``bytearray(size)`` writes every byte, so a daemon paid
+    for all of its receive and seal buffers at start, used or not)."""
+    return memoryview(mmap.mmap(-1, size))
+
+
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
 
@@ -100,8 +108,7 @@ class UdpSocket:
         self.gso_enabled = True
         self.gro_enabled = gro
         self.stats = UdpStats()
-        self._arena = bytearray(_ARENA_SIZE)
-        self._view = memoryview(self._arena)
+        self._view = arena(_ARENA_SIZE)
         host, port = sock.getsockname()[:2]
         self.local_address: Address = (host, port)
 
