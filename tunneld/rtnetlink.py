@@ -17,6 +17,7 @@ global, unicast.
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import os
 import socket
@@ -47,6 +48,8 @@ _FLAGS = {
     "del": NLM_F_REQUEST | NLM_F_ACK,
 }
 _TIMEOUT = 5.0  # seconds for the kernel's ACK (it answers at once)
+SIOCSIFTXQLEN = 0x8943  # <linux/sockios.h>: set an interface's transmit queue length
+_IFREQ_INT = struct.Struct("16si")  # struct ifreq: name, then an int (ifr_qlen)
 
 
 class NetlinkError(OSError):
@@ -124,3 +127,9 @@ class IPRoute:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def set_txqueuelen(ifname: str, length: int) -> None:
+    """``ip link set IFNAME txqueuelen LENGTH`` (an ioctl: OSError if refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock, SIOCSIFTXQLEN, _IFREQ_INT.pack(ifname.encode(), length))

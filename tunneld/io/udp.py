@@ -87,7 +87,7 @@ def arena(size: int) -> memoryview:
     """A zero-filled, writable buffer whose pages cost memory only once written to
     (anonymous ``mmap``; ``bytearray(size)`` writes every byte, so a daemon paid
     for all of its receive and seal buffers at start, used or not)."""
-    return memoryview(mmap.mmap(-1, size))
+    return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
 
 
 def _family(host: str) -> socket.AddressFamily:
