@@ -453,6 +453,7 @@ class Daemon:
             policy=PeerPolicy(
                 auto="listen" if name != pc.name else pc.auto,
                 dpd_action=pc.dpd_action,
+                auth_failure_backoff=pc.auth_failure_backoff,
             ),
             children=children,
             local_addr=lambda: (self._local_host, self.config.gateway.port),
