@@ -836,7 +836,6 @@ class Peer:
             self.status.last_error = None
             self._retry_delay = RETRY_INITIAL
             self._auth_backoff = self.policy.auth_failure_backoff  # rule 13
-            self._failures.cleared()
             record.up_at = now
             log.info(
                 "IKE SA established",
@@ -1002,7 +1001,7 @@ class Peer:
         from last_error, logged through the throttle."""
         self._end_half_open(record)
         self.status.half_open_ended += 1
-        reason = event.reason + (f" ({event.notify.name})" if event.notify is not None else "")
+        reason = _with_notify(event)
         self.status.last_unauthenticated = reason
         remote = _hostport(record.session.remote_addr)
         failure = classify(event.notify, event.reason)
@@ -1025,7 +1024,7 @@ class Peer:
             if other.superseded_by is record:
                 self._supersede(other, None, None)
         self._remove_children(record, now, event.reason)
-        reason = event.reason + (f" ({event.notify.name})" if event.notify is not None else "")
+        reason = _with_notify(event)
         was_up = record.up_at is not None
         peer_dead = event.peer_dead and not record.deleting  # rule 6
         error = event.notify is not None or not was_up or peer_dead  # a clean DELETE is not
@@ -1091,6 +1090,7 @@ class Peer:
         if event.outbound_active and not confirmed and self.children.carrying(event.child):
             event = dataclasses.replace(event, outbound_active=False)
         child = self.children.install(session, event, now, confirmed=confirmed)
+        self._failures.cleared()  # rule 13: the tunnel works; the next failure is news
         self.host.esp_source(event.remote_addr, session.local_addr)  # daemon rule 7
         if record.deleting:  # rule 5c: e.g. a rekey the peer made while we delete
             self.children.withdraw(event.inbound_spi)
@@ -1260,6 +1260,14 @@ class Peer:
             if session.established:
                 return _hostport(session.remote_addr)
         return None
+
+
+def _with_notify(event: IkeSaDown) -> str:
+    """The reason, followed by the notify's name unless the reason already says it."""
+    notify = event.notify
+    if notify is None or notify.name in event.reason:
+        return event.reason
+    return f"{event.reason} ({notify.name})"
 
 
 def _is_name(host: str) -> bool:

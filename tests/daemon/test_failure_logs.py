@@ -319,3 +319,27 @@ async def test_json_lines_carry_peer_and_remote_as_keys(
     assert message["msg"].startswith(("sent ", "parsed ")) and "peer=" not in message["msg"]
     peer_lines = [r for r in lines.records() if r["logger"] == "tunneld.peer"]
     assert all(isinstance(r.get("peer"), str) for r in peer_lines), peer_lines
+
+
+async def test_dead_peer(
+    tmp_path: Path, lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    """gw-b vanishes without a DELETE: gw-a's liveness check goes unanswered."""
+    extra = 'dpd_delay = "5s"\ndpd_action = "clear"'
+    conf_a, conf_b = write_site_configs(tmp_path, "mem", SiteOptions(extra_peer=extra))
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        b, cancel_b = await start_site(nursery, conf_b, network)
+        a, _ = await start_site(nursery, conf_a, network)
+        await wait_for_children(a, b)
+        cancel_b.cancel()  # no DELETE: as if it lost power
+        with trio.fail_after(120):
+            while peer_status(a)["last_error"] is None:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    dead = one_warning(lines, "gw-b", "peer_dead")
+    assert dead["msg"] == "peer dead" and dead["action"] == "clear"
+    assert dead["remote"] == "192.0.2.2:4500"
+    assert dead["reason"].startswith("peer dead: no answer to a liveness check after")
+    assert peer_status(a)["last_error"] == dead["reason"]
+    assert not [r for r in lines.warnings("gw-b") if r.get("event") == "ike_failed"]
