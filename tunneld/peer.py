@@ -75,8 +75,9 @@ Theory of operation:
    responder sessions (IKE_SA_INIT answered, no authenticated IKE_AUTH yet)
    are anyone's to create: they are reported to the daemon's front door, do
    not count as "live" (they never stop ``auto = start`` from initiating),
-   never set ``last_error`` or liveness, and are logged through a throttle.
-   Only authenticated messages (or our own timeouts) change what status says.
+   never set liveness, nor ``last_error`` while an IKE SA with the peer is up
+   or being set up (rule 13), and are logged through a throttle. Otherwise
+   only authenticated messages (or our own timeouts) change what status says.
 10. The peer's address follows its authenticated packets (RFC 7296 §2.23,
    RFC 3948; NAT rebinding, roaming): an IKE message the session
    authenticated, or ESP whose ICV verified and that was the newest on its
@@ -997,8 +998,9 @@ class Peer:
 
     def _half_open_down(self, record: SessionRecord, event: IkeSaDown, now: float) -> None:
         """Rule 9: a responder session that never authenticated its initiator ended
-        (refused IKE_SA_INIT, half-open timeout, failed IKE_AUTH): counted, kept apart
-        from last_error, logged through the throttle."""
+        (refused IKE_SA_INIT, half-open timeout, failed IKE_AUTH): counted, kept in
+        last_unauthenticated, logged through a throttle; a refusal for a mismatch at
+        WARNING, and as last_error only as rule 13 says."""
         self._end_half_open(record)
         self.status.half_open_ended += 1
         reason = _with_notify(event)
