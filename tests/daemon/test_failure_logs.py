@@ -26,7 +26,7 @@ from cryptography import x509
 
 from ike.certs import subject_key_id
 from tests.helpers.daemon_memory import Site, children, start_site, wait_for_children
-from tools.lab import GWA_UNDERLAY, SiteOptions, write_psk, write_site_configs
+from tools.lab import GWA_UNDERLAY, GWB_UNDERLAY, SiteOptions, write_psk, write_site_configs
 from tunneld import pki
 from tunneld.io.udp import MemoryNetwork
 from tunneld.log import setup_logging
@@ -137,6 +137,31 @@ async def test_wrong_ca(
     assert failed["msg"].startswith("authentication failed: IKE_AUTH failed: peer refused")
     assert "AUTHENTICATION_FAILED" in failed["msg"] and "next attempt in 30 s" in failed["msg"]
     assert "AUTHENTICATION_FAILED" in peer_status(a)["last_error"]
+    assert children(a) == [] and children(b) == []
+
+
+async def test_wrong_ca_refused_by_the_initiator_backs_off_too(
+    tmp_path: Path, lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    """gw-b (responder) presents a certificate gw-a does not trust: gw-a refuses it,
+    tells gw-b (AUTHENTICATION_FAILED, §2.21.2) and waits before its next attempt."""
+    conf_a, conf_b = write_site_configs(tmp_path, "mem", SiteOptions())
+    rogue = tmp_path / "rogue"
+    impostor = pki.init_ca(rogue / "ca", "tunneld lab CA")
+    leaf = pki.issue(rogue / "ca", "gw-b", rogue, dns=["gw-b.example.org"], ips=[GWB_UNDERLAY])
+    edit(conf_b, str(tmp_path / "pki" / "gw-b.pem"), str(leaf.certificate))
+    edit(conf_b, str(tmp_path / "pki" / "gw-b.key"), str(leaf.key))
+    real_ca = f'"{tmp_path / "pki" / "ca" / "ca.pem"}"'
+    edit(conf_b, f"ca = [{real_ca}]", f'ca = ["{impostor.certificate}", {real_ca}]')
+    a, b = await run_pair(conf_a, conf_b, until=both_failed)
+    assert b is not None
+    failed = one_warning(lines, "gw-b", "auth_failed")
+    assert "no trusted CA issued 'CN=gw-b'" in failed["msg"] and " key id " in failed["msg"]
+    assert failed["msg"].endswith("next attempt in 30 s"), failed
+    assert "no trusted CA issued 'CN=gw-b'" in peer_status(a)["last_error"]
+    told = one_warning(lines, "gw-a", "auth_failed")  # authenticated: gw-b's IKE SA was up
+    assert "AUTHENTICATION_FAILED" in told["msg"] and "next attempt" not in told["msg"]
+    assert "AUTHENTICATION_FAILED" in peer_status(b)["last_error"]
     assert children(a) == [] and children(b) == []
 
 
