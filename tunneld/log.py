@@ -209,11 +209,25 @@ OWN_LOGGER = "tunneld"  # every logger of ours is tunneld.* (the sans-I/O core: 
 OTHERS_LEAST = logging.WARNING  # third-party loggers never go below this
 
 
+class OthersAtWarning(logging.Filter):
+    """Lets through any record of tunneld's loggers, and the others' from WARNING up.
+
+    The root logger's level alone would not do: a library that sets its own
+    logger's level (or a caller that does) would still reach the handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        own = name == OWN_LOGGER or name.startswith(OWN_LOGGER + ".")
+        return own or record.levelno >= OTHERS_LEAST
+
+
 def make_handler(fmt: str = "text", stream: IO[str] | None = None) -> logging.Handler:
     """A handler writing ``fmt`` lines (text or JSON) to ``stream`` (stderr), with
-    the peer context of :func:`log_context` on every record."""
+    the peer context of :func:`log_context` on every record, and other libraries'
+    records only from WARNING up."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(OthersAtWarning())
     handler.addFilter(ContextFilter())
     return handler
 

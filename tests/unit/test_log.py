@@ -107,6 +107,11 @@ def test_debug_opens_tunneld_loggers_only() -> None:
         assert (root.level, own.level) == (logging.WARNING, logging.DEBUG)
         logging.getLogger("tunneld.ike").debug("ours")
         logging.getLogger("pyroute2.ndb").debug("theirs")
+        chatty = logging.getLogger("chatty.library")
+        chatty.setLevel(logging.DEBUG)  # a library that sets its own level
+        chatty.info("theirs, even so")
+        chatty.setLevel(logging.NOTSET)
+        logging.getLogger("tunneldish").warning("a warning of theirs passes")
         logging.getLogger("asyncio").info("theirs too")
         setup_logging("text", "error", stream)
         assert (root.level, own.level) == (logging.ERROR, logging.ERROR)
@@ -114,4 +119,5 @@ def test_debug_opens_tunneld_loggers_only() -> None:
         root.handlers[:], root.level = saved[0], saved[1]
         own.setLevel(saved[2])
     text = stream.getvalue()
-    assert "tunneld.ike: ours" in text and "theirs" not in text
+    assert "tunneld.ike: ours" in text and "theirs" not in text.replace("of theirs passes", "")
+    assert "tunneldish: a warning of theirs passes" in text
