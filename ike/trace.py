@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from ike.constants import ExchangeType, NotifyType, PayloadType
+from ike.events import Address
 from ike.payloads import NotifyPayload, Payload
 from ike.wire import Message
 
@@ -66,12 +67,13 @@ def summary(message: Message) -> str:
     return f"{exchange} {kind} {message.message_id} [ {names}]"
 
 
-def trace(direction: str, message: Message) -> None:
-    """Log ``direction`` ("sent" or "parsed") and the message's summary at DEBUG."""
+def trace(direction: str, message: Message, to: Address | None = None) -> None:
+    """Log ``direction`` ("sent" or "parsed") and the message's summary at DEBUG;
+    ``to``: where a message we send goes (else the daemon's context says where the
+    message being handled came from)."""
     if log.isEnabledFor(logging.DEBUG):
-        log.debug(
-            "%s %s",
-            direction,
-            summary(message),
-            extra={"event": "ike_message", "message_id": message.message_id},
-        )
+        extra: dict[str, object] = {"event": "ike_message", "message_id": message.message_id}
+        if to is not None:
+            host, port = to
+            extra["remote"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.debug("%s %s", direction, summary(message), extra=extra)

@@ -401,7 +401,7 @@ def encode_message(
         message_id=message_id,
         payloads=payloads,
     )
-    trace("sent", message)
+    trace("sent", message, ctx.remote_addr)
     if exchange_type == ExchangeType.IKE_SA_INIT:
         return message.build()
     if ctx.cipher_out is None:

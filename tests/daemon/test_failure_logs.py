@@ -342,6 +342,9 @@ async def test_json_lines_carry_peer_and_remote_as_keys(
     assert all(r["peer"] in ("gw-a", "gw-b") and r["remote"] for r in ike), ike
     message = next(r for r in ike if r.get("event") == "ike_message")
     assert message["msg"].startswith(("sent ", "parsed ")) and "peer=" not in message["msg"]
+    # a message we send names where it goes: IKE_AUTH already on the NAT-T port
+    (auth,) = [r for r in ike if r["msg"].startswith("sent IKE_AUTH request 1 ")]
+    assert (auth["peer"], auth["remote"], auth["message_id"]) == ("gw-b", "192.0.2.2:4500", 1)
     peer_lines = [r for r in lines.records() if r["logger"] == "tunneld.peer"]
     assert all(isinstance(r.get("peer"), str) for r in peer_lines), peer_lines
 
