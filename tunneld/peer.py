@@ -145,6 +145,7 @@ from ike.states import IkeState
 from ike.wire import IkeHeader
 from tunneld.childsas import ChildSets
 from tunneld.datapath import IkeDatagram
+from tunneld.durations import Durations
 from tunneld.log import LogThrottle
 from tunneld.savekeys import KeyTables
 
@@ -257,6 +258,8 @@ class PeerStatus:
     half_open_ended: int = 0  # responder sessions that ended unauthenticated (rule 9)
     # rule 9: the last unauthenticated failure (it may be anyone's), kept apart
     last_unauthenticated: str | None = None
+    # from the negotiation's start to IkeSaUp, per IKE SA (tunneld.metrics)
+    handshakes: Durations = dataclasses.field(default_factory=Durations)
 
 
 @dataclass(frozen=True)
@@ -804,6 +807,7 @@ class Peer:
             if session.behind_nat and self._keepalive_at == math.inf:
                 self._keepalive_at = now + NAT_KEEPALIVE_INTERVAL
             self.status.ike_sas_established += 1
+            self.status.handshakes.observe(now - record.begun)
             self.status.last_error = None
             self._retry_delay = RETRY_INITIAL
             record.up_at = now
