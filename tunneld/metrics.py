@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -66,6 +66,10 @@ MAX_CONNECTIONS = 8  # at once; Prometheus scrapes one at a time per target
 MAX_REQUEST_HEAD = 8192  # bytes of request line and headers
 REQUEST_TIMEOUT = 10.0  # seconds for one whole exchange (read, collect, send)
 LISTEN_BACKLOG = 16
+DRAIN_TIME, DRAIN_BYTES = 1.0, 1 << 16  # after an error answer (see _drain)
+# The text format every Prometheus reads (all our names are plain [a-z_]: nothing
+# needs the UTF-8 names of format 1.0.0, which newer clients announce by default).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Fixed label values (rule 2).
 PEER_STATES = ("established", "connecting", "deleting", "down")  # tunneld.peer.Peer.state
@@ -499,6 +503,7 @@ async def _answer(stream: trio.SocketStream, registry: CollectorRegistry) -> str
         method = _parse(await _read_head(stream))
     except BadRequest as bad:
         await stream.send_all(_response(bad.status, b"%s\n" % bad.status.encode()))
+        await _drain(stream)
         return bad.result
     try:
         body = generate_latest(registry)
@@ -506,8 +511,19 @@ async def _answer(stream: trio.SocketStream, registry: CollectorRegistry) -> str
         log.exception("metrics: collecting failed (a bug)")
         await stream.send_all(_response("500 Internal Server Error", b"collecting failed\n"))
         return "error"
-    await stream.send_all(_response("200 OK", body, CONTENT_TYPE_LATEST, head=method == "HEAD"))
+    await stream.send_all(_response("200 OK", body, CONTENT_TYPE, head=method == "HEAD"))
     return "ok"
+
+
+async def _drain(stream: trio.SocketStream) -> None:
+    """After an error answer: send FIN, then read (and drop) what the client still sends,
+    briefly and boundedly, so that closing with unread data (an RST) does not destroy
+    the answer before the client reads it."""
+    await stream.send_eof()
+    with trio.move_on_after(DRAIN_TIME):
+        left = DRAIN_BYTES
+        while left > 0 and (chunk := await stream.receive_some(min(left, 16384))):
+            left -= len(chunk)
 
 
 async def _read_head(stream: trio.SocketStream) -> bytes:
