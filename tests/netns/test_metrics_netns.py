@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.lab_sites import Sites, poll
+from tests.helpers.sitelab import Lab
 from tools.lab import GWA_UNDERLAY, SiteOptions
 
 pytestmark = [
@@ -33,13 +34,17 @@ pytestmark = [
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 METRICS_PORT = 9108
 API = "127.0.0.1:9090"  # Prometheus's own HTTP API, inside gw-b's namespace
-# Prometheus's HTTP API asked from inside the namespace (the test runs outside it):
-# every URL given, one JSON answer per line (one process for several questions)
-FETCH = (
-    "import sys, urllib.request\n"
-    "for url in sys.argv[1:]:\n"
-    "    print(urllib.request.urlopen(url, timeout=5).read().decode().replace('\\n', ' '))\n"
-)
+# Prometheus's HTTP API asked from inside the namespace (the test runs outside it),
+# by one process for the whole test: a URL per line in, one JSON answer per line out
+FETCH = """
+import json, sys, urllib.request
+for url in sys.stdin:
+    try:
+        answer = json.loads(urllib.request.urlopen(url.strip(), timeout=5).read())
+    except (OSError, ValueError) as exc:
+        answer = {"status": "unreachable", "error": str(exc)}
+    print(json.dumps(answer), flush=True)
+"""
 
 
 @pytest.fixture
@@ -47,14 +52,43 @@ def lab_stem() -> str:
     return "mx"
 
 
+class Api:
+    """Prometheus's HTTP API, asked from inside gw-b's namespace (FETCH)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def get(self, *paths: str) -> list[dict[str, Any]]:
+        """GET each path; the decoded answers."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        answers = []
+        for path in paths:
+            self.proc.stdin.write(f"http://{API}{path}\n")
+            self.proc.stdin.flush()
+            answers.append(json.loads(self.proc.stdout.readline()))
+        return answers
+
+    def queries(self, *promql: str) -> list[list[dict[str, Any]]]:
+        """The vector each instant query returns (empty while Prometheus has nothing yet)."""
+        paths = [f"/api/v1/query?{urllib.parse.urlencode({'query': q})}" for q in promql]
+        answers = self.get(*paths)
+        return [a["data"]["result"] if a.get("status") == "success" else [] for a in answers]
+
+    def values(self, *promql: str) -> list[float | None]:
+        """Each query's one value (None unless exactly one series answered)."""
+        results = self.queries(*promql)
+        return [float(r[0]["value"][1]) if len(r) == 1 else None for r in results]
+
+
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[Sites], None]]:
-    """``start(sites)``: Prometheus in gw-b's namespace scraping gw-a; killed afterwards."""
+def prometheus(tmp_path: Path) -> Iterator[Callable[[Lab], Api]]:
+    """``start(lab)``: Prometheus in gw-b's namespace scraping gw-a, and its API;
+    both processes killed afterwards."""
     if not Path(PROMETHEUS).exists():
         pytest.skip("Prometheus is not installed (netns-scripts/install-deps.sh installs it)")
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[subprocess.Popen[Any]] = []
 
-    def start(sites: Sites) -> None:
+    def start(lab: Lab) -> Api:
         directory = tmp_path / "prometheus"
         (directory / "data").mkdir(parents=True)
         config = directory / "prometheus.yml"
@@ -65,7 +99,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[Sites], None]]:
         )
         log = open(directory / "prometheus.log", "wb")  # noqa: SIM115 - the child's
         procs.append(
-            sites.lab.popen(
+            lab.popen(
                 "gwb",
                 PROMETHEUS,
                 f"--config.file={config}",
@@ -77,6 +111,12 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[Sites], None]]:
             )
         )
         log.close()
+        fetch = subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns("gwb"), sys.executable, "-c", FETCH],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        procs.append(fetch)
+        return Api(fetch)
 
     try:
         yield start
@@ -84,65 +124,46 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[Sites], None]]:
         for proc in procs:
             proc.kill()
             proc.wait(timeout=10)
-            log_file = tmp_path / "prometheus" / "prometheus.log"
+        log_file = tmp_path / "prometheus" / "prometheus.log"
+        if log_file.exists():
             print(f"--- prometheus log:\n{log_file.read_text(errors='replace')[-3000:]}")
 
 
-def api(sites: Sites, *paths: str) -> list[dict[str, Any]]:
-    """GET each path of Prometheus's HTTP API from inside gw-b's namespace; the answers."""
-    urls = [f"http://{API}{path}" for path in paths]
-    proc = sites.lab.run("gwb", sys.executable, "-c", FETCH, *urls, check=False, timeout=15)
-    if proc.returncode != 0:
-        return [{"status": "unreachable", "error": proc.stderr[-500:]}] * len(paths)
-    return [json.loads(line) for line in proc.stdout.splitlines()]
-
-
-def queries(sites: Sites, *promql: str) -> list[list[dict[str, Any]]]:
-    """The vector each instant query returns (empty while Prometheus has nothing yet)."""
-    paths = [f"/api/v1/query?{urllib.parse.urlencode({'query': q})}" for q in promql]
-    return [a["data"]["result"] if a.get("status") == "success" else [] for a in api(sites, *paths)]
-
-
-def values(sites: Sites, *promql: str) -> list[float | None]:
-    """Each query's one value (None unless exactly one series answered)."""
-    return [float(r[0]["value"][1]) if len(r) == 1 else None for r in queries(sites, *promql)]
-
-
 def test_prometheus_scrapes_the_sa_counts_and_traffic_of_the_peer(
-    make_sites: Callable[[SiteOptions], Sites], prometheus: Callable[[Sites], None]
+    make_sites: Callable[[SiteOptions], Sites], prometheus: Callable[[Lab], Api]
 ) -> None:
     sites = make_sites(SiteOptions(log_format="json"))
     with sites.conf_a.open("a") as conf:
         conf.write(f'\n[metrics]\nlisten = "{GWA_UNDERLAY}:{METRICS_PORT}"\n')
+    api = prometheus(sites.lab)  # starting while the gateways do (it retries each second)
     sites.start()
     sites.wait_established()
     assert sites.ping(5).returncode == 0
-    prometheus(sites)
 
-    # The SA counts of the peer, as Prometheus stored them from its scrapes of gw-a.
+    # The SA counts of the peer, as Prometheus stored them from its scrapes of gw-a,
+    # once a scrape came after the pings (and after an earlier scrape: each one
+    # counts the requests answered before it).
     ike_sas = 'tunneld_peer_ike_sas{job="tunneld", peer="gw-b"}'
-    # and the requests the endpoint answered (a scrape counts those before it)
+    pinged = 'tunneld_peer_packets_total{peer="gw-b", direction="out"} >= bool 5'
     ok = 'tunneld_metrics_requests_total{result="ok"} > bool 0'
-    assert poll(lambda: values(sites, ike_sas, ok) == [1, 1], timeout=20), queries(
-        sites, ike_sas, ok
+    assert poll(lambda: api.values(ike_sas, pinged, ok) == [1, 1, 1], timeout=20, interval=0.2), (
+        api.queries(ike_sas, pinged, ok)
     )
-    ((series,),) = queries(sites, ike_sas)
+    ((series,),) = api.queries(ike_sas)
     assert series["metric"]["instance"] == f"{GWA_UNDERLAY}:{METRICS_PORT}"
-    child_sas, established, handshakes, sent, not_ok = values(
-        sites,
+    child_sas, established, handshakes, received, not_ok = api.values(
         'tunneld_peer_child_sas{peer="gw-b"}',
         'tunneld_peer_state{peer="gw-b", state="established"}',
         'tunneld_peer_handshake_duration_seconds_count{peer="gw-b"}',
-        'tunneld_peer_packets_total{peer="gw-b", direction="out"}',
+        'tunneld_peer_packets_total{peer="gw-b", direction="in"}',  # the 5 replies
         'sum(tunneld_metrics_requests_total{result!="ok"})',
     )
     assert (child_sas, established, handshakes) == (1, 1, 1)
-    # 5 pings went out through the tunnel (gw-a's own IKE and ESP are not inner packets)
-    assert sent is not None and sent >= 5, sent
-    assert not_ok == 0, queries(sites, 'tunneld_metrics_requests_total{result!="ok"}')
+    assert received is not None and received >= 5, received
+    assert not_ok == 0, api.queries('tunneld_metrics_requests_total{result!="ok"}')
 
     # The target is healthy: every scrape parsed, none timed out.
-    ((target,),) = (a["data"]["activeTargets"] for a in api(sites, "/api/v1/targets"))
+    ((target,),) = (a["data"]["activeTargets"] for a in api.get("/api/v1/targets"))
     assert target["health"] == "up" and target["lastError"] == "", target
     (listening,) = sites.log_events(sites.gwa, "metrics endpoint listening")
     assert listening["listen"] == f"{GWA_UNDERLAY}:{METRICS_PORT}"
