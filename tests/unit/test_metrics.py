@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.helpers.configfiles import NOW, base, load, make_confdir, make_pki
 from tunneld import metrics
 from tunneld.childsas import Traffic
-from tunneld.config import ConfigError, load_config
+from tunneld.config import ConfigError, describe, load_config
 from tunneld.daemon import DispatchStats
 from tunneld.durations import Durations
 from tunneld.metrics import Collector, Endpoint
@@ -52,6 +52,7 @@ def test_without_a_metrics_section_there_is_no_endpoint(confdir: Path) -> None:
 def test_metrics_listen_takes_an_address_and_a_port(confdir: Path, listen: str, shown: str) -> None:
     config = load(confdir, {**base(), "metrics": {"listen": listen}})
     assert config.metrics is not None and config.metrics.listen == shown
+    assert f"metrics on http://{shown}/metrics" in describe(config)  # tunneld check
 
 
 @pytest.mark.parametrize(
