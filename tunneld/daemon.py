@@ -625,6 +625,11 @@ class Daemon:
             else:
                 self.front_door.closed(peer.name, remote)
 
+    def half_open_declined(self, peer: Peer, spi_i: bytes, remote: Address) -> None:
+        """Rule 5: an admitted IKE_SA_INIT the peer turned away without a session."""
+        if self.front_door is not None:
+            self.front_door.declined(peer.name, remote, spi_i)
+
     async def resolve(self, name: str) -> str:
         """A peer's DNS name, in the address family we listen on (peer.py rule 11)."""
         listen = self.config.gateway.listen[0]

@@ -238,6 +238,8 @@ class PeerHost(Protocol):
         self, peer: Peer, spi_i: bytes, remote: Address, *, opened: bool
     ) -> None: ...
 
+    def half_open_declined(self, peer: Peer, spi_i: bytes, remote: Address) -> None: ...
+
 
 class Reception(Protocol):
     """Rule 12: where the daemon's reception gets its sessions and gives them away."""
@@ -360,6 +362,8 @@ class Peer:
             self._send.send_nowait((dgram, header))
         except trio.WouldBlock:
             self.inbox_drops += 1
+            if header.starts_ike_sa:  # admitted by the front door: no session comes
+                self.host.half_open_declined(self, header.spi_i, dgram.remote)
 
     def heard_from(self, remote: Address) -> None:
         """Rule 10: authenticated ESP of this peer arrived from ``remote``, a new
@@ -625,6 +629,7 @@ class Peer:
             return None
         if self._held(now):
             self._refuse(dgram, now)
+            self.host.half_open_declined(self, header.spi_i, dgram.remote)
             return None
         if self.reception is not None:  # rule 12
             session = self.reception.responder(dgram, now)
