@@ -86,7 +86,7 @@ from tunneld.directory import Directory, Hub
 from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
-from tunneld.log import LogThrottle
+from tunneld.log import THROTTLE_FLUSH_INTERVAL, LogThrottle, flush_throttles
 from tunneld.peer import Peer, PeerPolicy
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
 from tunneld.savekeys import KeyTables
@@ -350,6 +350,7 @@ class Daemon:
                 if self._metrics is not None:
                     await nursery.start(self._metrics.serve, self)
                 nursery.start_soon(self._shutdown_watcher)
+                nursery.start_soon(self._throttle_flusher)
                 if self.handle_signals:
                     nursery.start_soon(self._signal_watcher)
                 log.info(
@@ -358,6 +359,12 @@ class Daemon:
                 )
                 sdnotify.notify(f"READY=1\nSTATUS=running, {len(self.peers)} peers")
                 task_status.started()
+
+    async def _throttle_flusher(self) -> None:
+        """Rate-limited log lines: the "N more" summaries when a burst has ended."""
+        while True:
+            await trio.sleep(THROTTLE_FLUSH_INTERVAL)
+            flush_throttles(trio.current_time())
 
     async def _run_peer(self, peer: Peer) -> None:
         """Rule 6: one peer's task; a bug in it resets that peer, nothing else."""

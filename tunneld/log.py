@@ -36,6 +36,7 @@ import logging
 import re
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -153,6 +154,18 @@ class _Window:
     suppressed: int = 0
 
 
+_THROTTLES: weakref.WeakSet[LogThrottle] = weakref.WeakSet()
+THROTTLE_FLUSH_INTERVAL = 10.0  # seconds between the daemon's flush_throttles() calls
+
+
+def flush_throttles(now: float) -> None:
+    """Summarise every throttle's ended windows: the daemon calls this every
+    :data:`THROTTLE_FLUSH_INTERVAL` seconds, so that the count of a flood's
+    suppressed lines is logged when the flood stops, not with the next one."""
+    for throttle in list(_THROTTLES):
+        throttle.flush(now)
+
+
 class LogThrottle:
     """At most one line per reason per ``interval`` seconds; the rest summarised.
 
@@ -176,6 +189,7 @@ class LogThrottle:
         self._level = level
         self._windows: dict[str, _Window] = {}
         self.counts: dict[str, int] = dict.fromkeys(reasons, 0)
+        _THROTTLES.add(self)
 
     def __call__(self, reason: str, now: float, **fields: object) -> None:
         if reason not in self._reasons:

@@ -9,11 +9,13 @@ import logging
 import pytest
 
 from tunneld.log import (
+    THROTTLE_FLUSH_INTERVAL,
     ContextFilter,
     JsonFormatter,
     LogThrottle,
     TextFormatter,
     escape,
+    flush_throttles,
     log_context,
     setup_logging,
 )
@@ -121,3 +123,40 @@ def test_debug_opens_tunneld_loggers_only() -> None:
     text = stream.getvalue()
     assert "tunneld.ike: ours" in text and "theirs" not in text.replace("of theirs passes", "")
     assert "tunneldish: a warning of theirs passes" in text
+
+
+def test_the_daemon_summarises_a_burst_once_it_ended_without_a_next_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """flush_throttles (the daemon calls it every THROTTLE_FLUSH_INTERVAL s) writes the
+    "N more" line of a burst that has stopped: no further event is needed."""
+    log = logging.getLogger("tunneld.test.flush")
+    throttle = LogThrottle(log, ("spoofed",), interval=10.0)
+    with caplog.at_level(logging.INFO, logger="tunneld.test.flush"):
+        for i in range(50):
+            throttle("spoofed", 100.0 + i / 100)
+        flush_throttles(105.0)  # the window is still open: nothing yet
+        assert [r.getMessage() for r in caplog.records] == ["spoofed"]
+        flush_throttles(100.0 + THROTTLE_FLUSH_INTERVAL)
+    assert [r.getMessage() for r in caplog.records][1:] == ["spoofed: 49 more in the last 10 s"]
+
+
+async def test_the_daemon_flushes_throttles_on_its_own(
+    autojump_clock: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Daemon._throttle_flusher, on trio's clock."""
+    import trio
+
+    from tunneld.daemon import Daemon
+
+    log = logging.getLogger("tunneld.test.flusher")
+    throttle = LogThrottle(log, ("spoofed",), interval=5.0)
+    with caplog.at_level(logging.INFO, logger="tunneld.test.flusher"):
+        throttle("spoofed", trio.current_time())
+        throttle("spoofed", trio.current_time())
+        with trio.move_on_after(THROTTLE_FLUSH_INTERVAL + 1):
+            await Daemon._throttle_flusher(None)  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == [
+        "spoofed",
+        "spoofed: 1 more in the last 5 s",
+    ]
