@@ -63,7 +63,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import trio
 
@@ -77,7 +77,7 @@ from ike.session import IkeSession
 from ike.sessionconfig import ChildConfig as IkeChildConfig
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
-from tunneld import control, hardening, metrics, sdnotify
+from tunneld import control, hardening, sdnotify
 from tunneld.childsas import ChildSet, ChildSets, Limits
 from tunneld.config import ChildConfig, Config, PeerConfig
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
@@ -90,6 +90,9 @@ from tunneld.log import THROTTLE_FLUSH_INTERVAL, LogThrottle, flush_throttles
 from tunneld.peer import Peer, PeerPolicy
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
 from tunneld.savekeys import KeyTables
+
+if TYPE_CHECKING:  # imported in run only with [metrics]: prometheus_client is ~10 MB
+    from tunneld import metrics
 
 log = logging.getLogger("tunneld.daemon")
 
@@ -312,6 +315,8 @@ class Daemon:
                     p: self._sockets[(self._local_host, p)] for p in (gw.port, gw.nat_t_port)
                 }
                 if self.config.metrics is not None:  # rule 8: bound before the drop
+                    from tunneld import metrics
+
                     self._metrics = metrics.Endpoint.open(
                         str(self.config.metrics.host), self.config.metrics.port
                     )

@@ -5,7 +5,8 @@
   ``tunneld status`` starts fast. Checked against a stand-in daemon answering on
   a Unix socket, through ``-c FILE`` and ``-s SOCKET``.
 - The daemon never imports scapy (a test tool) nor pyroute2 (routes go through
-  :mod:`tunneld.rtnetlink`): two daemons carry a packet over in-memory devices.
+  :mod:`tunneld.rtnetlink`), and prometheus_client only with ``[metrics]``: two
+  daemons without it carry a packet over in-memory devices.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ trio.run(main)
 """
 
 
-def test_the_daemon_imports_neither_scapy_nor_pyroute2(tmp_path: Path) -> None:
+def test_the_daemon_imports_no_scapy_pyroute2_or_unused_metrics(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", _DAEMON, str(tmp_path)],
         capture_output=True, text=True, timeout=120, cwd=REPO,
@@ -166,3 +167,4 @@ def test_the_daemon_imports_neither_scapy_nor_pyroute2(tmp_path: Path) -> None:
     assert "trio" in roots and "tunneld" in roots  # it did run the daemon
     assert "scapy" not in roots
     assert "pyroute2" not in roots
+    assert "prometheus_client" not in roots  # no [metrics] table
