@@ -97,3 +97,24 @@ def _wait_for_gateway_processes(prefix: str, proc: subprocess.Popen[bytes]) -> l
             return pids
         time.sleep(0.2)
     pytest.fail(f"OpenVPN never ran in both gateways (bench exit {proc.poll()})")
+
+
+@pytest.mark.soak  # ~40 s: plain and tunneld, each set up, pinged idle and under a stream
+def test_latency_mode_reports_overheads_in_json() -> None:
+    prefix = f"lt{secrets.token_hex(3)}"
+    argv = _bench("--latency", "--quick", "--json", "--configs", "plain,tunneld")
+    argv += ["--pings", "50", "--prefix", prefix]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _namespaces(prefix) == []
+
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["mode"] == "latency" and report["pings"] == 50
+    plain, tunneld = report["configs"]["plain"], report["configs"]["tunneld"]
+    assert plain["idle_p50_overhead_ms"] == 0.0
+    assert tunneld["idle_p50_ms"] > 0 and tunneld["load_p99_ms"] > 0
+    assert tunneld["idle_p50_overhead_ms"] == pytest.approx(
+        tunneld["idle_p50_ms"] - plain["idle_p50_ms"], abs=1e-3
+    )
+    assert tunneld["load_mbps"] > 0 and tunneld["quiet_cpu_pct"] >= 0
+    assert tunneld["idle_lost"] < 50 and len(tunneld["per_round"]) == 1
