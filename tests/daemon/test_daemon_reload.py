@@ -1,0 +1,187 @@
+"""``tunneld reload`` on two in-memory daemons (virtual clock): what each kind of
+change does to the SAs (tunneld/reload.py rule 3), refusals, and the service
+manager's notifications (RELOADING=1 then READY=1, as Type=notify-reload expects).
+The namespace version with real daemons, a hub and 1 ms probes:
+tests/netns/test_reload_netns.py."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from tests.helpers.daemon_memory import Pair, Site, children, established, wait_for_children
+from tests.helpers.packets import udp_packet
+
+
+def spis(site: Site) -> set[str]:
+    return {c["spi_in"] for c in children(site)}
+
+
+def edit(site: Site, old: str, new: str) -> None:
+    path = site.daemon.config.path
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+async def traffic_while(pair: Pair, work: object, packets: int = 300) -> tuple[int, int]:
+    """One packet each way every 10 ms while ``work`` (an async callable) runs; how many
+    arrived at B and at A (after a settling pause)."""
+    tun_a, tun_b = pair.a.devices.tun, pair.b.devices.tun
+    assert tun_a is not None and tun_b is not None
+    tun_a.host_recv_nowait()
+    tun_b.host_recv_nowait()
+
+    async def send() -> None:
+        for i in range(packets):
+            tun_a.host_send(udp_packet("198.51.100.10", "203.0.113.10", b"a->b %d" % i))
+            tun_b.host_send(udp_packet("203.0.113.10", "198.51.100.10", b"b->a %d" % i))
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        await trio.sleep(0.3)
+        await work()  # type: ignore[operator]
+    await trio.sleep(0.5)
+    return len(tun_b.host_recv_nowait()), len(tun_a.host_recv_nowait())
+
+
+async def test_identical_file_and_lifetimes_keep_the_sas(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    await wait_for_children(pair.a, pair.b)
+    before, ike_before = spis(pair.a), established(pair.a.daemon)[0]["spi_i"]
+    answer = await pair.a.daemon.reload()
+    assert answer == {
+        "ok": True,
+        "changes": {
+            "added": [], "removed": [], "unchanged": ["gw-b"], "updated": [],
+            "reauthenticated": [], "restarted": [], "keys": {},
+        },
+    }  # fmt: skip
+    edit(pair.a, "[[peer]]\n", '[[peer]]\nchild_lifetime = "10m"\n')
+    (child,) = children(pair.a)
+    assert child["rekey_in"] > 3000  # the default hour, less jitter
+    answer = await pair.a.daemon.reload()
+    assert answer["changes"]["updated"] == ["gw-b"]
+    assert answer["changes"]["keys"] == {"gw-b": ["child_lifetime"]}
+    await trio.sleep(2)
+    # no re-establishment: the same SAs, their deadlines as they were
+    assert spis(pair.a) == before and established(pair.a.daemon)[0]["spi_i"] == ike_before
+    (child,) = children(pair.a)
+    assert child["rekey_in"] > 3000
+    # the next rekey makes a Child SA with the new lifetime
+    assert (await pair.a.daemon._control({"cmd": "rekey", "peer": "gw-b"}))["ok"]
+    with trio.fail_after(10):
+        while spis(pair.a) & before or not spis(pair.a):
+            await trio.sleep(0.05)
+    (child,) = children(pair.a)
+    assert 500 < child["rekey_in"] <= 600
+
+
+async def test_new_proposals_reauthenticate_make_before_break(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    await wait_for_children(pair.a, pair.b)
+    ike_before = established(pair.a.daemon)[0]["spi_i"]
+    before_a, before_b = spis(pair.a), spis(pair.b)
+    edit(
+        pair.a,
+        'ike = ["aes256gcm16-prfsha256-x25519"]',
+        'ike = ["aes256gcm16-prfsha256-x25519", "aes128gcm16-prfsha256-ecp256"]',
+    )
+    answers = []
+
+    async def reload() -> None:
+        answers.append(await pair.a.daemon.reload())
+
+    got_b, got_a = await traffic_while(pair, reload)
+    assert answers[0]["changes"]["reauthenticated"] == ["gw-b"]
+    assert answers[0]["changes"]["keys"] == {"gw-b": ["ike"]}
+    assert (got_b, got_a) == (300, 300)  # not one packet lost either way
+    with trio.fail_after(15):
+        while len(established(pair.a.daemon)) != 1 or len(established(pair.b.daemon)) != 1:
+            await trio.sleep(0.05)
+    (ike_a,) = established(pair.a.daemon)
+    (ike_b,) = established(pair.b.daemon)
+    assert ike_a["spi_i"] != ike_before and ike_a["spi_i"] == ike_b["spi_i"]
+    assert not ike_b["superseded"]
+    assert not spis(pair.a) & before_a and not spis(pair.b) & before_b
+    (peer_b,) = pair.b.daemon.status()["peers"]
+    assert peer_b["last_error"] is None  # the old IKE SA went with a DELETE, not by DPD
+
+
+async def test_other_subnets_restart_the_peer(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    await wait_for_children(pair.a, pair.b)
+    before = spis(pair.a)
+    edit(pair.a, 'local_subnets = ["198.51.100.0/24"]', 'local_subnets = ["198.51.100.0/25"]')
+    answer = await pair.a.daemon.reload()
+    assert answer["changes"]["restarted"] == ["gw-b"]
+    with trio.fail_after(15):
+        while not spis(pair.a) or spis(pair.a) & before:
+            await trio.sleep(0.05)
+    (child,) = children(pair.a)
+    assert child["local_ts"] == ["198.51.100.0/25"]
+    tunnel = pair.a.daemon.sadb.tunnel("gw-b")
+    assert tunnel.snapshot()["local"] == ["198.51.100.0/25"]
+
+
+async def test_an_invalid_file_is_refused_and_nothing_changes(
+    pair: Pair, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    await wait_for_children(pair.a, pair.b)
+    before, config = spis(pair.a), pair.a.daemon.config
+    edit(pair.a, "[[peer]]\n", '[[peer]]\nchild_lifetim = "10m"\n')
+    answer = await pair.a.daemon.reload()
+    assert answer["ok"] is False
+    assert (
+        str(config.path) in answer["error"]
+        and "peer[0].child_lifetim: unknown key" in answer["error"]
+    )
+    edit(pair.a, 'child_lifetim = "10m"\n', "")
+    edit(pair.a, "mtu = 1400", "mtu = 1300")
+    answer = await pair.a.daemon.reload()
+    assert (
+        answer["ok"] is False and "gateway.mtu: cannot change while tunneld runs" in answer["error"]
+    )
+    assert pair.a.daemon.config is config and spis(pair.a) == before
+    refusals = [
+        r for r in caplog.records if r.getMessage().startswith("configuration reload refused")
+    ]
+    assert [r.levelname for r in refusals] == ["ERROR", "ERROR"]
+    assert [r.key for r in refusals] == ["peer[0].child_lifetim", "gateway.mtu"]  # type: ignore[attr-defined]
+
+
+async def test_the_service_manager_hears_reloading_then_ready(
+    pair: Pair,
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Type=notify-reload: RELOADING=1 with MONOTONIC_USEC (CLOCK_MONOTONIC), then READY=1;
+    a refused reload sends nothing (the daemon never stopped being ready)."""
+    await wait_for_children(pair.a, pair.b)
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        manager.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        start = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert (await pair.a.daemon.reload())["ok"]
+        end = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        reloading = manager.recv(4096).decode().split("\n")
+        ready = manager.recv(4096).decode().split("\n")
+        assert reloading[0] == "RELOADING=1" and ready[0] == "READY=1"
+        (usec,) = [int(v.split("=")[1]) for v in reloading if v.startswith("MONOTONIC_USEC=")]
+        assert start <= usec <= end
+        edit(pair.a, "mtu = 1400", "mtu = 1300")
+        assert not (await pair.a.daemon.reload())["ok"]
+        with pytest.raises(BlockingIOError):
+            manager.recv(4096)
