@@ -32,9 +32,8 @@ from typing import Any
 import pytest
 
 from tests.helpers.hublab import HubLab, hub_lab
-from tests.helpers.hubs import write_hub_configs
+from tests.helpers.hubs import spoke_site, write_hub_configs
 from tests.helpers.lab_sites import PROBE, assert_probes_clean, poll
-from tests.netns.test_hub_netns import site_addr
 from tools.lab import Gateway
 
 pytestmark = [
@@ -45,6 +44,12 @@ pytestmark = [
 PROBES = 1500  # 1.5 s at one per millisecond, the reload in the middle
 RATE = 1000.0
 DELETE_SEEN_WITHIN = 2.0  # seconds; DPD would take dpd_delay (30 s) and its retransmissions
+
+
+def site_addr(k: int) -> str:
+    """Spoke k's site address (the one on its gateway's lo: tests/helpers/hublab.py)."""
+    head, last = spoke_site(k).split("/")[0].rsplit(".", 1)
+    return f"{head}.{int(last) + 1}"
 
 
 @pytest.fixture
