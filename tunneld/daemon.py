@@ -504,7 +504,7 @@ class Daemon:
                 if signum == signal.SIGHUP:
                     log.info("SIGHUP received, reloading the configuration")
                     assert self._nursery is not None
-                    self._nursery.start_soon(self.reload)
+                    self._nursery.start_soon(self._reload_on_signal)
                     continue
                 log.info("signal received, shutting down", extra={"signal": signum})
                 self.stop()
@@ -700,6 +700,14 @@ class Daemon:
                 extra={"config": str(path), **fields, "changed_keys": changed or "-"},
             )
             return {"ok": True, "changes": summary}
+
+    async def _reload_on_signal(self) -> None:
+        """SIGHUP: a reload whose outcome only the log tells; a bug in it (any exception
+        but a refusal, which ``reload`` answers itself) must not stop the gateway."""
+        try:
+            await self.reload()
+        except Exception:
+            log.exception("configuration reload failed (a bug): see the traceback")
 
     def _check_reloadable(self, new: Config) -> None:
         """IPv6 subnets where the TUN device was opened without IPv6 need a restart."""
