@@ -16,6 +16,8 @@ import trio.testing
 
 from tests.helpers.daemon_memory import Pair, Site, children, established, wait_for_children
 from tests.helpers.packets import udp_packet
+from tools.lab import GWB_UNDERLAY
+from tunneld import pki
 
 
 def spis(site: Site) -> set[str]:
@@ -185,3 +187,44 @@ async def test_the_service_manager_hears_reloading_then_ready(
         assert not (await pair.a.daemon.reload())["ok"]
         with pytest.raises(BlockingIOError):
             manager.recv(4096)
+
+
+async def test_credentials_apply_at_the_next_authentication(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    """gw-b's certificate is renewed by a second CA: the reload keeps the tunnel, and
+    the next authentication presents the new certificate (gw-a, trusting only the
+    first CA, refuses it); once gw-a reloads a trust list with the second CA, the
+    next authentication succeeds."""
+    await wait_for_children(pair.a, pair.b)
+    before_a, before_b = spis(pair.a), spis(pair.b)
+    pki_dir = pair.b.daemon.config.path.parent / "pki"
+    pki.init_ca(pki_dir / "ca2", "tunneld second CA")
+    pki.issue(
+        pki_dir / "ca2", "gw-b", pki_dir, dns=["gw-b.example.org"], ips=[GWB_UNDERLAY], force=True
+    )
+    ca1, ca2 = f'"{pki_dir / "ca" / "ca.pem"}"', f'"{pki_dir / "ca2" / "ca.pem"}"'
+    edit(pair.b, f"ca = [{ca1}]", f"ca = [{ca1}, {ca2}]")
+    answer = await pair.b.daemon.reload()
+    assert answer["changes"]["updated"] == ["gw-a"]
+    assert answer["changes"]["keys"] == {"gw-a": ["credentials"]}
+    await trio.sleep(3)
+    assert spis(pair.a) == before_a and spis(pair.b) == before_b  # nothing dropped
+    # the next authentication: gw-b presents the renewed certificate
+    control = pair.a.daemon._control
+    assert (await control({"cmd": "down", "peer": "gw-b"}))["ok"]
+    await trio.sleep(1)
+    assert (await control({"cmd": "up", "peer": "gw-b"}))["ok"]
+    with trio.fail_after(20):
+        while not pair.a.daemon.status()["peers"][0]["last_error"]:
+            await trio.sleep(0.05)
+    error = pair.a.daemon.status()["peers"][0]["last_error"]
+    assert "no trusted CA issued 'CN=gw-b' (issuer 'CN=tunneld second CA')" in error, error
+    assert not children(pair.a)
+    # gw-a trusts the second CA too: the next authentication succeeds
+    edit(pair.a, f"ca = [{ca1}]", f"ca = [{ca1}, {ca2}]")
+    answer = await pair.a.daemon.reload()
+    assert answer["changes"]["keys"] == {"gw-b": ["credentials"]}
+    assert (await control({"cmd": "up", "peer": "gw-b"}))["ok"]
+    await wait_for_children(pair.a, pair.b)
+    assert pair.a.daemon.status()["peers"][0]["last_error"] is None
