@@ -14,10 +14,19 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers.daemon_memory import Pair, Site, children, established, wait_for_children
+from tests.helpers.daemon_memory import (
+    Pair,
+    Site,
+    children,
+    established,
+    start_site,
+    wait_for_children,
+)
+from tests.helpers.hubs import spoke_id, write_hub_configs
 from tests.helpers.packets import udp_packet
 from tools.lab import GWB_UNDERLAY
 from tunneld import pki
+from tunneld.io.udp import MemoryNetwork
 
 
 def spis(site: Site) -> set[str]:
@@ -228,3 +237,58 @@ async def test_credentials_apply_at_the_next_authentication(
     assert (await control({"cmd": "up", "peer": "gw-b"}))["ok"]
     await wait_for_children(pair.a, pair.b)
     assert pair.a.daemon.status()["peers"][0]["last_error"] is None
+
+
+async def test_a_pattern_entry_reloads_with_its_spokes(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A hub's identity-pattern entry: new lifetimes reach its spokes in place, new
+    proposals make them reconnect (DELETE: the hub cannot initiate to a spoke), a new
+    pool restarts the entry (its spokes go and come back)."""
+    files = write_hub_configs(tmp_path, "pattern", spokes=2, extra='dpd_delay = "0s"\n')
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        hub, _ = await start_site(nursery, files.hub, network)
+        for path in files.spokes:
+            await start_site(nursery, path, network)
+        names = {f"branches/{spoke_id(k)}" for k in (1, 2)}
+
+        def up() -> dict[str, set[str]]:
+            return {
+                p["name"]: {c["spi_in"] for c in p["child_sas"]}
+                for p in hub.daemon.status()["peers"]
+                if p["state"] == "established" and p["child_sas"]
+            }
+
+        async def until_up(old: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+            with trio.fail_after(30):
+                while set(up()) != names or (old and any(up()[n] & old[n] for n in names)):
+                    await trio.sleep(0.05)
+            return up()
+
+        before = await until_up()
+        edit(hub, "[[peer]]\n", '[[peer]]\nchild_lifetime = "10m"\n')
+        answer = await hub.daemon.reload()
+        assert answer["changes"]["updated"] == ["branches"]
+        await trio.sleep(2)
+        assert up() == before
+        one = f"branches/{spoke_id(1)}"
+        assert (await hub.daemon._control({"cmd": "rekey", "peer": one}))["ok"]
+        rekeyed = await until_up({one: before[one], f"branches/{spoke_id(2)}": set()})
+        (child,) = [
+            c for p in hub.daemon.status()["peers"] if p["name"] == one for c in p["child_sas"]
+        ]
+        assert child["rekey_in"] <= 600  # the spoke's next SA got the entry's new lifetime
+
+        edit(hub, "[[peer]]\n", '[[peer]]\nesp = ["aes128gcm16", "aes256gcm16"]\n')
+        answer = await hub.daemon.reload()
+        assert answer["changes"]["reauthenticated"] == ["branches"]
+        reconnected = await until_up(rekeyed)
+
+        edit(hub, 'remote_subnets = ["203.0.113.0/24"]', 'remote_subnets = ["203.0.113.0/25"]')
+        answer = await hub.daemon.reload()
+        assert answer["changes"]["restarted"] == ["branches"]
+        await until_up(reconnected)
+        (hub_status,) = hub.daemon.status()["reception"]["hubs"]
+        assert hub_status["spokes"] == 2
+        nursery.cancel_scope.cancel()
