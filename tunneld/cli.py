@@ -20,11 +20,13 @@ import logging
 import math
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from tunneld import __version__, control, pki
 from tunneld.config import ConfigError, load_config
+from tunneld.tomlschema import resolve
 
 log = logging.getLogger("tunneld")
 
@@ -387,12 +389,37 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
-    response = control.request(_socket_of(args), {"cmd": "reload"}, timeout=30.0)
+    response = control.request(_reload_socket(args), {"cmd": "reload"}, timeout=30.0)
     if not response.get("ok"):
         print(f"tunneld: reload refused: {response.get('error')}", file=sys.stderr)
         return EXIT_USAGE
     print(format_reload(response.get("changes") or {}))
     return EXIT_OK
+
+
+def _reload_socket(args: argparse.Namespace) -> str:
+    """The daemon's socket, also when ``-c FILE`` no longer passes the checks: the
+    daemon is asked all the same (it refuses the file, logs why at ERROR and answers
+    the same reason), as long as ``[gateway]`` still names its socket."""
+    try:
+        return _socket_of(args)
+    except ConfigError:
+        sock = _named_socket(Path(args.config))
+        if sock is None:
+            raise  # not even the socket can be found: the file's error, exit 2
+        return sock
+
+
+def _named_socket(path: Path) -> str | None:
+    """``[gateway] control_socket`` (or its default) of a file that may not pass the checks."""
+    try:
+        gateway = tomllib.loads(path.read_text(encoding="utf-8"))["gateway"]
+        name, sock = gateway["name"], gateway.get("control_socket")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(sock, str):
+        return str(resolve(path.absolute().parent, sock))
+    return f"/run/tunneld/{name}.sock" if isinstance(name, str) and sock is None else None
 
 
 def format_reload(changes: dict[str, Any]) -> str:

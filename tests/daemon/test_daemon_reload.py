@@ -25,7 +25,7 @@ from tests.helpers.daemon_memory import (
 from tests.helpers.hubs import spoke_id, write_hub_configs
 from tests.helpers.packets import udp_packet
 from tools.lab import GWB_UNDERLAY
-from tunneld import pki
+from tunneld import cli, pki
 from tunneld.io.udp import MemoryNetwork
 
 
@@ -292,3 +292,24 @@ async def test_a_pattern_entry_reloads_with_its_spokes(
         (hub_status,) = hub.daemon.status()["reception"]["hubs"]
         assert hub_status["spokes"] == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_the_verb_reports_a_refusal_and_a_summary(
+    pair: Pair, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`tunneld reload -c FILE` (real time: the command line blocks in a thread). A file
+    that no longer passes the checks still reaches the daemon, which refuses it and
+    logs why; the verb exits 2 with the file, key and reason."""
+    await wait_for_children(pair.a, pair.b)
+    path = pair.a.daemon.config.path
+    edit(pair.a, "[[peer]]\n", '[[peer]]\nchild_lifetim = "10m"\n')
+    code = await trio.to_thread.run_sync(cli.main, ["reload", "-c", str(path)])
+    assert code == 2
+    reason = f"{path}: peer[0].child_lifetim: unknown key; did you mean 'child_lifetime'?"
+    assert capsys.readouterr().err == f"tunneld: reload refused: {reason}\n"
+    (refusal,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert refusal.name == "tunneld.daemon" and refusal.error in reason  # type: ignore[attr-defined]
+    edit(pair.a, 'child_lifetim = "10m"', 'child_lifetime = "10m"')
+    code = await trio.to_thread.run_sync(cli.main, ["reload", "-c", str(path)])
+    assert code == 0
+    assert capsys.readouterr().out == "reload: 1 updated (gw-b)\n  gw-b: child_lifetime\n"
