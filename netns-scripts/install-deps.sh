@@ -24,6 +24,10 @@ APT_PACKAGES=(
   # systemd-analyze verify/security on contrib/systemd/tunneld@.service (no running
   # systemd needed); setpriv (util-linux, Essential) starts the daemon as the unit would
   systemd
+  # tests/netns/test_metrics_netns.py runs Prometheus (the server binary only: its
+  # Depends are adduser and the web UI's JavaScript; the Recommends, node-exporter,
+  # is not needed) to scrape a gateway's [metrics] endpoint
+  prometheus
 )
 
 missing=()
@@ -36,9 +40,9 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian starts a strongSwan service on install; our tests run their own charons.
+# Debian starts strongSwan and Prometheus services on install; our tests run their own.
 if command -v systemctl >/dev/null 2>&1; then
-  systemctl stop strongswan-starter strongswan 2>/dev/null || true
+  systemctl stop strongswan-starter strongswan prometheus 2>/dev/null || true
 fi
 
 # The project's own virtual environment, .venv/ in this checkout: the demo, the

@@ -45,7 +45,10 @@ Theory of operation:
    is reset (its Child SAs leave the data plane, its sessions are
    forgotten) and its task starts again after :data:`PEER_RESET_DELAY`; the
    other peers, the data plane and the control socket go on.
-8. Reload (``tunneld reload``, SIGHUP; :meth:`Daemon.reload`): the file the
+8. ``[metrics]`` (optional): a Prometheus endpoint (:mod:`tunneld.metrics`),
+   bound with the sockets, before privileges are dropped, and served by one
+   task in the nursery that reads the daemon's counters at scrape time.
+9. Reload (``tunneld reload``, SIGHUP; :meth:`Daemon.reload`): the file the
    daemon was started with is read and checked again; an invalid one, or one
    that changes ``[gateway]``, is refused (logged at ERROR, the verb answers
    why) and nothing changes. Otherwise :func:`tunneld.reload.plan_reload` says
@@ -85,7 +88,7 @@ from ike.session import IkeSession
 from ike.sessionconfig import ChildConfig as IkeChildConfig
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
-from tunneld import control, hardening, sdnotify
+from tunneld import control, hardening, metrics, sdnotify
 from tunneld.childsas import ChildSet, ChildSets, Limits
 from tunneld.config import ChildConfig, Config, ConfigError, PeerConfig, load_config
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
@@ -276,7 +279,7 @@ class Daemon:
         self.directory: Directory | None = None  # made in run, with the peers
         self.reception: Peer | None = None  # rule 2: sessions whose peer IKE_AUTH names
         self._scopes: dict[Peer, trio.CancelScope] = {}  # each peer's task (spokes, reload)
-        self._reload_lock = trio.Lock()  # one reload at a time (rule 8)
+        self._reload_lock = trio.Lock()  # one reload at a time (rule 9)
         self._nursery: trio.Nursery | None = None
         self.dispatch = DispatchStats()
         self._by_spi: dict[bytes, Peer] = {}
@@ -295,6 +298,7 @@ class Daemon:
         self._cancel = trio.CancelScope()
         self._stopping = trio.Event()
         self._key_tables: KeyTables | None = None  # shared by the peers with save_keys
+        self._metrics: metrics.Endpoint | None = None  # [metrics]: bound in run, rule 8
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -321,10 +325,16 @@ class Daemon:
                 self._udp = {
                     p: self._sockets[(self._local_host, p)] for p in (gw.port, gw.nat_t_port)
                 }
+                if self.config.metrics is not None:  # rule 8: bound before the drop
+                    self._metrics = metrics.Endpoint.open(
+                        str(self.config.metrics.host), self.config.metrics.port
+                    )
                 if account is not None:
                     _drop_privileges(account)
                 await self._run_tasks(tun, control_socket, task_status)
             finally:
+                if self._metrics is not None:
+                    self._metrics.close()
                 self._close_devices(tun)
         finally:
             control_socket.close()
@@ -351,6 +361,8 @@ class Daemon:
                 await nursery.start(self._datapath.run)
                 self._make_peers(nursery)
                 await nursery.start(control.serve, control_socket, self._control)
+                if self._metrics is not None:
+                    await nursery.start(self._metrics.serve, self)
                 nursery.start_soon(self._shutdown_watcher)
                 if self.handle_signals:
                     nursery.start_soon(self._signal_watcher)
@@ -498,7 +510,7 @@ class Daemon:
         self._stopping.set()
 
     async def _signal_watcher(self) -> None:
-        """SIGTERM, SIGINT: shut down (rule 4); SIGHUP: reload (rule 8), as the verb does."""
+        """SIGTERM, SIGINT: shut down (rule 4); SIGHUP: reload (rule 9), as the verb does."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -638,6 +650,11 @@ class Daemon:
             else:
                 self.front_door.closed(peer.name, remote)
 
+    def half_open_declined(self, peer: Peer, spi_i: bytes, remote: Address) -> None:
+        """Rule 5: an admitted IKE_SA_INIT the peer turned away without a session."""
+        if self.front_door is not None:
+            self.front_door.declined(peer.name, remote, spi_i)
+
     async def resolve(self, name: str) -> str:
         """A peer's DNS name, in the address family we listen on (peer.py rule 11)."""
         listen = self.config.gateway.listen[0]
@@ -669,10 +686,10 @@ class Daemon:
     def _spi_in_use(self, spi: int) -> bool:
         return self.sadb.inbound(spi) is not None
 
-    # -- reload (rule 8) ------------------------------------------------------------
+    # -- reload (rule 9) ------------------------------------------------------------
 
     async def reload(self) -> dict[str, Any]:
-        """Read and check the configuration file again and apply what changed (rule 8);
+        """Read and check the configuration file again and apply what changed (rule 9);
         the control socket's answer: ``ok`` with the plan's summary, or the error."""
         async with self._reload_lock:
             path = self.config.path

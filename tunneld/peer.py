@@ -155,6 +155,7 @@ from ike.states import IkeState
 from ike.wire import IkeHeader
 from tunneld.childsas import ChildSets
 from tunneld.datapath import IkeDatagram
+from tunneld.durations import Durations
 from tunneld.log import LogThrottle
 from tunneld.savekeys import KeyTables
 
@@ -247,6 +248,8 @@ class PeerHost(Protocol):
         self, peer: Peer, spi_i: bytes, remote: Address, *, opened: bool
     ) -> None: ...
 
+    def half_open_declined(self, peer: Peer, spi_i: bytes, remote: Address) -> None: ...
+
 
 class Reception(Protocol):
     """Rule 12: where the daemon's reception gets its sessions and gives them away."""
@@ -267,6 +270,8 @@ class PeerStatus:
     half_open_ended: int = 0  # responder sessions that ended unauthenticated (rule 9)
     # rule 9: the last unauthenticated failure (it may be anyone's), kept apart
     last_unauthenticated: str | None = None
+    # from the negotiation's start to IkeSaUp, per IKE SA (tunneld.metrics)
+    handshakes: Durations = dataclasses.field(default_factory=Durations)
 
 
 @dataclass(frozen=True)
@@ -369,6 +374,8 @@ class Peer:
             self._send.send_nowait((dgram, header))
         except trio.WouldBlock:
             self.inbox_drops += 1
+            if header.starts_ike_sa:  # admitted by the front door: no session comes
+                self.host.half_open_declined(self, header.spi_i, dgram.remote)
 
     def heard_from(self, remote: Address) -> None:
         """Rule 10: authenticated ESP of this peer arrived from ``remote``, a new
@@ -693,6 +700,7 @@ class Peer:
             return None
         if self._held(now):
             self._refuse(dgram, now)
+            self.host.half_open_declined(self, header.spi_i, dgram.remote)
             return None
         if self.reception is not None:  # rule 12
             session = self.reception.responder(dgram, now)
@@ -877,6 +885,7 @@ class Peer:
             if session.behind_nat and self._keepalive_at == math.inf:
                 self._keepalive_at = now + NAT_KEEPALIVE_INTERVAL
             self.status.ike_sas_established += 1
+            self.status.handshakes.observe(now - record.begun)
             self.status.last_error = None
             self._retry_delay = RETRY_INITIAL
             record.up_at = now

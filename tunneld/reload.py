@@ -8,7 +8,8 @@ Rules:
    (:func:`tunneld.config.load_config`); an invalid file changes nothing.
 2. ``[gateway]`` cannot change at run time (listen addresses and ports, the TUN
    device and its MTU, the control socket, the account, the log settings, the
-   key-table directory): a changed key refuses the whole reload with a
+   key-table directory), nor can ``[metrics]`` (its socket is bound at start,
+   before the privilege drop): a changed key refuses the whole reload with a
    :class:`ConfigError` naming it, and the daemon runs on as before.
 3. Peers are matched by ``name``: a name only in the new file is *added*, one
    only in the old file *removed*. For a name in both, every key that differs
@@ -125,15 +126,22 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
 
 
 def check_gateway(old: Config, new: Config) -> None:
-    """Rule 2: ConfigError naming the first ``[gateway]`` key that differs."""
+    """Rule 2: ConfigError naming the first ``[gateway]`` key that differs (or
+    ``metrics.listen``: the endpoint is bound at start, like the gateway's sockets)."""
     for f in dataclasses.fields(GatewayConfig):
         if getattr(old.gateway, f.name) != getattr(new.gateway, f.name):
-            raise ConfigError(
-                new.path,
-                f"gateway.{f.name}",
-                "cannot change while tunneld runs (the reload is refused, the daemon goes on "
-                "with the running configuration): restore it, or restart the daemon",
-            )
+            raise _fixed(new, f"gateway.{f.name}")
+    if old.metrics != new.metrics:
+        raise _fixed(new, "metrics.listen" if old.metrics and new.metrics else "metrics")
+
+
+def _fixed(new: Config, key: str) -> ConfigError:
+    return ConfigError(
+        new.path,
+        key,
+        "cannot change while tunneld runs (the reload is refused, the daemon goes on "
+        "with the running configuration): restore it, or restart the daemon",
+    )
 
 
 def identity_credentials_changed(old: IdentityConfig, new: IdentityConfig) -> bool:

@@ -134,6 +134,30 @@ def test_a_changed_gateway_key_is_refused_naming_it(conf: Path) -> None:
     assert str(conf) in str(info.value)
 
 
+def test_a_changed_metrics_endpoint_is_refused(conf: Path) -> None:
+    text = conf.read_text()
+    on = '\n[metrics]\nlisten = "127.0.0.1:9108"\n'
+    old, new = reloaded(conf, text, text + on)
+    with pytest.raises(ConfigError) as info:
+        plan_reload(old, new)
+    assert info.value.key == "metrics"
+    old, new = reloaded(conf, text + on, text + on.replace("9108", "9109"))
+    with pytest.raises(ConfigError) as info:
+        plan_reload(old, new)
+    assert info.value.key == "metrics.listen"
+
+
+def test_every_table_is_handled() -> None:
+    """A new top-level table must be looked at by plan_reload (rules 2-5)."""
+    assert {f.name for f in dataclasses.fields(Config)} == {
+        "path",
+        "gateway",
+        "identity",
+        "peers",
+        "metrics",
+    }
+
+
 def test_key_kinds() -> None:
     assert key_kind("child[web].esp") == "reauthenticated"
     assert key_kind("child[web].child_lifetime") == "updated"
