@@ -313,3 +313,26 @@ async def test_the_verb_reports_a_refusal_and_a_summary(
     code = await trio.to_thread.run_sync(cli.main, ["reload", "-c", str(path)])
     assert code == 0
     assert capsys.readouterr().out == "reload: 1 updated (gw-b)\n  gw-b: child_lifetime\n"
+
+
+async def test_a_replacement_that_fails_takes_the_old_ike_sa_along(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    """peer.py rule 13: proposals the peer refuses. The old IKE SA carries on until the
+    new one has failed, then goes too: the configuration in force is the new one, and
+    last_error says why the peer is down."""
+    await wait_for_children(pair.a, pair.b)
+    edit(pair.a, 'ike = ["aes256gcm16-prfsha256-x25519"]', 'ike = ["aes128gcm16-prfsha256-ecp256"]')
+    answer = await pair.a.daemon.reload()
+    assert answer["changes"]["reauthenticated"] == ["gw-b"]
+    assert children(pair.a)  # the old SAs carry on meanwhile
+    with trio.fail_after(30):
+        while children(pair.a) or established(pair.a.daemon):
+            await trio.sleep(0.05)
+    (peer,) = pair.a.daemon.status()["peers"]
+    assert "NO_PROPOSAL_CHOSEN" in peer["last_error"], peer["last_error"]
+    with trio.fail_after(30):  # gw-b heard the DELETE: no liveness check needed
+        while established(pair.b.daemon):
+            await trio.sleep(0.05)
+    (peer_b,) = pair.b.daemon.status()["peers"]
+    assert peer_b["counters"]["dead_peer_detections"] == 0
