@@ -200,6 +200,8 @@ class PeerConfig:
     delete_delay: float
     replay_window: int
     save_keys: bool
+    # seconds before initiating again after AUTHENTICATION_FAILED (doubles, up to 16x)
+    auth_failure_backoff: float
     # an identity pattern (id = "*.domain"): at most this many spokes, and the
     # fixed subnets of some of them (tunneld.peermatch rule 3); 0 / () otherwise
     max_spokes: int = 0
@@ -421,7 +423,7 @@ _PEER_KEYS = (
     "local_subnets", "remote_subnets", "auto", "ike", "esp",
     "ike_lifetime", "child_lifetime", "rekey_jitter", "child_packet_limit", "child_byte_limit",
     "dpd_delay", "dpd_action", "delete_delay", "replay_window", "save_keys",
-    "max_spokes", "spokes", "child",
+    "auth_failure_backoff", "max_spokes", "spokes", "child",
 )  # fmt: skip
 _CHILD_KEYS = (
     "name", "local_subnets", "remote_subnets", "esp",
@@ -458,6 +460,7 @@ class _Limits(_ChildLimits):
     delete_delay: float
     replay_window: int
     save_keys: bool
+    auth_failure_backoff: float
 
 
 def _read_peer(file: Path, index: int, data: object, me: IdentityConfig) -> PeerConfig:
@@ -641,6 +644,7 @@ def _peer_limits(s: Section) -> _Limits:
         "delete_delay": duration("delete_delay", "5s", 0, 300),
         "replay_window": s.integer("replay_window", 1024, 32, MAX_REPLAY_WINDOW),
         "save_keys": s.typed("save_keys", bool, False),
+        "auth_failure_backoff": duration("auth_failure_backoff", "30s", 1, _DAY),
     }
 
 

@@ -55,7 +55,7 @@ Theory of operation:
    what happens to each peer: removed and restarted peers send DELETE (their
    routes go at once; the reload waits up to :data:`RELOAD_DELETE_GRACE` for
    the answers) and go; updated and reauthenticated ones take their new
-   configuration in place (:mod:`tunneld.peer` rule 13); added and restarted
+   configuration in place (:mod:`tunneld.peer` rule 14); added and restarted
    ones start; the directory takes the new entries. Unchanged peers are not
    touched. systemd hears ``RELOADING=1`` before and ``READY=1`` after.
 """
@@ -97,7 +97,7 @@ from tunneld.directory import Directory, Hub
 from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
-from tunneld.log import LogThrottle
+from tunneld.log import THROTTLE_FLUSH_INTERVAL, LogThrottle, flush_throttles
 from tunneld.peer import Peer, PeerPolicy
 from tunneld.reload import ReloadPlan, plan_reload
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
@@ -364,6 +364,7 @@ class Daemon:
                 if self._metrics is not None:
                     await nursery.start(self._metrics.serve, self)
                 nursery.start_soon(self._shutdown_watcher)
+                nursery.start_soon(self._throttle_flusher)
                 if self.handle_signals:
                     nursery.start_soon(self._signal_watcher)
                 log.info(
@@ -372,6 +373,12 @@ class Daemon:
                 )
                 sdnotify.notify(f"READY=1\nSTATUS=running, {len(self.peers)} peers")
                 task_status.started()
+
+    async def _throttle_flusher(self) -> None:
+        """Rate-limited log lines: the "N more" summaries when a burst has ended."""
+        while True:
+            await trio.sleep(THROTTLE_FLUSH_INTERVAL)
+            flush_throttles(trio.current_time())
 
     async def _run_peer(self, peer: Peer) -> None:
         """Rule 6: one peer's task; a bug in it resets that peer, nothing else."""
@@ -484,6 +491,7 @@ class Daemon:
             policy=PeerPolicy(
                 auto="listen" if name != pc.name else pc.auto,
                 dpd_action=pc.dpd_action,
+                auth_failure_backoff=pc.auth_failure_backoff,
             ),
             children=children,
             local_addr=lambda: (self._local_host, self.config.gateway.port),
@@ -772,7 +780,8 @@ class Daemon:
         plain = peer.name == pc.name
         remote = (str(pc.address), pc.port) if plain and pc.address is not None else None
         auto = pc.auto if plain else "listen"
-        peer.reconfigure(config, PeerPolicy(auto=auto, dpd_action=pc.dpd_action), remote)
+        policy = PeerPolicy(auto, pc.dpd_action, auth_failure_backoff=pc.auth_failure_backoff)
+        peer.reconfigure(config, policy, remote)
         for child in pc.children:
             sets = peer.children.by_child.get(child.name)
             if sets is None:

@@ -59,7 +59,7 @@ LIVE_KEYS = frozenset(
     {
         "auto", "ike_lifetime", "child_lifetime", "rekey_jitter", "child_packet_limit",
         "child_byte_limit", "dpd_delay", "dpd_action", "delete_delay", "replay_window",
-        "save_keys", "max_spokes", "psk",
+        "save_keys", "max_spokes", "psk", "auth_failure_backoff",
     }
 )  # fmt: skip
 # [[peer]] keys that need a new IKE SA (rule 3, "reauthenticated")

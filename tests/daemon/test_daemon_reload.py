@@ -318,7 +318,7 @@ async def test_the_verb_reports_a_refusal_and_a_summary(
 async def test_a_replacement_that_fails_takes_the_old_ike_sa_along(
     pair: Pair, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """peer.py rule 13: proposals the peer refuses. The old IKE SA carries on until the
+    """peer.py rule 14: proposals the peer refuses. The old IKE SA carries on until the
     new one has failed, then goes too: the configuration in force is the new one, and
     last_error says why the peer is down."""
     await wait_for_children(pair.a, pair.b)
