@@ -228,7 +228,7 @@ async def test_credentials_apply_at_the_next_authentication(
         while not pair.a.daemon.status()["peers"][0]["last_error"]:
             await trio.sleep(0.05)
     error = pair.a.daemon.status()["peers"][0]["last_error"]
-    assert "no trusted CA issued 'CN=gw-b' (issuer 'CN=tunneld second CA')" in error, error
+    assert "no trusted CA issued 'CN=gw-b'" in error and "'CN=tunneld second CA'" in error, error
     assert not children(pair.a)
     # gw-a trusts the second CA too: the next authentication succeeds
     edit(pair.a, f"ca = [{ca1}]", f"ca = [{ca1}, {ca2}]")
