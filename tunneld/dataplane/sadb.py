@@ -190,7 +190,7 @@ class SADatabase:
         for net in tunnel.remote:  # O(its selectors): a hub adds spokes among thousands
             self._owner[net] = tunnel
             self._route_add(net, tunnel)
-        self._changed()
+        self._cache.clear()  # the other tunnels' inbound verdicts depend on their own selectors
         return tunnel
 
     def remove_tunnel(self, name: str) -> Tunnel:
@@ -202,7 +202,7 @@ class SADatabase:
             if self._owner.get(net) is tunnel:
                 del self._owner[net]
             self._route_remove(net, tunnel)
-        self._changed()
+        self._cache.clear()
         return tunnel
 
     def tunnel(self, name: str) -> Tunnel:
