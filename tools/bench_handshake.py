@@ -444,7 +444,7 @@ def run_rate(run: Run, batches: int, timeout: float, profile: Path | None = None
     assert run.charon.proc is not None
     charon_pid = run.charon.proc.pid
     for b in range(batches):
-        with profiled(pid, profile if b == batches - 1 else None):
+        with profiled(pid, profile.with_suffix(f".{b + 1}.txt") if profile else None):
             batch = run_batch(pid, charon_pid, commands, events, run.peers, timeout)
         run.batches.append(batch)
         print(
