@@ -11,8 +11,10 @@
 #   netns-scripts/bench.sh handshake --mode hub --peers 1000 --json     # a 1,000-spoke hub
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The project's environment (.venv/, made by install-deps.sh with what the bench needs).
+[ -x .venv/bin/python ] || bash netns-scripts/install-deps.sh >&2
 if [[ ${1:-} == handshake ]]; then
 	shift
-	exec "${PYTHON:-python3}" -m tools.bench_handshake "$@"
+	exec .venv/bin/python -m tools.bench_handshake "$@"
 fi
-exec "${PYTHON:-python3}" -m tools.bench "$@"
+exec .venv/bin/python -m tools.bench "$@"

@@ -1,4 +1,4 @@
-"""Smoke test of the handshake benchmark (`netns-scripts/bench.sh handshake`,
+"""Smoke test of the handshake benchmark (`netns-scripts/bench.sh handshake` runs
 tools/bench_handshake.py, docs/performance.md): a few spokes from strongSwan
 against a tunneld hub, two batches, the documented JSON, nothing left behind."""
 
@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def _namespaces(prefix: str) -> list[str]:
 
 def test_rate_mode_reports_every_handshake_and_cleans_up() -> None:
     prefix = f"hs{secrets.token_hex(3)}"
-    argv = [str(REPO / "netns-scripts" / "bench.sh"), "handshake", "--peers", str(PEERS)]
+    argv = [sys.executable, "-m", "tools.bench_handshake", "--peers", str(PEERS)]
     argv += ["--batches", "2", "--addresses", "3", "--timeout", "40", "--json"]
     proc = subprocess.run(
         [*argv, "--prefix", prefix], capture_output=True, text=True, timeout=150, check=False
