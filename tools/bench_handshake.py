@@ -434,7 +434,9 @@ def profiled(pid: int, out: Path | None) -> Iterator[None]:
         spy.wait(30)
 
 
-def run_rate(run: Run, batches: int, timeout: float, profile: Path | None = None) -> dict[str, Any]:
+def run_rate(
+    run: Run, batches: int, timeout: float, profile: Path | None = None, settle: float = 0.0
+) -> dict[str, Any]:
     pid = run.start_hub()
     assert run.charon is not None
     commands, events = Vici(run.charon.vici_path), Vici(run.charon.vici_path)
@@ -443,10 +445,15 @@ def run_rate(run: Run, batches: int, timeout: float, profile: Path | None = None
     rss_start = rss_mb(pid)
     assert run.charon.proc is not None
     charon_pid = run.charon.proc.pid
+    settled: dict[str, float] = {}
     for b in range(batches):
         with profiled(pid, profile.with_suffix(f".{b + 1}.txt") if profile else None):
             batch = run_batch(pid, charon_pid, commands, events, run.peers, timeout)
         run.batches.append(batch)
+        if settle and b in (0, batches - 1):
+            time.sleep(settle)  # deleted IKE SAs linger to answer retransmissions
+            settled[str(run.peers * (b + 1))] = rss_mb(pid)
+            print(f"RSS {rss_mb(pid):.1f} MB {settle:.0f} s later", file=sys.stderr, flush=True)
         print(
             f"batch {b + 1}/{batches}: {batch.established}/{run.peers} up in "
             f"{batch.seconds:.2f} s = {batch.sas_per_s:.0f} SAs/s; responder "
@@ -477,6 +484,8 @@ def run_rate(run: Run, batches: int, timeout: float, profile: Path | None = None
         "responder_counters": counters,
         "rss_kib_per_sa_up": 1024 * (per_batch[0].rss_mb_up - rss_start) / run.peers,
         "rss_mb_after_handshakes": dict(zip(map(str, handshakes), rss_after, strict=True)),
+        "settle_s": settle,
+        "rss_mb_settled_after_handshakes": settled,
         "per_batch": [
             {
                 "seconds": b.seconds,
@@ -537,6 +546,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=10, help="rate mode: batches of --peers")
     p.add_argument("--addresses", type=int, default=MAX_ADDRESSES, help="source addresses")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per batch")
+    p.add_argument(
+        "--settle", type=float, default=0.0, metavar="S",
+        help="rate mode: after the first and the last batch wait S seconds (past the 41 s "
+        "a deleted IKE SA lingers to answer retransmissions) and measure RSS again",
+    )  # fmt: skip
     p.add_argument("--prefix", default=None, help="namespace prefix (default hs + hex)")
     p.add_argument("--json", action="store_true")
     p.add_argument(
@@ -592,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             run.setup()
             if args.mode == "rate":
                 result["batches"] = args.batches
-                result["rate"] = run_rate(run, args.batches, args.timeout, args.py_spy)
+                result["rate"] = run_rate(run, args.batches, args.timeout, args.py_spy, args.settle)
             else:
                 result["hub"] = run_hub(run, args.timeout)
     except KeyboardInterrupt:
