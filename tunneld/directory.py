@@ -128,9 +128,20 @@ class Hub:
         self.subnets.remove(peer.name, peer.session_config.remote_ts)
 
     def holders(self, nets: tuple[Network, ...]) -> list[Peer]:
-        """The spokes holding a network that overlaps one of ``nets``."""
+        """The spokes holding a network that overlaps one of ``nets``. The index's
+        answer is checked against each spoke's configuration: an entry the index kept
+        for a spoke that went another way (``spokes.clear()`` at a reload) counts not."""
         names = set().union(*(self.subnets.overlapping(net) for net in nets))
-        return [self.spokes[n] for n in sorted(names) if n in self.spokes]
+        found = [self.spokes[n] for n in sorted(names) if n in self.spokes]
+        return [
+            p
+            for p in found
+            if any(
+                a.version == b.version and a.overlaps(b)
+                for a in p.session_config.remote_ts
+                for b in nets
+            )
+        ]
 
     def spoke_name(self, identity: Identity) -> str:
         return f"{self.entry.name}/{str(identity).lower()}"
