@@ -127,6 +127,16 @@ Theory of operation:
     ends the wait. The peer task sets :func:`tunneld.log.log_context`, so the
     sans-I/O core's lines (``tunneld.ike``, its message trace at DEBUG) name
     the peer and the remote address too.
+14. A reload (:mod:`tunneld.reload`) hands a peer its new configuration
+    (:meth:`Peer.reconfigure`): new sessions use it, established ones take it
+    for the SAs they make from now on. When the peer must be re-established
+    (:meth:`Peer.reauthenticate`), its established IKE SAs are marked
+    ``replaced`` and, if we can initiate to the peer, a new IKE SA is
+    initiated at once, without INITIAL_CONTACT (we hold another one, rule 5a),
+    so a tunneld peer treats it as a make-before-break reauthentication (rule
+    5b). Once its Child SA is installed (or it failed) the replaced IKE SAs are
+    deleted (rule 5c's withdraw: the new Child SA carries at once). A peer we
+    cannot initiate to (no address) gets the DELETE at once and reconnects.
 """
 
 from __future__ import annotations
@@ -157,6 +167,7 @@ from ike.events import (
     RequestRefused,
     Retransmitted,
 )
+from ike.policy import MAX_HALF_OPEN
 from ike.session import IkeSession
 from ike.sessionconfig import SessionConfig
 from ike.states import IkeState
@@ -171,6 +182,10 @@ from tunneld.savekeys import KeyTables
 log = logging.getLogger("tunneld.peer")
 
 INBOX_SIZE = 64  # IKE datagrams queued per peer; beyond this they are dropped (peer retransmits)
+# The reception (rule 12) takes every new initiator's IKE_SA_INIT and IKE_AUTH: a hub's
+# burst of spokes would overflow 64 and wait for retransmissions (charon: 4 s); its inbox
+# holds as many datagrams as the front door admits half-open IKE SAs.
+RECEPTION_INBOX_SIZE = MAX_HALF_OPEN
 RETRY_INITIAL = 2.0  # seconds before re-initiating after a failed IKE SA (auto = start)
 # Capped low on purpose: with IKE_SA_INIT retransmitted at most every 3 s
 # (ike.policy.RetransmitPolicy.init_max_timeout), a gateway that wants its
@@ -193,29 +208,40 @@ K = TypeVar("K", bound=Hashable)
 
 
 class Deadlines(Generic[K]):
-    """The earliest of many keys' deadlines without walking them (a heap, lazy deletion)."""
+    """The earliest of many keys' deadlines without walking them (a heap, lazy deletion).
+
+    The heap holds (deadline, ticket) pairs only; ``_keys`` maps a live ticket to its
+    key. A superseded or removed entry thus keeps no key alive (a finished session and
+    its keys are freed at once, not when its stale deadline comes up), and the stale
+    pairs are compacted away once they outnumber the live ones."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, K]] = []
-        self._at: dict[K, float] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._at: dict[K, tuple[float, int]] = {}
+        self._keys: dict[int, K] = {}
         self._seq = itertools.count()
 
     def set(self, key: K, at: float | None) -> None:
+        old = self._at.pop(key, None)
+        if old is not None:
+            if old[0] == at:
+                self._at[key] = old
+                return
+            del self._keys[old[1]]
         if at is None or at == math.inf:
-            self._at.pop(key, None)
             return
-        if self._at.get(key) == at:
-            return
-        self._at[key] = at
-        heapq.heappush(self._heap, (at, next(self._seq), key))
-        if len(self._heap) > 4 * len(self._at) + 64:  # superseded entries: compact
-            self._heap = [(t, n, k) for t, n, k in self._heap if self._at.get(k) == t]
+        ticket = next(self._seq)
+        self._at[key] = (at, ticket)
+        self._keys[ticket] = key
+        heapq.heappush(self._heap, (at, ticket))
+        if len(self._heap) > 2 * len(self._at) + 16:  # superseded entries: compact
+            self._heap = [entry for entry in self._heap if entry[1] in self._keys]
             heapq.heapify(self._heap)
 
     def earliest(self) -> float:
         while self._heap:
-            at, _, key = self._heap[0]
-            if self._at.get(key) == at:
+            at, ticket = self._heap[0]
+            if ticket in self._keys:
                 return at
             heapq.heappop(self._heap)
         return math.inf
@@ -224,8 +250,9 @@ class Deadlines(Generic[K]):
         """The keys whose deadline is at or before ``now`` (forgotten here)."""
         due: list[K] = []
         while self._heap and self._heap[0][0] <= now:
-            at, _, key = heapq.heappop(self._heap)
-            if self._at.get(key) == at:
+            _, ticket = heapq.heappop(self._heap)
+            key = self._keys.pop(ticket, None)
+            if key is not None:
                 del self._at[key]
                 due.append(key)
         return due
@@ -311,6 +338,7 @@ class SessionRecord:
     # its IKE_SA_INIT came from), its key here and in the daemon's front door
     half_open: tuple[bytes, Address] | None = None
     spis: tuple[bytes, ...] = ()  # our SPIs it is indexed under (rule 9)
+    replaced: bool = False  # rule 14: deleted once the reload's new IKE SA is up
 
     def established_before(self, other: SessionRecord) -> bool:
         """Whether this IKE SA was up before ``other``'s negotiation began (rule 5a/b)."""
@@ -360,7 +388,8 @@ class Peer:
         self.keepalives_sent = 0
         self._last_heard: float | None = None
         self._declared_dead = False
-        self._send, self._recv = trio.open_memory_channel[_Input | None](INBOX_SIZE)
+        inbox = INBOX_SIZE if reception is None else RECEPTION_INBOX_SIZE
+        self._send, self._recv = trio.open_memory_channel[_Input | None](inbox)
         self._want_up = policy.auto == "start"
         self._retry_at = math.inf
         self._retry_delay = RETRY_INITIAL
@@ -375,6 +404,7 @@ class Peer:
         self._resolve_wanted = False  # a listening peer's name failed to resolve: again
         self._resolve_failing = False
         self.moves = 0  # rule 10: address changes followed
+        self._reauth: IkeSession | None = None  # rule 14: the reload's new IKE SA
 
     @property
     def sessions(self) -> list[IkeSession]:
@@ -452,6 +482,63 @@ class Peer:
             self._remove_children(record, now, "taken down by the operator")
             self._delete(record, now)
         self._poke()
+
+    def reconfigure(
+        self, config: SessionConfig, policy: PeerPolicy, remote: tuple[str, int] | None
+    ) -> None:
+        """Rule 14: a reload changed this peer. New sessions use ``config``; the
+        established ones take it for the SAs they make from now on (lifetimes at the
+        next rekey, credentials at the next authentication) unless ``reauthenticate``
+        replaces them."""
+        now = trio.current_time()
+        self.session_config = config
+        self.policy = policy
+        if remote != self.remote:
+            self.remote = remote
+            self.resolved = None if remote is None or _is_name(remote[0]) else remote[0]
+            self.host.peer_resolved(self)
+        if policy.auto != self.auto:
+            self.auto = policy.auto
+            self._want_up = self.auto == "start" and not self._held(now)
+            self._retry_at = now if self._want_up else math.inf
+        for session in self._records:
+            session.reconfigure(config)
+        self._poke()
+
+    def reauthenticate(self) -> None:
+        """Rule 14: replace the established IKE SAs by one made with the (reloaded)
+        configuration: make-before-break if we can initiate to the peer, else DELETE
+        (the peer reconnects)."""
+        now = trio.current_time()
+        old = [r for r in self._records.values() if r.up_at is not None and not r.deleting]
+        if not old:
+            return  # the next IKE SA is made with the new configuration anyway
+        if self.remote is None:
+            for record in old:
+                self._delete(record, now)
+            self._poke()
+            return
+        for record in old:
+            record.replaced = True
+        self._reauth = None
+        self._initiate_wanted = True  # run() resolves the name first (rule 11)
+        self._retry_at = now
+        self._poke()
+
+    def _retire_replaced(self, fresh: IkeSession | None, now: float, *, failed: bool) -> None:
+        """Rule 14: the reload's new IKE SA is up (its Child SA installed) or failed:
+        the IKE SAs it replaces are deleted either way."""
+        self._reauth = None
+        for record in [r for r in self._records.values() if r.replaced]:
+            if record.session is fresh:
+                continue
+            record.replaced = False
+            log.info(
+                "reload: deleting the IKE SA the new configuration replaces"
+                + (" (its replacement failed)" if failed else ""),
+                extra={"peer": self.name, "spi_i": record.session.spi_i.hex()},
+            )
+            self._delete(record, now)
 
     # -- the task ------------------------------------------------------------------
 
@@ -608,6 +695,8 @@ class Peer:
         with log_context(remote=_hostport(remote)):
             session.initiate(now)  # picks our SPI
         self._adopt(session, now)
+        if any(r.replaced for r in self._records.values()):
+            self._reauth = session  # rule 14
         log.info("initiating IKE SA", extra={"peer": self.name, "remote": _hostport(remote)})
 
     def _receive(self, dgram: IkeDatagram, header: IkeHeader) -> None:
@@ -771,6 +860,8 @@ class Peer:
             touched, self._dirty = self._dirty, set()
             came_up = [s for s in touched if s in self._records and self._flush(s)]
             for session in came_up:  # rule 5, once the new IKE SA's Child SA is installed
+                if session is self._reauth:
+                    self._retire_replaced(session, now, failed=False)  # rule 14
                 self._resolve_duplicates(session, now)  # may touch others: loop again
             for session in touched:
                 record = self._records.get(session)
@@ -783,11 +874,11 @@ class Peer:
                     self._end_half_open(record)
                 self._index(record)  # IKE SPIs come and go with IKE rekeys (rule 2)
                 self._timers.set(session, session.next_deadline())
-        if (
-            not self._live_sessions()
+        if (  # the walk over the sessions last: the reception holds hundreds
+            self.remote is not None
             and (self._want_up or self.resolved is None)  # rule 11: a name to resolve
-            and self.remote is not None
             and self._retry_at == math.inf
+            and not self._live_sessions()
         ):
             self._retry_at = now + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
@@ -1031,6 +1122,8 @@ class Peer:
 
     def _ike_down(self, record: SessionRecord, event: IkeSaDown, now: float) -> None:
         self._supersede(record, None, None)
+        if record.session is self._reauth:  # rule 14: the replacement failed
+            self._retire_replaced(None, now, failed=True)
         for other in self._records.values():  # rule 5b: the reauthentication failed
             if other.superseded_by is record:
                 self._supersede(other, None, None)
