@@ -457,7 +457,7 @@ class DataPath:
                 handler(dgram)
 
 
-class _TrioHoldsLock(trio.abc.Instrument):  # type: ignore[misc]
+class _TrioHoldsLock(trio.abc.Instrument):
     """The trio thread holds the data path's lock except while it waits for I/O."""
 
     def __init__(self, lock: threading.Lock) -> None:
