@@ -52,7 +52,7 @@ SITES = {  # lab.sh addresses
     "gwb": {"local": "192.0.2.2", "peer": "192.0.2.1", "lan": "203.0.113.0/24"},
 }
 
-log = logging.getLogger("static_pair")
+log = logging.getLogger("tunneld.static_pair")  # tunneld.*: logged at info (tunneld.log)
 
 
 # -- up / down / stats (run in the root namespace) ------------------------------
