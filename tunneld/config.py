@@ -123,6 +123,8 @@ class GatewayConfig:
     # only CAP_NET_ADMIN; tunneld.hardening); None: stay as started
     user: str | None = None
     group: str | None = None  # None: the user's primary group
+    # the packet pumps in a thread of their own instead of trio tasks (tunneld.datapath)
+    data_thread: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,7 @@ def _name(section: Section, key: str) -> str:
 _GATEWAY_KEYS = (
     "name", "listen", "port", "nat_t_port", "tun", "mtu",
     "control_socket", "log_format", "log_level", "save_keys_dir", "user", "group",
+    "data_thread",
 )  # fmt: skip
 
 
@@ -280,6 +283,7 @@ def _read_gateway(file: Path, data: object) -> GatewayConfig:
         log_format=cast(LogFormat, s.choice("log_format", get_args(LogFormat), "text")),
         log_level=cast(LogLevel, s.choice("log_level", get_args(LogLevel), "info")),
         save_keys_dir=s.file_path("save_keys_dir", file.parent) or control.parent / f"{name}-keys",
+        data_thread=s.typed("data_thread", bool, False),
         **_run_as(s),
     )
 

@@ -358,6 +358,7 @@ class Daemon:
             esp_port=gw.nat_t_port,
             ike_port=gw.port,
             more=more,
+            thread=gw.data_thread,
         )
         self._started_at = trio.current_time()
         self.front_door = FrontDoor(

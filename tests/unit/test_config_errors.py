@@ -71,6 +71,12 @@ def second_peer(**changes: object) -> Mutator:
 ERRORS: list[tuple[str, Mutator, str, str]] = [
     # (case id, change, key path, reason fragment)
     ("gw-missing-name", deleter("gateway", "name"), "gateway.name", "required key is missing"),
+    (
+        "gw-data-thread-type",
+        setter("gateway", "data_thread", "yes"),
+        "gateway.data_thread",
+        "expected a boolean (true/false), got string",
+    ),
     ("gw-name", setter("gateway", "name", "gw a!"), "gateway.name", "must be 1-64 of"),
     (
         "gw-name-type",
@@ -558,3 +564,10 @@ def test_file_level_errors(confdir: Path, text: str, fragment: str) -> None:
         load_config(path, now=NOW)
     assert str(info.value).startswith(f"{path}: ")
     assert fragment in str(info.value)
+
+
+def test_data_thread_is_off_unless_asked(confdir: Path) -> None:
+    data = base()
+    assert load_config(write(confdir, data), now=NOW).gateway.data_thread is False
+    setter("gateway", "data_thread", True)(data)
+    assert load_config(write(confdir, data), now=NOW).gateway.data_thread is True
