@@ -78,6 +78,11 @@ _SMALL = 128  # bytes: a region this short is summed in Python at once
 _FEW = 2  # regions: a batch with no more than this is summed in Python
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+# what a segment's headers get written per segment, in one call each:
+# TCP from the sequence number: seq, ack, data offset, flags, window, checksum;
+# IPv4 from the ID: ID, flags/fragment offset, TTL, protocol, header checksum
+_TCP_FIELDS = struct.Struct("!IIBBHH")
+_IP4_FIELDS = struct.Struct("!HHBBH")
 
 #: The most room one read of ``READ_SIZE`` bytes can need once cut, for a
 #: ``gso_size`` of at least 48 (Linux's TCP_MIN_SND_MSS) and headers of at most
@@ -235,17 +240,16 @@ class Cutter:
         _U16.pack_into(self._arena, at, value if value or not mangle else 0xFFFF)
 
     def _store_all(self, regions: _Regions, mangle: bool) -> None:
-        data, words = self._bytes, self._words
+        data = self._bytes
         lo = np.array(regions.lo, np.int64)
         hi = np.array(regions.hi, np.int64)
-        odd = hi[(hi - lo) & 1 == 1]
-        data[odd] = 0  # the zero pad of an odd length: the gap behind the packet
-        bounds = np.empty(2 * len(lo), np.int64)
-        bounds[0::2] = lo >> 1
-        bounds[1::2] = (hi + 1) >> 1
-        if bounds[-1] >= len(words):  # reduceat's last slice runs to the end anyway
-            bounds = bounds[:-1]
-        sums = np.add.reduceat(words, bounds, dtype=np.uint64)[0::2]
+        data[hi[(hi - lo) & 1 == 1]] = 0  # the zero pad of an odd length: the gap behind
+        base = int(lo[0]) >> 1  # only the words the regions cover (reduceat casts them all)
+        words = self._words[base : (int(hi[-1]) + 1) >> 1].astype(np.uint32)
+        bounds = np.empty(2 * len(lo) - 1, np.int64)  # the last region runs to the end
+        bounds[0::2] = (lo >> 1) - base
+        bounds[1::2] = ((hi[:-1] + 1) >> 1) - base
+        sums = np.add.reduceat(words, bounds)[0::2]
         sums = (sums & 0xFFFF) + (sums >> 16)  # fold twice: < 2**17, then <= 0xffff
         sums = (sums & 0xFFFF) + (sums >> 16)
         values = 0xFFFF - sums
@@ -272,37 +276,51 @@ class Cutter:
         last = payload - (count - 1) * gso_size  # the last segment's payload
         stride = _stride(hlen, gso_size, gap)
         v4 = arena[at] >> 4 == 4  # _tcp_headers checked it against the gso_type
-        first, middle, final = _templates(arena[at : at + hlen], ihl, hlen, gso_size, last, count)
-        seq = _U32.unpack_from(arena, at + ihl + 4)[0]
-        ident = _U16.unpack_from(arena, at + 4)[0] if v4 else 0
-        pack16, pack32 = _U16.pack_into, _U32.pack_into
-        for i in range(count - 1, -1, -1):
+        kinds = _templates(arena[at : at + hlen], ihl, hlen, gso_size, last, count)
+        seq, ack, offset, _, window = _TCP_FIELDS.unpack_from(arena, at + ihl + 4)[:5]
+        ident, frag, ttl, proto = _IP4_FIELDS.unpack_from(arena, at + 4)[:4] if v4 else (0,) * 4
+        sums = self._payload_sums(at + hlen, payload, gso_size, count)
+        pack_tcp, pack_ip = _TCP_FIELDS.pack_into, _IP4_FIELDS.pack_into
+        tcp_at, src = ihl + 4, at + hlen + (count - 1) * gso_size
+        for i in range(count - 1, -1, -1):  # last first: the moves go forward (step 2)
             dst = at + i * stride
             length = gso_size if i < count - 1 else last
             if i:
-                src = at + hlen + i * gso_size
                 arena[dst + hlen : dst + hlen + length] = arena[src : src + length]
-            arena[dst : dst + hlen] = final if i == count - 1 else first if i == 0 else middle
-            pack32(arena, dst + ihl + 4, (seq + i * gso_size) & 0xFFFFFFFF)
+            header, tcp_sum, ip_sum, flags = kinds[2 if i == count - 1 else 0 if i == 0 else 1]
+            arena[dst : dst + hlen] = header
+            number = (seq + i * gso_size) & 0xFFFFFFFF
+            total = tcp_sum + (number >> 16) + (number & 0xFFFF) + sums[i]
+            check = 0xFFFF - ((total - 1) % 0xFFFF + 1)  # RFC 1071 with the pseudo-header
+            pack_tcp(arena, dst + tcp_at, number, ack, offset, flags, window, check)
             if v4:
-                pack16(arena, dst + 4, (ident + i) & 0xFFFF)
-        # spans and checksum regions, in arena order (finish() needs them increasing)
-        ends = [at + i * stride + hlen + gso_size for i in range(count)]
-        ends[-1] = at + (count - 1) * stride + hlen + last
+                number = (ident + i) & 0xFFFF
+                check = 0xFFFF - ((ip_sum + number - 1) % 0xFFFF + 1)
+                pack_ip(arena, dst + 4, number, frag, ttl, proto, check)
+            src -= gso_size
         starts = range(at, at + count * stride, stride)
         spans.extend(zip(starts, [hlen + gso_size] * (count - 1) + [hlen + last], strict=True))
-        l4 = self._l4
-        l4.lo.extend(range(at + ihl, at + ihl + count * stride, stride))
-        l4.hi.extend(ends)
-        l4.at.extend(range(at + ihl + _TCP_CSUM, at + ihl + _TCP_CSUM + count * stride, stride))
-        if v4:
-            ip = self._ip
-            ip.lo.extend(starts)
-            ip.hi.extend(range(at + ihl, at + ihl + count * stride, stride))
-            ip.at.extend(range(at + _IP4_CSUM, at + _IP4_CSUM + count * stride, stride))
         self.stats.gso_reads += 1
         self.stats.gso_segments += count
         return _next(at + count * stride)
+
+    def _payload_sums(self, start: int, payload: int, gso_size: int, count: int) -> list[int]:
+        """Each segment's payload sum (16-bit words, not folded), before the moves:
+        one numpy reduceat over the contiguous payload (step 4)."""
+        if gso_size & 1 or start & 1:  # segments would not start on word boundaries
+            arena = self._arena
+            return [
+                _sum16(arena[lo : min(lo + gso_size, start + payload)])
+                for lo in range(start, start + payload, gso_size)
+            ] or [0]
+        if not payload:
+            return [0]
+        end = start + payload
+        if payload & 1:
+            self._bytes[end] = 0  # the zero pad of the last word (room behind the read)
+        words = self._words[start >> 1 : (end + 1) >> 1]
+        step = gso_size >> 1
+        return np.add.reduceat(words, np.arange(0, count * step, step), dtype=np.uint64).tolist()  # type: ignore[no-any-return]
 
 
 def _next(at: int) -> int:
@@ -334,16 +352,15 @@ def _tcp_headers(arena: memoryview, at: int, size: int, v4: bool) -> tuple[int, 
 
 def _templates(
     header: memoryview, ihl: int, hlen: int, gso_size: int, last: int, count: int
-) -> tuple[bytes, bytes, bytes]:
-    """The headers of the first, middle and last segments: lengths, flags and the
-    TCP pseudo-header sum set, IPv4 checksum zero (step 3; ID and sequence number
-    are written per segment). A lone segment keeps every flag."""
+) -> tuple[tuple[bytes, int, int, int], ...]:
+    """(headers, TCP sum, IPv4 header sum, TCP flags) of the first, middle and last
+    segments (step 3): lengths and flags set, the TCP checksum field holding the
+    pseudo-header sum (so that the TCP sum covers it), sequence number, IPv4 ID
+    and IPv4 checksum zero (written per segment, added to the sums per segment).
+    A lone segment keeps every flag."""
     v4 = header[0] >> 4 == 4
     flags = header[ihl + 13]
-    if v4:
-        pseudo = int.from_bytes(header[12:20], "big") + _TCP
-    else:
-        pseudo = int.from_bytes(header[8:40], "big") + _TCP
+    pseudo = int.from_bytes(header[12:20] if v4 else header[8:40], "big") + _TCP
     out = []
     for payload, tcp_flags in (
         (gso_size, flags & ~(_FIN | _PSH)),
@@ -354,13 +371,15 @@ def _templates(
         tcp_len = hlen - ihl + payload
         if v4:
             _U16.pack_into(h, 2, hlen + payload)
-            h[_IP4_CSUM : _IP4_CSUM + 2] = b"\0\0"
+            h[4:6] = h[_IP4_CSUM : _IP4_CSUM + 2] = b"\0\0"
         else:
             _U16.pack_into(h, 4, tcp_len)
+        h[ihl + 4 : ihl + 8] = b"\0\0\0\0"
         h[ihl + 13] = tcp_flags
         _U16.pack_into(h, ihl + _TCP_CSUM, _fold(pseudo + tcp_len))
-        out.append(bytes(h))
-    return out[0], out[1], out[2]
+        ip_sum = int.from_bytes(h[:ihl], "big") % 0xFFFF if v4 else 0
+        out.append((bytes(h), int.from_bytes(h[ihl:], "big") % 0xFFFF, ip_sum, tcp_flags))
+    return tuple(out)
 
 
 def vnet_header(
