@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
 
 from tests.helpers.tso import (
     DST,
@@ -30,6 +30,7 @@ from tests.helpers.tso import (
     gso,
     payload_of,
     read_all,
+    scapy_checksums,
     super_packet,
 )
 from tunneld.io.segment import (
@@ -42,6 +43,7 @@ from tunneld.io.segment import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_ECN,
     VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
     VIRTIO_NET_HDR_GSO_UDP,
     read_room,
     vnet_header,
@@ -82,6 +84,24 @@ def test_odd_gso_size_ip_options_and_a_single_segment() -> None:
     lone = super_packet(600, "FPA")  # a GSO header on what is one segment: all flags kept
     segments, _ = cut(gso(lone, MSS), lone)
     check_segments(segments, 600, MSS, "FPA")
+
+
+def test_ipv6_extension_headers_go_into_every_segment() -> None:
+    tcp = TCP(sport=40000, dport=5201, seq=1000, ack=77, flags="PA", window=500, options=TS)
+    for ext, ok in ((IPv6ExtHdrDestOpt(), True), (IPv6ExtHdrHopByHop(), True),
+                    (IPv6ExtHdrRouting(addresses=[DST6]), False)):  # fmt: skip
+        packet = bytes(IPv6(src=SRC6, dst=DST6, hlim=63) / ext / tcp / payload_of(3 * 1300))
+        vnet = vnet_header(1, VIRTIO_NET_HDR_GSO_TCPV6, 80, 1300, 48, 16)
+        segments, tun = cut(vnet, packet)
+        if not ok:
+            assert segments == [] and tun.stats.read_drops == {DROP_HEADERS: 1}
+            continue
+        assert len(segments) == 3
+        for i, segment in enumerate(segments):
+            pkt = IPv6(segment)
+            assert pkt.plen == len(segment) - 40 and type(pkt.payload) is type(ext)
+            assert bytes(pkt[TCP].payload) == payload_of(3 * 1300)[i * 1300 : (i + 1) * 1300]
+            assert pkt[TCP].chksum == scapy_checksums(segment, True)[0]
 
 
 def test_several_super_packets_and_plain_packets_in_one_batch() -> None:

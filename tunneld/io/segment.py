@@ -71,6 +71,11 @@ DROP_NO_ROOM = "no_room"  # the segments would not fit the arena (gso_size tiny)
 DROP_RUNT = "runt"  # shorter than the virtio header
 
 _TCP = 6
+# IPv6 extension headers a segment simply carries along (copied into every
+# segment, as the kernel's GSO does): hop-by-hop and destination options. A
+# routing header would change the pseudo-header's destination, a fragment
+# header cannot precede a TCP super-packet: both refused.
+_IPV6_OPTIONS = (0, 60)
 _FIN, _PSH, _CWR = 0x01, 0x08, 0x80
 _TCP_CSUM = 16  # RFC 9293 §3.1: checksum offset in the TCP header
 _IP4_CSUM = 10  # RFC 791 §3.1
@@ -337,11 +342,13 @@ def _tcp_headers(arena: memoryview, at: int, size: int, v4: bool) -> tuple[int, 
         if ihl < 20 or arena[at + 9] != _TCP or frag & 0x3FFF or total != size:
             return None  # not TCP, a fragment (MF or offset), a length that disagrees
     else:
-        if size < 60 or arena[at] >> 4 != 6:
-            return None
-        ihl = 40
-        if arena[at + 6] != _TCP or _U16.unpack_from(arena, at + 4)[0] + 40 != size:
-            return None  # an extension header, or a length that disagrees
+        if size < 60 or arena[at] >> 4 != 6 or _U16.unpack_from(arena, at + 4)[0] + 40 != size:
+            return None  # a length that disagrees (or a jumbogram)
+        ihl, nxt = 40, arena[at + 6]
+        while nxt in _IPV6_OPTIONS and ihl + 8 <= size:  # RFC 8200 §4.3, §4.6
+            nxt, ihl = arena[at + ihl], ihl + (arena[at + ihl + 1] + 1) * 8
+        if nxt != _TCP:
+            return None  # not TCP, or behind a routing or fragment header
     if ihl + 20 > size:
         return None
     hlen = ihl + (arena[at + ihl + 12] >> 4) * 4
@@ -373,7 +380,7 @@ def _templates(
             _U16.pack_into(h, 2, hlen + payload)
             h[4:6] = h[_IP4_CSUM : _IP4_CSUM + 2] = b"\0\0"
         else:
-            _U16.pack_into(h, 4, tcp_len)
+            _U16.pack_into(h, 4, hlen - 40 + payload)  # extension headers included
         h[ihl + 4 : ihl + 8] = b"\0\0\0\0"
         h[ihl + 13] = tcp_flags
         _U16.pack_into(h, ihl + _TCP_CSUM, _fold(pseudo + tcp_len))
