@@ -21,7 +21,9 @@ needs are done here, each signature through ``verify_directly_issued_by``:
 Not done: revocation (CRL/OCSP), name constraints and policy constraints
 (a certificate marking either critical is refused by rule 6).
 Every failure is :class:`~ike.errors.AuthenticationFailed` with a reason that
-names certificates by subject only (written as strongSwan writes DNs).
+names certificates by subject (written as strongSwan writes DNs); a path that
+reaches no trusted CA names the issuer and every trusted CA by subject and
+key identifier too (two CAs may share a name).
 """
 
 from __future__ import annotations
@@ -94,13 +96,48 @@ def _build_path(
                 return [*path, anchor]
         nxt = next((c for c in unused if _issued_by(current, c)), None)
         if nxt is None:
-            issuer = dn_string(current.issuer)
-            raise AuthenticationFailed(
-                f"no trusted CA issued '{_name(current)}' (issuer '{issuer}')"
-            )
+            raise AuthenticationFailed(_untrusted(current, anchors))
         unused.remove(nxt)
         path.append(nxt)
     raise AuthenticationFailed(f"certificate path longer than {MAX_PATH_LEN} intermediates")
+
+
+def _untrusted(cert: x509.Certificate, anchors: list[x509.Certificate]) -> str:
+    """Why no trusted CA issued ``cert``, naming every CA by subject *and* key
+    identifier: two CAs can share a name (a CA re-created with the same name, a
+    lab CA per run), and then only the key tells them apart."""
+    issuer = f"'{dn_string(cert.issuer)}' key id {_authority_key_id(cert)}"
+    trusted = "; ".join(f"'{_name(a)}' key id {subject_key_id(a)}" for a in anchors)
+    same_name = any(a.subject == cert.issuer for a in anchors)
+    why = (
+        "a trusted CA has the issuer's name but not its key"
+        if same_name
+        else "its issuer is not a trusted CA"
+    )
+    return f"no trusted CA issued '{_name(cert)}': {why} (issuer {issuer}; trusted: {trusted})"
+
+
+def _key_id(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def subject_key_id(cert: x509.Certificate) -> str:
+    """The certificate's subjectKeyIdentifier (computed as RFC 5280 §4.2.1.2
+    method 1 if it carries none), as colon-separated hex."""
+    ski = _extension(cert, x509.SubjectKeyIdentifier)
+    if isinstance(ski, x509.SubjectKeyIdentifier):
+        return _key_id(ski.digest)
+    try:
+        return _key_id(x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return "unknown"
+
+
+def _authority_key_id(cert: x509.Certificate) -> str:
+    aki = _extension(cert, x509.AuthorityKeyIdentifier)
+    if isinstance(aki, x509.AuthorityKeyIdentifier) and aki.key_identifier is not None:
+        return _key_id(aki.key_identifier)
+    return "not stated (no authorityKeyIdentifier)"
 
 
 def _extension(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> x509.ExtensionType | None:

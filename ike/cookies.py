@@ -135,6 +135,15 @@ _NOTIFY = struct.Struct("!BBH")  # §3.10: Protocol ID, SPI Size, Notify Message
 _ZERO_SPI = bytes(8)
 _RESPONSE, _INITIATOR = int(HeaderFlag.RESPONSE), int(HeaderFlag.INITIATOR)
 _KNOWN_PAYLOADS = frozenset(int(t) for t in PayloadType if t is not PayloadType.NONE)
+# Plain ints for the per-datagram scan (an enum member's lookup costs more than the
+# comparison: the scan runs for every spoofed request during a flood).
+_NO_NEXT, _NONCE, _NOTIFY_PAYLOAD = (
+    int(PayloadType.NONE),
+    int(PayloadType.NONCE),
+    int(PayloadType.N),
+)
+_COOKIE, _IKE_SA_INIT = int(NotifyType.COOKIE), int(ExchangeType.IKE_SA_INIT)
+_HEADER_LEN, _GENERIC_LEN, _NOTIFY_LEN = IKE_HEADER_LEN, _GENERIC.size, _NOTIFY.size
 MAX_INIT_PAYLOADS = 64  # more in one IKE_SA_INIT request is not a request we answer
 
 
@@ -155,35 +164,35 @@ def scan_init_request(data: bytes) -> InitRequest:
     the session that decodes it. ParseError for anything else, including an unknown
     payload type marked critical (§2.5: the session would refuse it too).
     """
-    if len(data) < IKE_HEADER_LEN:
+    if len(data) < _HEADER_LEN:
         raise ParseError("shorter than an IKE header")
     spi_i, spi_r, next_type, version, exchange, flags, _, length = _HEADER.unpack_from(data)
     if length != len(data) or version >> 4 != IKE_MAJOR_VERSION:
         raise ParseError("IKE header Length or version")
-    if exchange != ExchangeType.IKE_SA_INIT or spi_r != _ZERO_SPI:
+    if exchange != _IKE_SA_INIT or spi_r != _ZERO_SPI:
         raise ParseError("not a new IKE_SA_INIT")
     if flags & _RESPONSE or not flags & _INITIATOR:
         raise ParseError("not an IKE_SA_INIT request")
-    offset, nonce, cookie = IKE_HEADER_LEN, None, None
+    offset, nonce, cookie = _HEADER_LEN, None, None
+    generic = _GENERIC.unpack_from
     for count in range(MAX_INIT_PAYLOADS + 1):
-        if next_type == PayloadType.NONE:
+        if next_type == _NO_NEXT:
             break
         if count == MAX_INIT_PAYLOADS:
             raise ParseError(f"more than {MAX_INIT_PAYLOADS} payloads")
-        if offset + _GENERIC.size > length:
+        if offset + _GENERIC_LEN > length:
             raise ParseError("payload header beyond the message")
         this = next_type
-        next_type, generic_flags, size = _GENERIC.unpack_from(data, offset)
+        next_type, generic_flags, size = generic(data, offset)
         end = offset + size
-        if size < _GENERIC.size or end > length:
+        if size < _GENERIC_LEN or end > length:
             raise ParseError("payload length beyond the message")
-        body = offset + _GENERIC.size
-        if this == PayloadType.NONCE:
-            nonce = data[body:end]
-        elif this == PayloadType.N and count == 0 and end - body >= _NOTIFY.size:
-            _, spi_size, notify_type = _NOTIFY.unpack_from(data, body)
-            if notify_type == NotifyType.COOKIE:
-                cookie = data[body + _NOTIFY.size + spi_size : end]
+        if this == _NONCE:
+            nonce = data[offset + _GENERIC_LEN : end]
+        elif this == _NOTIFY_PAYLOAD and count == 0 and size >= _GENERIC_LEN + _NOTIFY_LEN:
+            _, spi_size, notify_type = _NOTIFY.unpack_from(data, offset + _GENERIC_LEN)
+            if notify_type == _COOKIE:
+                cookie = data[offset + _GENERIC_LEN + _NOTIFY_LEN + spi_size : end]
         elif generic_flags & 0x80 and this not in _KNOWN_PAYLOADS:
             raise ParseError(f"unsupported critical payload {this}")
         offset = end
@@ -194,18 +203,28 @@ def scan_init_request(data: bytes) -> InitRequest:
     return InitRequest(spi_i, nonce, cookie)
 
 
+_REPLY = struct.Struct("!8s8sBBBBIIBBHBBH")  # HDR + one notify payload's headers
+
+
 def cookie_reply(spi_i: bytes, cookie: bytes) -> bytes:
     """:func:`cookie_challenge` packed directly: ``HDR(SPIi, 0), N(COOKIE)``."""
-    notify = _GENERIC.pack(PayloadType.NONE, 0, _GENERIC.size + _NOTIFY.size + len(cookie))
-    notify += _NOTIFY.pack(0, 0, NotifyType.COOKIE) + cookie
-    header = _HEADER.pack(
-        spi_i,
-        _ZERO_SPI,
-        PayloadType.N,
-        IKE_MAJOR_VERSION << 4,
-        ExchangeType.IKE_SA_INIT,
-        HeaderFlag.RESPONSE,
-        0,
-        IKE_HEADER_LEN + len(notify),
+    notify_len = _GENERIC_LEN + _NOTIFY_LEN + len(cookie)
+    return (
+        _REPLY.pack(
+            spi_i,
+            _ZERO_SPI,
+            _NOTIFY_PAYLOAD,
+            IKE_MAJOR_VERSION << 4,
+            _IKE_SA_INIT,
+            _RESPONSE,
+            0,
+            _HEADER_LEN + notify_len,
+            _NO_NEXT,
+            0,
+            notify_len,
+            0,
+            0,
+            _COOKIE,
+        )
+        + cookie
     )
-    return header + notify

@@ -24,7 +24,7 @@ import logging
 
 from ike.constants import ExchangeType, NotifyType, ProtocolId
 from ike.errors import LocalError, PeerError
-from ike.events import Address
+from ike.events import Address, RequestRefused
 from ike.exchanges.base import InitiatorTask, Outcome, Received, ResponderTask
 from ike.exchanges.child_create import ChildCreateInitiator, ChildCreateResponder
 from ike.exchanges.context import RefusedByPeer, decode_message, encode_message, exchange_name
@@ -49,6 +49,9 @@ from ike.taskmanager import Exchange, RequestKind, Timeout
 from ike.wire import IkeHeader, Message
 
 log = logging.getLogger("tunneld.ike")
+
+# Refusals that say the two configurations disagree: an operator must act on them.
+MISMATCH_NOTIFIES = frozenset({NotifyType.NO_PROPOSAL_CHOSEN, NotifyType.TS_UNACCEPTABLE})
 
 _RETIRING_INPUTS = (Input.INFORMATIONAL_REQUEST, Input.CREATE_CHILD_SA_REQUEST)
 
@@ -128,9 +131,12 @@ class Dispatcher:
                 core.drop("unauthenticated or malformed request", f"{type(err).__name__}: {err}")
                 return
             stateless = inp is Input.IKE_SA_INIT_REQUEST  # unauthenticated: no log line each
-            level = logging.DEBUG if stateless else logging.INFO
-            log.log(level, "refusing %s: %s", exchange_name(header.exchange_type), err)
+            name = exchange_name(header.exchange_type)
+            # the daemon logs the refusal once (IkeSaDown / RequestRefused) with the peer
+            log.debug("refusing %s: %s", name, err)
             self._respond(sa, header, [error_notify(err)], src, dst, data, stateless=stateless)
+            if inp not in (None, Input.IKE_SA_INIT_REQUEST, Input.IKE_AUTH_REQUEST):
+                self._refused(name, err)  # authenticated: the IKE SA stays
             if expected and inp is not None and sa is core.sas.current:
                 self._request_refused(inp, err, now)
             return
@@ -160,7 +166,17 @@ class Dispatcher:
         payloads: list[Payload] = []
         for i, task in enumerate(tasks):
             payloads += [error_notify(failures[i])] if i in failures else task.build_r(sa.ctx)
+        name = exchange_name(received.message.exchange_type)
+        for failure in failures.values():  # the critical tasks authenticated the peer
+            log.debug("refusing a Child SA in %s: %s", name, failure)
+            self._refused(name, failure)
         return payloads
+
+    def _refused(self, exchange: str, err: PeerError) -> None:
+        """Report a refusal we sent that a configuration mismatch explains (a
+        TEMPORARY_FAILURE in a rekey collision, say, is no fault of anyone's)."""
+        if err.notify in MISMATCH_NOTIFIES:
+            self.core.emit(RequestRefused(exchange, str(err), err.notify))
 
     def _unexpected(self, header: IkeHeader) -> PeerError:
         name = exchange_name(header.exchange_type)
@@ -365,8 +381,9 @@ class Dispatcher:
         if failed in (Input.IKE_SA_INIT_FAILED, Input.IKE_AUTH_FAILED):
             name = exchange_name(exchange.exchange_type)
             core.go_down(failed, f"{name} failed: {err}", err.notify, now)
-        else:
-            log.info("%s failed: %s", inp.name, err)
+        else:  # authenticated: the peer refused (or botched) our request; it stays up
+            level = logging.WARNING if err.notify in MISMATCH_NOTIFIES else logging.INFO
+            log.log(level, "%s failed: %s", exchange_name(exchange.exchange_type), err)
             core.fire(failed)
             for task in exchange.tasks:
                 task.on_failed(self.rekeying, sa, err, now)
@@ -387,6 +404,7 @@ class Dispatcher:
         if due is Timeout.RETRANSMIT:
             flight = core.tm.retransmit(now)
             core.outbox.append((flight.datagram, flight.src, flight.dst))
+            core.emit(core.tm.retransmitted(flight))
         elif due is Timeout.EXHAUSTED and flight is not None:
             name = flight.exchange.exchange_type.name
             tries = flight.attempt + 1
@@ -415,6 +433,7 @@ class Dispatcher:
         if due is Timeout.RETRANSMIT:
             flight = sa.tm.retransmit(now)
             self.core.outbox.append((flight.datagram, flight.src, flight.dst))
+            self.core.emit(sa.tm.retransmitted(flight))
             return
         exhausted = due is Timeout.EXHAUSTED and sa.tm.in_flight is not None
         if exhausted or (sa.give_up_at is not None and now >= sa.give_up_at):

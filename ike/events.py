@@ -152,6 +152,38 @@ class IkeSaRekeyed:
 
 
 @dataclass(frozen=True)
+class Retransmitted:
+    """A request of ours went unanswered and was sent again (RFC 7296 §2.1).
+
+    ``transmission`` counts from 1 (the first sending), so the first
+    retransmission is 2; ``of`` is how many transmissions the policy allows
+    before the peer is declared unreachable or dead. Nothing but the
+    daemon's log and counters use it.
+    """
+
+    exchange: str  # e.g. "IKE_SA_INIT"
+    message_id: int
+    transmission: int
+    of: int
+    remote_addr: Address
+
+
+@dataclass(frozen=True)
+class RequestRefused:
+    """We answered an authenticated request of the peer with an error notify.
+
+    Only for refusals that leave the IKE SA up (a Child SA in IKE_AUTH or
+    CREATE_CHILD_SA: TS_UNACCEPTABLE, NO_PROPOSAL_CHOSEN, ...): a refused
+    IKE_SA_INIT or IKE_AUTH ends in :class:`IkeSaDown`. ``reason`` names what
+    was offered and what we are configured for; ``notify`` is what we sent.
+    """
+
+    exchange: str
+    reason: str
+    notify: NotifyType
+
+
+@dataclass(frozen=True)
 class InitialContact:
     """The peer sent INITIAL_CONTACT in IKE_AUTH (RFC 7296 §2.4, §3.10.1).
 
@@ -171,4 +203,6 @@ Event = (
     | IkeSaRekeyed
     | InitialContact
     | IkeSaDown
+    | Retransmitted
+    | RequestRefused
 )

@@ -11,10 +11,14 @@ the pure policy the daemon asks before it creates a responder session:
    session later, and a flood must not slip past the thresholds in between.
    The daemon reports the session it opens (:meth:`FrontDoor.opened`, which
    turns the reservation into the session) and each one that ends or is
-   established (:meth:`FrontDoor.closed`). A reservation whose session is
-   never opened (the peer's inbox was full, the peer is held down) lapses
-   after :data:`RESERVATION_TTL`; a retransmitted request meanwhile finds
-   its reservation and is not counted twice.
+   established (:meth:`FrontDoor.closed`), and each admitted request it
+   turned away without a session (the peer's inbox was full, the peer is
+   held down: :meth:`FrontDoor.declined`). A reservation is never dropped
+   while its session may still come (a busy peer task may take seconds on
+   a loaded machine: lapsing then let a flood pass the threshold); only a
+   reservation nobody reported within :data:`RESERVATION_TTL`, a safety net
+   for a lost report, lapses. A retransmitted request meanwhile finds its
+   reservation and is not counted twice.
 2. A request without a valid cookie is admitted only while fewer than
    ``cookie_threshold`` half-open SAs exist in all and fewer than
    ``source_threshold`` from its source address. Otherwise it gets
@@ -61,7 +65,7 @@ from ike.policy import (
 )
 
 COOKIE_SECRET_LEN = 32
-RESERVATION_TTL = 2.0  # seconds an admitted request may wait for its session (rule 1)
+RESERVATION_TTL = 30.0  # a reservation nobody reported lapses (rule 1: a safety net)
 
 
 class Verdict(Enum):
@@ -187,6 +191,11 @@ class FrontDoor:
         """A responder session was created for an admitted request."""
         if self._reserved.pop((spi_i, src), None) is None:  # its reservation lapsed
             self._add(peer, src[0], 1)
+
+    def declined(self, peer: str, src: Address, spi_i: bytes) -> None:
+        """An admitted request was turned away without a session: its reservation goes."""
+        if self._reserved.pop((spi_i, src), None) is not None:
+            self._add(peer, src[0], -1)
 
     def closed(self, peer: str, src: Address) -> None:
         """A session reported with :meth:`opened` was established or ended."""

@@ -414,12 +414,52 @@ def describe_wire(offer: payloads.Proposal) -> str:
     """Human-readable form of a wire proposal for logs (SPIs are not secret)."""
     parts = []
     for t in offer.transforms:
-        name = _NAMES.get((int(t.type), int(t.id), t.key_length))
+        name = _NAMES.get((int(t.type), int(t.id), t.key_length)) or _foreign_name(t)
         if name is None:
             name = f"{_enum_name(TransformType, t.type)}:{t.id}"
             name += f"/{t.key_length}" if t.key_length is not None else ""
         parts.append(name)
     return f"#{offer.number} {_enum_name(ProtocolId, offer.protocol)}:" + "-".join(parts)
+
+
+# Algorithms peers offer that tunneld refuses, named as strongSwan (and the
+# refusal messages above) name them, so that a log line saying what a peer
+# offered reads "aes256-sha256-modp1024", not transform numbers (IANA
+# "IKEv2 Transform Type" registries).
+_FOREIGN: dict[tuple[int, int], str] = {
+    (int(TransformType.ENCR), 2): "des",
+    (int(TransformType.ENCR), 3): "3des",
+    (int(TransformType.ENCR), 12): "aes{bits}",
+    (int(TransformType.ENCR), 13): "aes{bits}ctr",
+    (int(TransformType.ENCR), 18): "aes{bits}gcm8",
+    (int(TransformType.ENCR), 19): "aes{bits}gcm12",
+    (int(TransformType.ENCR), 20): "aes{bits}gcm16",
+    (int(TransformType.PRF), 1): "prfmd5",
+    (int(TransformType.PRF), 2): "prfsha1",
+    (int(TransformType.PRF), 4): "prfaesxcbc",
+    (int(TransformType.PRF), 8): "prfaescmac",
+    (int(TransformType.INTEG), 1): "md5",
+    (int(TransformType.INTEG), 2): "sha1",
+    (int(TransformType.INTEG), 5): "aesxcbc",
+    (int(TransformType.INTEG), 12): "sha256",
+    (int(TransformType.INTEG), 13): "sha384",
+    (int(TransformType.INTEG), 14): "sha512",
+    (int(TransformType.DH), 1): "modp768",
+    (int(TransformType.DH), 2): "modp1024",
+    (int(TransformType.DH), 5): "modp1536",
+    (int(TransformType.DH), 14): "modp2048",
+    (int(TransformType.DH), 15): "modp3072",
+    (int(TransformType.DH), 16): "modp4096",
+    (int(TransformType.DH), 24): "modp2048s256",
+    (int(TransformType.DH), 32): "x448",
+}
+
+
+def _foreign_name(t: payloads.Transform) -> str | None:
+    form = _FOREIGN.get((int(t.type), int(t.id)))
+    if form is None or ("{bits}" in form and t.key_length is None):
+        return None
+    return form.format(bits=t.key_length)
 
 
 def _enum_name(enum: type[IntEnum], raw: int) -> str:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from ike.constants import ExchangeType
 from ike.errors import LocalError
-from ike.events import Address
+from ike.events import Address, Retransmitted
 from ike.policy import RetransmitPolicy
 
 if TYPE_CHECKING:
@@ -193,6 +193,16 @@ class TaskManager:
         flight.attempt += 1
         flight.deadline = now + self._timeout(flight.exchange, flight.attempt)
         return flight
+
+    def retransmitted(self, flight: InFlight) -> Retransmitted:
+        """The event that reports a retransmission of ``flight`` (the daemon logs it)."""
+        return Retransmitted(
+            exchange=flight.exchange.exchange_type.name,
+            message_id=flight.message_id,
+            transmission=flight.attempt + 1,
+            of=self.policy.tries + 1,
+            remote_addr=flight.dst,
+        )
 
     def _timeout(self, exchange: Exchange, attempt: int) -> float:
         init = exchange.exchange_type == ExchangeType.IKE_SA_INIT

@@ -8,4 +8,6 @@
 #   netns-scripts/bench.sh --configs plain,tunneld --rounds 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python3}" -m tools.bench "$@"
+# The project's environment (.venv/, made by install-deps.sh with what the bench needs).
+[ -x .venv/bin/python ] || bash netns-scripts/install-deps.sh >&2
+exec .venv/bin/python -m tools.bench "$@"

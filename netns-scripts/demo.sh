@@ -8,4 +8,4 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 bash netns-scripts/install-deps.sh
-exec "${PYTHON:-python3}" -m tools.demo "$@"
+exec .venv/bin/python -m tools.demo "$@"

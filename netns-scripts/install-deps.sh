@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything tunneld's demo and test suite need, idempotently:
 # Debian packages (namespaces, nftables, traffic tools, strongSwan, OpenVPN)
-# and the Python package itself with its test/dev extras.
+# and the Python package itself with its test/dev extras, in .venv/ of this checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,11 +20,16 @@ APT_PACKAGES=(
   # in libstrongswan-standard-plugins) only a Recommends; strongswan.sh checks them
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins
-  # the default interpreter (PYTHON=python3): Debian's python3 has no pip module
-  python3 python3-pip
+  # the interpreter .venv is made from (PYTHON=python3); Debian's python3 makes a
+  # venv with pip only with python3-venv (ensurepip)
+  python3 python3-venv
   # systemd-analyze verify/security on contrib/systemd/tunneld@.service (no running
   # systemd needed); setpriv (util-linux, Essential) starts the daemon as the unit would
   systemd
+  # tests/netns/test_metrics_netns.py runs Prometheus (the server binary only: its
+  # Depends are adduser and the web UI's JavaScript; the Recommends, node-exporter,
+  # is not needed) to scrape a gateway's [metrics] endpoint
+  prometheus
 )
 
 missing=()
@@ -37,28 +42,26 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian starts a strongSwan service on install; our tests run their own charons.
+# Debian starts strongSwan and Prometheus services on install; our tests run their own.
 if command -v systemctl >/dev/null 2>&1; then
-  systemctl stop strongswan-starter strongswan 2>/dev/null || true
+  systemctl stop strongswan-starter strongswan prometheus 2>/dev/null || true
 fi
 
-PY=${PYTHON:-python3}
-"$PY" -c 'import sys; assert sys.version_info >= (3, 11), "tunneld needs Python >= 3.11"'
-# This project was distributed as "tunneld" before it became tunneld-ipsec (that name
-# belongs to another project on the package index). An editable install under the old
-# name would keep a second `tunneld` command and import path: remove it, and only it
-# (an install of the other project is not editable).
-if "$PY" -m pip show tunneld 2>/dev/null | grep -q '^Editable project location:'; then
-  "$PY" -m pip -q uninstall -y tunneld 2>/dev/null ||
-    "$PY" -m pip -q uninstall -y --break-system-packages tunneld
+# The project's own virtual environment, .venv/ in this checkout: the demo, the
+# tests and the benchmark run from it, and nothing is installed into the system
+# interpreter (a second clone gets a second .venv; deleting a clone deletes its
+# environment). PYTHON names the interpreter the environment is made from.
+BASE=${PYTHON:-python3}
+"$BASE" -c 'import sys; assert sys.version_info >= (3, 11), "tunneld needs Python >= 3.11"'
+VENV=.venv
+# A stale environment (its base interpreter upgraded or removed) is made again.
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+  echo "install-deps: $VENV is broken (its base interpreter is gone): making it again"
+  rm -rf "$VENV"
 fi
-pip_args=(-q install --disable-pip-version-check -e ".[test,dev]")
-if ! "$PY" -m pip "${pip_args[@]}" 2>/tmp/tunneld-pip.err; then
-  if grep -q externally-managed /tmp/tunneld-pip.err; then
-    "$PY" -m pip "${pip_args[@]}" --break-system-packages
-  else
-    cat /tmp/tunneld-pip.err >&2
-    exit 1
-  fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "install-deps: python venv $VENV (from $("$BASE" --version))"
+  "$BASE" -m venv "$VENV"
 fi
-echo "install-deps: ok ($("$PY" --version), $(command -v tunneld))"
+"$VENV/bin/python" -m pip -q install --disable-pip-version-check -e ".[test,dev]"
+echo "install-deps: ok ($("$VENV/bin/python" --version) in $PWD/$VENV)"

@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 bash netns-scripts/install-deps.sh
-PY=${PYTHON:-python3}
+PY=.venv/bin/python  # made by install-deps.sh (PYTHON: the interpreter it is made from)
 echo "== ruff check"; "$PY" -m ruff check .
 echo "== ruff format --check"; "$PY" -m ruff format --check .
 echo "== mypy"; "$PY" -m mypy

@@ -41,6 +41,11 @@ Theory of operation:
    when nothing else can (``install`` with ``outbound_active``), but it
    never takes over from a confirmed one: sending on it could lose the
    packets that arrive before the peer has processed our answer.
+7. ``traffic`` adds up what the Child SAs counted, also those gone: an
+   outbound SA's counts are kept when ``remove`` ends its use, an inbound
+   SA's when ``expire`` drops it (its packets in flight count until then).
+   The totals only grow (Prometheus counters, :mod:`tunneld.metrics`), and
+   are read on demand: nothing is added per packet.
 """
 
 from __future__ import annotations
@@ -91,6 +96,30 @@ class ChildRecord:
     confirmed: bool = True  # the peer has its inbound SA (rule 6)
     rekey_requested: bool = False
     seen_inbound: int = 0  # inbound packets at the last watch()
+
+
+@dataclass
+class Traffic:
+    """Packets and bytes (of inner packets) the Child SAs counted, in and out."""
+
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+
+    def received(self, sa: InboundSA) -> None:
+        self.packets_in += sa.packets
+        self.bytes_in += sa.bytes
+
+    def sent(self, sa: OutboundSA) -> None:
+        self.packets_out += sa.packets
+        self.bytes_out += sa.bytes
+
+    def add(self, other: Traffic) -> None:
+        self.packets_in += other.packets_in
+        self.bytes_in += other.bytes_in
+        self.packets_out += other.packets_out
+        self.bytes_out += other.bytes_out
 
 
 @dataclass
@@ -150,6 +179,7 @@ class ChildSet:
         self._routed: set[Any] = set()
         self.installed_total = 0
         self.rekeys_total = 0
+        self._retired = Traffic()  # rule 7: what the Child SAs gone counted
         self._sa_factory = sa_factory
 
     # -- rule 2: install, activate ---------------------------------------------------
@@ -265,6 +295,7 @@ class ChildSet:
         if tunnel.current is None and not self._awaiting_activation():
             self._unroute()  # rule 5
         self._retiring[inbound_spi] = now + self.delete_delay
+        self._retired.sent(record.outbound)  # rule 7: it seals no more
         return record
 
     def _newest_active(self) -> ChildRecord | None:
@@ -291,7 +322,7 @@ class ChildSet:
             if everything or at <= now:
                 del self._retiring[spi]
                 if self._sadb.inbound(spi) is not None:
-                    self._sadb.remove_inbound(spi)
+                    self._retired.received(self._sadb.remove_inbound(spi))  # rule 7
         self._drop_idle_tunnel()
 
     def _drop_idle_tunnel(self) -> None:
@@ -328,6 +359,19 @@ class ChildSet:
         return result
 
     # -- status ------------------------------------------------------------------------
+
+    def traffic(self) -> Traffic:
+        """Rule 7: everything the child's Child SAs counted so far, also those gone."""
+        total = Traffic()
+        total.add(self._retired)
+        for record in self.records.values():
+            total.received(record.inbound)
+            total.sent(record.outbound)
+        for spi in self._retiring:  # removed, still opening packets in flight (rule 3)
+            inbound = self._sadb.inbound(spi)
+            if inbound is not None:
+                total.received(inbound)
+        return total
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         return [self._snapshot(r, now) for r in self.records.values()]
@@ -454,3 +498,10 @@ class ChildSets:
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         return [c for s in self.by_child.values() for c in s.snapshot(now)]
+
+    def traffic(self) -> Traffic:
+        """Rule 7, for every child of the peer."""
+        total = Traffic()
+        for child_set in self.by_child.values():
+            total.add(child_set.traffic())
+        return total

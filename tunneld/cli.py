@@ -190,11 +190,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         await Daemon(config, handle_signals=True).run()
 
     try:
-        trio.run(main)
+        try:
+            trio.run(main)
+        except BaseExceptionGroup as group:
+            raise _sole(group) from None
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception a nursery wrapped (trio's strict exception groups), so that
+    the CLI's handlers (OSError, ControlError, Ctrl-C) see what failed; a group of
+    several stays a group (a traceback: more than one thing failed at once)."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

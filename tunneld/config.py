@@ -1,7 +1,8 @@
 """The configuration file: TOML -> frozen dataclasses, with precise errors.
 
-One file per gateway: ``[gateway]``, ``[identity]`` and one ``[[peer]]`` per
-remote gateway. docs/configuration.md documents every key.
+One file per gateway: ``[gateway]``, ``[identity]``, one ``[[peer]]`` per
+remote gateway and, optionally, ``[metrics]`` (the Prometheus endpoint).
+docs/configuration.md documents every key.
 
 How a file is read:
 
@@ -71,6 +72,7 @@ __all__ = [
     "ConfigError",
     "GatewayConfig",
     "IdentityConfig",
+    "MetricsConfig",
     "PeerConfig",
     "add_check_subcommand",
     "describe",
@@ -198,6 +200,8 @@ class PeerConfig:
     delete_delay: float
     replay_window: int
     save_keys: bool
+    # seconds before initiating again after AUTHENTICATION_FAILED (doubles, up to 16x)
+    auth_failure_backoff: float
     # an identity pattern (id = "*.domain"): at most this many spokes, and the
     # fixed subnets of some of them (tunneld.peermatch rule 3); 0 / () otherwise
     max_spokes: int = 0
@@ -215,11 +219,26 @@ class PeerConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: where the Prometheus endpoint listens (tunneld.metrics)."""
+
+    host: IPAddress
+    port: int
+
+    @property
+    def listen(self) -> str:
+        return (
+            f"[{self.host}]:{self.port}" if self.host.version == 6 else f"{self.host}:{self.port}"
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     gateway: GatewayConfig
     identity: IdentityConfig
     peers: tuple[PeerConfig, ...]
+    metrics: MetricsConfig | None = None  # no [metrics]: no endpoint
 
     def peer(self, name: str) -> PeerConfig:
         for p in self.peers:
@@ -404,7 +423,7 @@ _PEER_KEYS = (
     "local_subnets", "remote_subnets", "auto", "ike", "esp",
     "ike_lifetime", "child_lifetime", "rekey_jitter", "child_packet_limit", "child_byte_limit",
     "dpd_delay", "dpd_action", "delete_delay", "replay_window", "save_keys",
-    "max_spokes", "spokes", "child",
+    "auth_failure_backoff", "max_spokes", "spokes", "child",
 )  # fmt: skip
 _CHILD_KEYS = (
     "name", "local_subnets", "remote_subnets", "esp",
@@ -441,6 +460,7 @@ class _Limits(_ChildLimits):
     delete_delay: float
     replay_window: int
     save_keys: bool
+    auth_failure_backoff: float
 
 
 def _read_peer(file: Path, index: int, data: object, me: IdentityConfig) -> PeerConfig:
@@ -624,6 +644,7 @@ def _peer_limits(s: Section) -> _Limits:
         "delete_delay": duration("delete_delay", "5s", 0, 300),
         "replay_window": s.integer("replay_window", 1024, 32, MAX_REPLAY_WINDOW),
         "save_keys": s.typed("save_keys", bool, False),
+        "auth_failure_backoff": duration("auth_failure_backoff", "30s", 1, _DAY),
     }
 
 
@@ -633,9 +654,39 @@ def _string(value: object) -> str:
     return value
 
 
+# --- [metrics] -------------------------------------------------------------------
+
+_METRICS_KEYS = ("listen",)
+
+
+def _read_metrics(file: Path, data: object) -> MetricsConfig:
+    s = Section(file, "metrics", data, _METRICS_KEYS)
+    host, port = s.convert("listen", lambda v: _host_port(_string(v)))
+    return MetricsConfig(host, port)
+
+
+def _host_port(text: str) -> tuple[IPAddress, int]:
+    """``"192.0.2.1:9108"`` or ``"[2001:db8::1]:9108"``: an address and a port, both needed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(
+            f'\'{text}\' is not ADDRESS:PORT (examples: "192.0.2.1:9108", "[::1]:9108")'
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"'{text}': only IPv6 addresses are written in brackets")
+    elif ":" in host:
+        raise ValueError(f"'{text}': write an IPv6 address in brackets, as [{host}]:{port}")
+    address = parse_address(host)
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"'{text}': the port must be 1 .. 65535")
+    return address, int(port)
+
+
 # --- the whole file -------------------------------------------------------------
 
-_TOP_KEYS = ("gateway", "identity", "peer")
+_TOP_KEYS = ("gateway", "identity", "peer", "metrics")
 
 
 def load_config(path: str | Path, *, now: datetime | None = None) -> Config:
@@ -665,7 +716,8 @@ def load_config(path: str | Path, *, now: datetime | None = None) -> Config:
     peers = tuple(_read_peer(file, i, p, identity) for i, p in enumerate(raw_peers))
     _check_peers(file, peers)
     _check_mtu(file, gateway, peers)
-    return Config(file, gateway, identity, peers)
+    metrics = _read_metrics(file, data["metrics"]) if "metrics" in data else None
+    return Config(file, gateway, identity, peers, metrics)
 
 
 def _check_peers(file: Path, peers: tuple[PeerConfig, ...]) -> None:
@@ -724,7 +776,8 @@ def describe(config: Config) -> str:
         f"gateway {g.name}: tun {g.tun} mtu {g.mtu}, listen "
         + ", ".join(str(a) for a in g.listen)
         + f" (udp {g.port}/{g.nat_t_port}), control {g.control_socket}"
-        + (f", runs as {g.user}" + (f":{g.group}" if g.group else "") if g.user else ""),
+        + (f", runs as {g.user}" + (f":{g.group}" if g.group else "") if g.user else "")
+        + (f", metrics on http://{config.metrics.listen}/metrics" if config.metrics else ""),
         f"identity {ident.id}"
         + (
             f", certificate {ident.certificate.subject.rfc4514_string()}"

@@ -277,11 +277,11 @@ async def serve(
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(bound.sock))
         async with trio.open_nursery() as nursery:
             task_status.started()
-            await trio.serve_listeners(
-                lambda stream: _serve_one(stream, handler, commands),
-                [listener],
-                handler_nursery=nursery,
-            )
+
+            async def serve(stream: trio.SocketStream) -> None:
+                await _serve_one(stream, handler, commands)
+
+            await trio.serve_listeners(serve, [listener], handler_nursery=nursery)
     finally:
         if own:
             bound.close()

@@ -45,6 +45,9 @@ Theory of operation:
    is reset (its Child SAs leave the data plane, its sessions are
    forgotten) and its task starts again after :data:`PEER_RESET_DELAY`; the
    other peers, the data plane and the control socket go on.
+8. ``[metrics]`` (optional): a Prometheus endpoint (:mod:`tunneld.metrics`),
+   bound with the sockets, before privileges are dropped, and served by one
+   task in the nursery that reads the daemon's counters at scrape time.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ from ike.session import IkeSession
 from ike.sessionconfig import ChildConfig as IkeChildConfig
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
-from tunneld import control, hardening, sdnotify
+from tunneld import control, hardening, metrics, sdnotify
 from tunneld.childsas import ChildSet, ChildSets, Limits
 from tunneld.config import ChildConfig, Config, PeerConfig
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
@@ -83,7 +86,7 @@ from tunneld.directory import Directory, Hub
 from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
-from tunneld.log import LogThrottle
+from tunneld.log import THROTTLE_FLUSH_INTERVAL, LogThrottle, flush_throttles
 from tunneld.peer import Peer, PeerPolicy
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
 from tunneld.savekeys import KeyTables
@@ -281,6 +284,7 @@ class Daemon:
         self._cancel = trio.CancelScope()
         self._stopping = trio.Event()
         self._key_tables: KeyTables | None = None  # shared by the peers with save_keys
+        self._metrics: metrics.Endpoint | None = None  # [metrics]: bound in run, rule 8
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -307,10 +311,16 @@ class Daemon:
                 self._udp = {
                     p: self._sockets[(self._local_host, p)] for p in (gw.port, gw.nat_t_port)
                 }
+                if self.config.metrics is not None:  # rule 8: bound before the drop
+                    self._metrics = metrics.Endpoint.open(
+                        str(self.config.metrics.host), self.config.metrics.port
+                    )
                 if account is not None:
                     _drop_privileges(account)
                 await self._run_tasks(tun, control_socket, task_status)
             finally:
+                if self._metrics is not None:
+                    self._metrics.close()
                 self._close_devices(tun)
         finally:
             control_socket.close()
@@ -337,7 +347,10 @@ class Daemon:
                 await nursery.start(self._datapath.run)
                 self._make_peers(nursery)
                 await nursery.start(control.serve, control_socket, self._control)
+                if self._metrics is not None:
+                    await nursery.start(self._metrics.serve, self)
                 nursery.start_soon(self._shutdown_watcher)
+                nursery.start_soon(self._throttle_flusher)
                 if self.handle_signals:
                     nursery.start_soon(self._signal_watcher)
                 log.info(
@@ -346,6 +359,12 @@ class Daemon:
                 )
                 sdnotify.notify(f"READY=1\nSTATUS=running, {len(self.peers)} peers")
                 task_status.started()
+
+    async def _throttle_flusher(self) -> None:
+        """Rate-limited log lines: the "N more" summaries when a burst has ended."""
+        while True:
+            await trio.sleep(THROTTLE_FLUSH_INTERVAL)
+            flush_throttles(trio.current_time())
 
     async def _run_peer(self, peer: Peer) -> None:
         """Rule 6: one peer's task; a bug in it resets that peer, nothing else."""
@@ -453,6 +472,7 @@ class Daemon:
             policy=PeerPolicy(
                 auto="listen" if name != pc.name else pc.auto,
                 dpd_action=pc.dpd_action,
+                auth_failure_backoff=pc.auth_failure_backoff,
             ),
             children=children,
             local_addr=lambda: (self._local_host, self.config.gateway.port),
@@ -612,6 +632,11 @@ class Daemon:
                 self.front_door.opened(peer.name, remote, spi_i)
             else:
                 self.front_door.closed(peer.name, remote)
+
+    def half_open_declined(self, peer: Peer, spi_i: bytes, remote: Address) -> None:
+        """Rule 5: an admitted IKE_SA_INIT the peer turned away without a session."""
+        if self.front_door is not None:
+            self.front_door.declined(peer.name, remote, spi_i)
 
     async def resolve(self, name: str) -> str:
         """A peer's DNS name, in the address family we listen on (peer.py rule 11)."""

@@ -14,17 +14,32 @@ Two defences against hostile input reaching the log:
   once per reason per interval; the rest are counted and summarised in one
   line ("N more in the last S s"). The reasons are a fixed set, so neither
   the log volume nor the throttle's memory grows with what attackers send.
+
+Which peer a line is about: a peer's task sets :func:`log_context` (its name,
+and the remote address of the input it handles), and :class:`ContextFilter`
+adds those as ``peer`` / ``remote`` fields to every record logged meanwhile
+that does not name them itself, so that the lines of the sans-I/O core
+(``tunneld.ike``), which knows no peer names, carry them too. In the text
+format ``peer=`` comes first (as charon's ``<gw-b|1>``); in JSON every field
+is a key of its own.
+
+Levels: ``--log-level debug`` opens tunneld's own loggers (``tunneld.*``)
+only; every other logger (pyroute2, asyncio, trio, ...) stays at WARNING.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
 import time
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -72,23 +87,83 @@ def _field(value: object) -> str:
 
 
 class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: peer=NAME message key=value ...`` (``peer=`` first, if any)."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        base = escape(super().format(record))
         extras = {
             k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
         }
+        peer = extras.pop("peer", None)
+        if peer is not None:
+            saved = record.msg, record.args
+            record.msg, record.args = f"peer={_field(peer)} {record.getMessage()}", None
+            try:
+                base = escape(super().format(record))
+            finally:
+                record.msg, record.args = saved
+        else:
+            base = escape(super().format(record))
         if extras:
             base += " " + " ".join(f"{k}={_field(v)}" for k, v in extras.items())
         return base
+
+
+# -- which peer a line is about -------------------------------------------------
+
+_CONTEXT: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
+    "tunneld_log_context", default=None
+)
+
+
+@contextlib.contextmanager
+def log_context(**fields: object) -> Iterator[None]:
+    """Fields (``peer``, ``remote``) added to every record logged inside the block
+    by this task (trio tasks each have their own context), the outer ones kept."""
+    outer = _CONTEXT.get() or {}
+    token = _CONTEXT.set({**outer, **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def set_log_context(**fields: object) -> None:
+    """Like :func:`log_context` for the rest of the current task (a peer's task, once)."""
+    outer = _CONTEXT.get() or {}
+    _CONTEXT.set({**outer, **{k: v for k, v in fields.items() if v is not None}})
+
+
+class ContextFilter(logging.Filter):
+    """Adds the :func:`log_context` fields a record does not carry itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = _CONTEXT.get()
+        if fields:
+            for key, value in fields.items():
+                if key not in vars(record):
+                    setattr(record, key, value)
+        return True
 
 
 @dataclass
 class _Window:
     until: float
     suppressed: int = 0
+
+
+_THROTTLES: weakref.WeakSet[LogThrottle] = weakref.WeakSet()
+THROTTLE_FLUSH_INTERVAL = 10.0  # seconds between the daemon's flush_throttles() calls
+
+
+def flush_throttles(now: float) -> None:
+    """Summarise every throttle's ended windows: the daemon calls this every
+    :data:`THROTTLE_FLUSH_INTERVAL` seconds, so that the count of a flood's
+    suppressed lines is logged when the flood stops, not with the next one."""
+    for throttle in list(_THROTTLES):
+        throttle.flush(now)
 
 
 class LogThrottle:
@@ -114,6 +189,7 @@ class LogThrottle:
         self._level = level
         self._windows: dict[str, _Window] = {}
         self.counts: dict[str, int] = dict.fromkeys(reasons, 0)
+        _THROTTLES.add(self)
 
     def __call__(self, reason: str, now: float, **fields: object) -> None:
         if reason not in self._reasons:
@@ -143,9 +219,40 @@ class LogThrottle:
             )
 
 
-def setup_logging(fmt: str = "text", level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+OWN_LOGGER = "tunneld"  # every logger of ours is tunneld.* (the sans-I/O core: tunneld.ike)
+OTHERS_LEAST = logging.WARNING  # third-party loggers never go below this
+
+
+class OthersAtWarning(logging.Filter):
+    """Lets through any record of tunneld's loggers, and the others' from WARNING up.
+
+    The root logger's level alone would not do: a library that sets its own
+    logger's level (or a caller that does) would still reach the handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        own = name == OWN_LOGGER or name.startswith(OWN_LOGGER + ".")
+        return own or record.levelno >= OTHERS_LEAST
+
+
+def make_handler(fmt: str = "text", stream: IO[str] | None = None) -> logging.Handler:
+    """A handler writing ``fmt`` lines (text or JSON) to ``stream`` (stderr), with
+    the peer context of :func:`log_context` on every record, and other libraries'
+    records only from WARNING up."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(OthersAtWarning())
+    handler.addFilter(ContextFilter())
+    return handler
+
+
+def setup_logging(fmt: str = "text", level: str = "info", stream: IO[str] | None = None) -> None:
+    """Log ``fmt`` lines to ``stream`` (stderr): tunneld's loggers from ``level`` up,
+    the others (pyroute2, asyncio, trio, ...) from WARNING up whatever ``level`` says."""
+    wanted = logging.getLevelName(level.upper())
+    if not isinstance(wanted, int):
+        raise ValueError(f"unknown log level {level!r}")
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.handlers[:] = [make_handler(fmt, stream)]
+    root.setLevel(max(wanted, OTHERS_LEAST))
+    logging.getLogger(OWN_LOGGER).setLevel(wanted)

@@ -75,8 +75,9 @@ Theory of operation:
    responder sessions (IKE_SA_INIT answered, no authenticated IKE_AUTH yet)
    are anyone's to create: they are reported to the daemon's front door, do
    not count as "live" (they never stop ``auto = start`` from initiating),
-   never set ``last_error`` or liveness, and are logged through a throttle.
-   Only authenticated messages (or our own timeouts) change what status says.
+   never set liveness, nor ``last_error`` while an IKE SA with the peer is up
+   or being set up (rule 13), and are logged through a throttle. Otherwise
+   only authenticated messages (or our own timeouts) change what status says.
 10. The peer's address follows its authenticated packets (RFC 7296 §2.23,
    RFC 3948; NAT rebinding, roaming): an IKE message the session
    authenticated, or ESP whose ICV verified and that was the newest on its
@@ -111,6 +112,21 @@ Theory of operation:
     (:meth:`Peer.take_over`) *before* any of its events is applied, so its
     Child SAs reach the data plane through the owner's ChildSet. A session that
     fails IKE_AUTH ends here, unauthenticated, as rule 9 says.
+13. Failures an operator must act on (:mod:`tunneld.failures`): authentication,
+    proposal and selector mismatches, an unreachable peer, and (rule 6) a dead
+    peer are logged at WARNING with ``peer`` and ``remote``, once per run of
+    the same failure (repeats at INFO); each retransmission of ours at INFO
+    with its count (``Retransmitted``). ``last_error`` names the cause on both
+    sides: the error notify we received, the refusal we sent to an
+    authenticated peer (``RequestRefused``: offered vs configured), and, while
+    nothing authenticated is up or being set up with the peer, a refusal of an
+    unauthenticated one (marked as such; never over an authenticated error).
+    After AUTHENTICATION_FAILED of our own attempt, the next one waits
+    ``auth_failure_backoff`` seconds, doubling up to :data:`AUTH_BACKOFF_FACTOR`
+    times that (the line says when); the tunnel coming up, or ``tunneld up``,
+    ends the wait. The peer task sets :func:`tunneld.log.log_context`, so the
+    sans-I/O core's lines (``tunneld.ike``, its message trace at DEBUG) name
+    the peer and the remote address too.
 """
 
 from __future__ import annotations
@@ -138,6 +154,8 @@ from ike.events import (
     IkeSaRekeyed,
     IkeSaUp,
     InitialContact,
+    RequestRefused,
+    Retransmitted,
 )
 from ike.session import IkeSession
 from ike.sessionconfig import SessionConfig
@@ -145,7 +163,9 @@ from ike.states import IkeState
 from ike.wire import IkeHeader
 from tunneld.childsas import ChildSets
 from tunneld.datapath import IkeDatagram
-from tunneld.log import LogThrottle
+from tunneld.durations import Durations
+from tunneld.failures import Failure, FailureLog, classify
+from tunneld.log import LogThrottle, log_context, set_log_context
 from tunneld.savekeys import KeyTables
 
 log = logging.getLogger("tunneld.peer")
@@ -161,6 +181,7 @@ WATCH_INTERVAL = 1.0  # seconds between looks at the SA counters (rule 4)
 REAUTH_GRACE = 10.0  # seconds a reauthenticating peer gets to delete its old IKE SA (rule 5b)
 NAT_KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §4: "a default of 20 seconds"
 RESOLVE_TIMEOUT = 5.0  # seconds a DNS lookup of the peer's name may take (rule 11)
+AUTH_BACKOFF_FACTOR = 16  # rule 13: the auth failure back-off doubles up to 16x its start
 
 
 _Input = tuple[IkeDatagram, IkeHeader]
@@ -237,6 +258,8 @@ class PeerHost(Protocol):
         self, peer: Peer, spi_i: bytes, remote: Address, *, opened: bool
     ) -> None: ...
 
+    def half_open_declined(self, peer: Peer, spi_i: bytes, remote: Address) -> None: ...
+
 
 class Reception(Protocol):
     """Rule 12: where the daemon's reception gets its sessions and gives them away."""
@@ -257,6 +280,8 @@ class PeerStatus:
     half_open_ended: int = 0  # responder sessions that ended unauthenticated (rule 9)
     # rule 9: the last unauthenticated failure (it may be anyone's), kept apart
     last_unauthenticated: str | None = None
+    # from the negotiation's start to IkeSaUp, per IKE SA (tunneld.metrics)
+    handshakes: Durations = dataclasses.field(default_factory=Durations)
 
 
 @dataclass(frozen=True)
@@ -265,6 +290,8 @@ class PeerPolicy:
 
     auto: str  # "start" | "listen"
     dpd_action: str  # "restart" | "clear"
+    # rule 13: seconds before initiating again after AUTHENTICATION_FAILED (doubling)
+    auth_failure_backoff: float = 30.0
 
 
 @dataclass(eq=False)
@@ -324,6 +351,9 @@ class Peer:
         self._supersede_timers: Deadlines[SessionRecord] = Deadlines()
         self._dirty: set[IkeSession] = set()
         self._half_open_log = LogThrottle(log, HALF_OPEN_LOG)
+        self._failures = FailureLog(log, name)  # rule 13
+        self._auth_backoff = policy.auth_failure_backoff
+        self._unauthenticated_error = False  # last_error came from an unauthenticated refusal
         self.status = PeerStatus()
         self._watch_at = math.inf
         self._keepalive_at = math.inf
@@ -357,6 +387,8 @@ class Peer:
             self._send.send_nowait((dgram, header))
         except trio.WouldBlock:
             self.inbox_drops += 1
+            if header.starts_ike_sa:  # admitted by the front door: no session comes
+                self.host.half_open_declined(self, header.spi_i, dgram.remote)
 
     def heard_from(self, remote: Address) -> None:
         """Rule 10: authenticated ESP of this peer arrived from ``remote``, a new
@@ -424,6 +456,7 @@ class Peer:
     # -- the task ------------------------------------------------------------------
 
     async def run(self) -> None:
+        set_log_context(peer=self.name)  # rule 13: every line of this task names the peer
         await self._resolve()  # rule 11: also for a listening peer (the dispatcher matches it)
         if self._want_up and self.remote is not None:
             self._retry_at = trio.current_time()
@@ -458,6 +491,7 @@ class Peer:
         except (OSError, trio.TooSlowError) as exc:
             why = str(exc) or f"no answer within {RESOLVE_TIMEOUT:g}s"
             self.status.last_error = f"cannot resolve {name}: {why}"
+            self._unauthenticated_error = False
             if not self._resolve_failing:  # once per run of failures
                 self._resolve_failing = True
                 log.warning(
@@ -498,7 +532,8 @@ class Peer:
     def _on_timer(self, now: float) -> None:
         for session in self._timers.pop_due(now):  # rule 9: no walk over sessions
             if session in self._records:
-                session.handle_timer(now)
+                with log_context(remote=_hostport(session.remote_addr)):
+                    session.handle_timer(now)
                 self._dirty.add(session)
         self.children.expire(now)
         if self._watch_at <= now:
@@ -570,9 +605,10 @@ class Peer:
             remote_addr=remote,
             initial_contact=alone,
         )
-        session.initiate(now)  # picks our SPI
+        with log_context(remote=_hostport(remote)):
+            session.initiate(now)  # picks our SPI
         self._adopt(session, now)
-        log.info("initiating IKE SA", extra={"peer": self.name, "remote": remote[0]})
+        log.info("initiating IKE SA", extra={"peer": self.name, "remote": _hostport(remote)})
 
     def _receive(self, dgram: IkeDatagram, header: IkeHeader) -> None:
         now = trio.current_time()
@@ -580,7 +616,8 @@ class Peer:
         if session is None:
             return
         before, was_up = session.remote_addr, session.established
-        session.receive_datagram(dgram.data, dgram.remote, dgram.local, now)
+        with log_context(remote=_hostport(dgram.remote)):
+            session.receive_datagram(dgram.data, dgram.remote, dgram.local, now)
         self._dirty.add(session)
         if session.established:  # rule 9: only what the session authenticated counts
             heard = session.last_heard
@@ -622,6 +659,7 @@ class Peer:
             return None
         if self._held(now):
             self._refuse(dgram, now)
+            self.host.half_open_declined(self, header.spi_i, dgram.remote)
             return None
         if self.reception is not None:  # rule 12
             session = self.reception.responder(dgram, now)
@@ -804,8 +842,10 @@ class Peer:
             if session.behind_nat and self._keepalive_at == math.inf:
                 self._keepalive_at = now + NAT_KEEPALIVE_INTERVAL
             self.status.ike_sas_established += 1
+            self.status.handshakes.observe(now - record.begun)
             self.status.last_error = None
             self._retry_delay = RETRY_INITIAL
+            self._auth_backoff = self.policy.auth_failure_backoff  # rule 13
             record.up_at = now
             log.info(
                 "IKE SA established",
@@ -844,6 +884,32 @@ class Peer:
             self._half_open_down(record, event, now)
         elif isinstance(event, IkeSaDown):
             self._ike_down(record, event, now)
+        elif isinstance(event, Retransmitted):
+            self._retransmitted(event)
+        elif isinstance(event, RequestRefused):
+            self._refused_request(record, event)
+
+    def _retransmitted(self, event: Retransmitted) -> None:
+        """Rule 13: a request of ours went unanswered; the count says how far it got."""
+        log.info(
+            f"retransmitting {event.exchange} request {event.message_id}: "
+            f"transmission {event.transmission} of {event.of}",
+            extra={
+                "peer": self.name,
+                "remote": _hostport(event.remote_addr),
+                "event": "retransmit",
+                "transmission": event.transmission,
+                "of": event.of,
+            },
+        )
+
+    def _refused_request(self, record: SessionRecord, event: RequestRefused) -> None:
+        """Rule 13: we refused an authenticated peer's Child SA (its IKE SA stays)."""
+        failure = classify(event.notify, "") or Failure.OTHER
+        reason = f"refused the peer's {event.exchange}: {event.reason} ({event.notify.name})"
+        self.status.last_error = reason
+        self._unauthenticated_error = False
+        self._failures.report(failure, reason, _hostport(record.session.remote_addr))
 
     def _resolve_duplicates(self, fresh: IkeSession, now: float) -> None:
         """Rule 5b/c, when ``fresh`` came up: reauthenticated IKE SAs wait for the
@@ -941,14 +1007,27 @@ class Peer:
 
     def _half_open_down(self, record: SessionRecord, event: IkeSaDown, now: float) -> None:
         """Rule 9: a responder session that never authenticated its initiator ended
-        (refused IKE_SA_INIT, half-open timeout, failed IKE_AUTH): counted, kept apart
-        from last_error, logged through the throttle."""
+        (refused IKE_SA_INIT, half-open timeout, failed IKE_AUTH): counted, kept in
+        last_unauthenticated, logged through a throttle; a refusal for a mismatch at
+        WARNING, and as last_error only as rule 13 says."""
         self._end_half_open(record)
         self.status.half_open_ended += 1
-        reason = event.reason + (f" ({event.notify.name})" if event.notify is not None else "")
+        reason = _with_notify(event)
         self.status.last_unauthenticated = reason
-        remote = record.session.remote_addr[0]
-        self._half_open_log(HALF_OPEN_LOG[0], now, peer=self.name, remote=remote, why=reason)
+        remote = _hostport(record.session.remote_addr)
+        failure = classify(event.notify, event.reason)
+        if failure is None:  # e.g. a half-open timeout: anyone's, and no mismatch
+            self._half_open_log(HALF_OPEN_LOG[0], now, peer=self.name, remote=remote, why=reason)
+            return
+        # rule 13: a refusal that names a mismatch is logged (throttled) at WARNING, and is
+        # last_error while nothing authenticated is up or being set up, so a spoof can
+        # neither deface a working tunnel's status nor hide an authenticated error
+        self._failures.report_unauthenticated(failure, reason, remote, now)
+        if not self._live_sessions() and (
+            self.status.last_error is None or self._unauthenticated_error
+        ):
+            self.status.last_error = f"{reason} [refused an unauthenticated peer at {remote}]"
+            self._unauthenticated_error = True
 
     def _ike_down(self, record: SessionRecord, event: IkeSaDown, now: float) -> None:
         self._supersede(record, None, None)
@@ -956,21 +1035,52 @@ class Peer:
             if other.superseded_by is record:
                 self._supersede(other, None, None)
         self._remove_children(record, now, event.reason)
-        reason = event.reason + (f" ({event.notify.name})" if event.notify is not None else "")
+        reason = _with_notify(event)
         was_up = record.up_at is not None
         peer_dead = event.peer_dead and not record.deleting  # rule 6
-        if event.notify is not None or not was_up or peer_dead:  # a clean DELETE is no error
+        error = event.notify is not None or not was_up or peer_dead  # a clean DELETE is not
+        if error:
             self.status.last_error = reason
-        log.info("IKE SA down", extra={"peer": self.name, "reason": reason})
+            self._unauthenticated_error = False
+        remote = _hostport(record.session.remote_addr)
+        failure = None
+        if error and not peer_dead:  # a dead peer has its own line (_dead_peer)
+            failure = classify(event.notify, event.reason) or Failure.OTHER
+        # every end, failed or not, has its INFO line (scripts count them); a failure
+        # also its WARNING (rule 13)
+        log.info("IKE SA down", extra={"peer": self.name, "remote": remote, "reason": reason})
+        if failure is not None:
+            self._failures.report(failure, reason + self._back_off(record, failure, now), remote)
         if peer_dead:
-            self._dead_peer(now)
+            self._dead_peer(now, reason, remote)
 
-    def _dead_peer(self, now: float) -> None:
+    def _back_off(self, record: SessionRecord, failure: Failure, now: float) -> str:
+        """Rule 13: after an authentication failure of our own attempt, wait (doubling,
+        up to AUTH_BACKOFF_FACTOR times the configured delay); the log's words for it."""
+        if failure is not Failure.AUTHENTICATION or not record.session.is_initiator:
+            return ""
+        if not self._want_up or self.remote is None:
+            return ""
+        delay = self._auth_backoff
+        self._auth_backoff = min(delay * 2, self.policy.auth_failure_backoff * AUTH_BACKOFF_FACTOR)
+        self._retry_at = now + delay  # _after_io leaves a set retry alone
+        return f"; next attempt in {delay:g} s"
+
+    def _dead_peer(self, now: float, reason: str = "", remote: str | None = None) -> None:
         """Rule 6: apply dpd_action."""
         self.status.dead_peer_detections += 1
         self._declared_dead = True
         action = self.policy.dpd_action
-        log.warning("peer dead", extra={"peer": self.name, "action": action})
+        log.warning(  # the message stays "peer dead": scripts (and tests) look for it
+            "peer dead",
+            extra={
+                "peer": self.name,
+                "remote": remote,
+                "event": "peer_dead",
+                "action": action,
+                "reason": reason,
+            },
+        )
         if action == "restart" and self.remote is not None and not self._held(now):
             self._want_up = True
             self._retry_delay = RETRY_INITIAL
@@ -991,6 +1101,7 @@ class Peer:
         if event.outbound_active and not confirmed and self.children.carrying(event.child):
             event = dataclasses.replace(event, outbound_active=False)
         child = self.children.install(session, event, now, confirmed=confirmed)
+        self._failures.cleared()  # rule 13: the tunnel works; the next failure is news
         self.host.esp_source(event.remote_addr, session.local_addr)  # daemon rule 7
         if record.deleting:  # rule 5c: e.g. a rekey the peer made while we delete
             self.children.withdraw(event.inbound_spi)
@@ -1160,6 +1271,14 @@ class Peer:
             if session.established:
                 return _hostport(session.remote_addr)
         return None
+
+
+def _with_notify(event: IkeSaDown) -> str:
+    """The reason, followed by the notify's name unless the reason already says it."""
+    notify = event.notify
+    if notify is None or notify.name in event.reason:
+        return event.reason
+    return f"{event.reason} ({notify.name})"
 
 
 def _is_name(host: str) -> bool:

@@ -27,6 +27,7 @@ from ike.lifetimes import Lifetime
 from ike.payloads import NotifyPayload, Payload
 from ike.proposals import SelectedProposal
 from ike.sessionconfig import PeerLookup, SessionConfig
+from ike.trace import trace
 from ike.wire import IkeHeader, Message, decrypt_message, encrypt_message, parse_message
 
 SPI_LEN = 8  # §3.1
@@ -400,6 +401,7 @@ def encode_message(
         message_id=message_id,
         payloads=payloads,
     )
+    trace("sent", message, ctx.remote_addr)
     if exchange_type == ExchangeType.IKE_SA_INIT:
         return message.build()
     if ctx.cipher_out is None:
@@ -413,7 +415,10 @@ def decode_message(ctx: SaContext, header: IkeHeader, data: bytes) -> Message:
     A forged or undecryptable message raises IntegrityError (drop silently).
     """
     if header.exchange_type == ExchangeType.IKE_SA_INIT:
-        return parse_message(data)
-    if ctx.cipher_in is None:
+        message = parse_message(data)
+    elif ctx.cipher_in is None:
         raise IntegrityError("encrypted message before the keys exist")
-    return decrypt_message(data, ctx.cipher_in)
+    else:
+        message = decrypt_message(data, ctx.cipher_in)
+    trace("parsed", message)  # only what parsed (and authenticated): never garbage
+    return message

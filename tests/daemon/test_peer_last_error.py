@@ -16,8 +16,12 @@ import pytest
 import trio
 import trio.testing
 
+from ike.constants import DhGroup, ExchangeType, HeaderFlag
+from ike.payloads import KePayload, NoncePayload, SaPayload
+from ike.proposals import make_offer, parse_ike_proposal
+from ike.wire import Message
 from tests.helpers.daemon_memory import Pair, children, start_site, wait_for_children
-from tools.lab import SiteOptions, write_site_configs
+from tools.lab import GWA_UNDERLAY, GWB_UNDERLAY, SiteOptions, write_site_configs
 from tunneld.io.udp import MemoryNetwork
 
 
@@ -66,6 +70,29 @@ async def test_operator_down_is_not_an_error_on_either_side(
     assert peer_status(pair.b)["last_error"] is None
 
 
+async def test_a_refused_spoof_leaves_a_working_tunnel_without_an_error(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Peer rule 13: an unauthenticated IKE_SA_INIT from the peer's address that gw-b
+    refuses is counted apart, never last_error, while the tunnel is up."""
+    await wait_for_children(pair.a, pair.b)
+    offer = make_offer([parse_ike_proposal("aes128gcm16-prfsha384-ecp384")])
+    spoof = Message(
+        spi_i=bytes(range(1, 9)),
+        exchange_type=ExchangeType.IKE_SA_INIT,
+        flags=HeaderFlag.INITIATOR,
+        message_id=0,
+        payloads=[SaPayload(offer), KePayload(DhGroup.ECP_384, bytes(96)), NoncePayload(bytes(32))],
+    )
+    pair.network.transmit(spoof.build(), (GWA_UNDERLAY, 500), (GWB_UNDERLAY, 500))
+    with trio.fail_after(5):
+        while peer_status(pair.b)["last_unauthenticated_failure"] is None:
+            await trio.sleep(0.05)
+    assert "NO_PROPOSAL_CHOSEN" in str(peer_status(pair.b)["last_unauthenticated_failure"])
+    assert peer_status(pair.b)["last_error"] is None
+    assert peer_status(pair.b)["state"] == "established"
+
+
 async def test_a_refused_ike_sa_is_the_last_error(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -86,8 +113,10 @@ async def test_a_refused_ike_sa_is_the_last_error(
                 await trio.sleep(0.05)
         # Our own attempt's failure is ours to report (after the §2.21.1 grace)...
         assert "NO_PROPOSAL_CHOSEN" in str(peer_status(a)["last_error"])
-        # ...while a refused IKE_SA_INIT could be anyone's spoof: kept apart on the responder.
-        assert peer_status(b)["last_error"] is None
+        # ...and the responder's refusal is its last_error while it has no IKE SA with the
+        # peer (peer rule 13), marked as unauthenticated: it could be anyone's spoof.
+        error_b = str(peer_status(b)["last_error"])
+        assert "NO_PROPOSAL_CHOSEN" in error_b and "unauthenticated" in error_b, error_b
         assert "NO_PROPOSAL_CHOSEN" in str(peer_status(b)["last_unauthenticated_failure"])
         assert children(a) == [] and children(b) == []
         nursery.cancel_scope.cancel()

@@ -79,7 +79,9 @@ def write_hub_configs(
     *,
     table: bool = False,
     max_spokes: int | None = None,
-    extra: str = 'dpd_delay = "0s"\n',
+    # refused spokes retry within seconds (the default back-off after AUTHENTICATION_FAILED
+    # is 30 s, doubling): the tests watch several attempts
+    extra: str = 'dpd_delay = "0s"\nauth_failure_backoff = "1s"\n',
     tun: str = "tunneld0",
     psk: bool = False,
 ) -> HubFiles:

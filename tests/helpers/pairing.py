@@ -81,6 +81,9 @@ class Setup:
     # tunneld's [[peer.child]] entries (tools.lab.SiteOptions.children); charon's
     # matching children go into ``swan`` (child, local_ts, remote_ts, extra_children)
     children: tuple[tuple[str, str, str, str], ...] = ()
+    # tunneld's peer ``address`` as this DNS name instead of charon's address (the
+    # test gives gw-a's namespace an /etc/hosts entry: tests/helpers/moving.hosts_file)
+    peer_name: str | None = None
 
     @property
     def tunneld_initiates(self) -> bool:
@@ -161,6 +164,10 @@ def write_configs(setup: Setup, lab: Lab, work: Path) -> tuple[Path, tuple[str, 
         children=setup.children,
     )
     conf_a, _ = write_site_configs(work, lab.prefix, opts)
+    if setup.peer_name is not None:
+        text = conf_a.read_text()
+        assert f'address = "{WAN_B}"' in text
+        conf_a.write_text(text.replace(f'address = "{WAN_B}"', f'address = "{setup.peer_name}"'))
     if setup.auth == "psk":
         # strongswan.sh takes the file's bytes literally, tunneld decodes a 0x prefix:
         # plain text means the same key to both.

@@ -90,7 +90,8 @@ Refusal = Literal["other-ca", "wrong-id", "wrong-psk"]
 
 # What tunneld's last_error says, per refusal and per side that refuses.
 TUNNELD_REFUSES = {
-    "other-ca": "no trusted CA issued 'CN=gw-b' (issuer 'CN=tunneld lab CA')",
+    "other-ca": "no trusted CA issued 'CN=gw-b': a trusted CA has the issuer's name but not its key"
+    " (issuer 'CN=tunneld lab CA' key id ",
     "wrong-id": "peer identity 'gw-z.example.org' with AUTH method 14 is not configured",
     "wrong-psk": "AUTHENTICATION_FAILED",
 }

@@ -13,13 +13,15 @@ charon) leaves the other alone.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pytest
 
 from tests.helpers.lab_sites import assert_probes_clean
+from tests.helpers.moving import hosts_file
 from tests.helpers.pairing import Initiator, Pair, Setup, assert_children_agree, wait_until
-from tests.helpers.sitelab import Lab
+from tests.helpers.sitelab import WAN_B, Lab
 from tests.helpers.two_children import add_upper_hosts, probe_both
 from tools.lab import SITE_A_HALVES, SITE_B_HALVES, TWO_CHILDREN
 from tunneld.peer import REAUTH_GRACE
@@ -27,6 +29,7 @@ from tunneld.peer import REAUTH_GRACE
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
 NAMES = ["low", "high"]
+SWAN_NAME = "charon.example.org"  # gw-b's address, by name, in the "both" case
 PROBES = 2000
 RATE = 1000.0
 # charon on gw-b: site B's halves are its local side
@@ -48,10 +51,24 @@ def test_two_children_against_strongswan(
     initiator: Initiator | str, lab: Lab, swan_pair: Callable[..., Pair]
 ) -> None:
     add_upper_hosts(lab)
-    swan = {**SWAN_CHILDREN, "start_action": "start"} if initiator == "both" else SWAN_CHILDREN
-    who: Initiator = "tunneld" if initiator == "both" else initiator  # type: ignore[assignment]
-    # (with both, charon may hold two "low" for a while: start_pair's wait would not do)
-    pair = swan_pair(Setup(who, children=TWO_CHILDREN, swan=swan), wait=initiator != "both")
+    both = initiator == "both"
+    swan = {**SWAN_CHILDREN, "start_action": "start"} if both else SWAN_CHILDREN
+    who: Initiator = "tunneld" if both else initiator  # type: ignore[assignment]
+    # both sides start, and tunneld knows charon by a DNS name (gw-a's /etc/hosts)
+    name = SWAN_NAME if both else None
+    with contextlib.ExitStack() as stack:
+        if name is not None:
+            stack.enter_context(hosts_file(lab, "gwa", {name: WAN_B}))
+        # (with both, charon may hold two "low" for a while: start_pair's wait would not do)
+        setup = Setup(who, children=TWO_CHILDREN, swan=swan, peer_name=name)
+        pair = swan_pair(setup, wait=not both)
+        if name is not None:
+            wait_until(lambda: pair.peer()["resolved"] == WAN_B, 10, "the name resolved")
+            assert pair.peer()["remote"].startswith(f"{name}:")
+        _two_children_work(pair, lab, initiator)
+
+
+def _two_children_work(pair: Pair, lab: Lab, initiator: str) -> None:
     # both: two IKE SAs; charon's came second without INITIAL_CONTACT, so tunneld takes it
     # for a reauthentication and deletes its own after REAUTH_GRACE (peer.py rule 5b)
     agreed = assert_children_agree(pair, NAMES, timeout=REAUTH_GRACE + 10)

@@ -188,7 +188,10 @@ def test_untrusted_certificate_never_gets_a_child_sa_or_route(
     """gw-b's certificate comes from a CA gw-a does not trust (in the second case a
     CA with the very same name as the trusted one, but another key)."""
     auto = {"gwa": ("start", "listen"), "gwb": ("listen", "start")}[initiator]
-    sites = make_sites(SiteOptions(log_format="json", auto_a=auto[0], auto_b=auto[1]))
+    # a short back-off after AUTHENTICATION_FAILED, so that the second attempt comes soon
+    backoff = 'auth_failure_backoff = "1s"'
+    options = SiteOptions(log_format="json", auto_a=auto[0], auto_b=auto[1], extra_peer=backoff)
+    sites = make_sites(options)
     use_untrusted_certificate(sites, ca_name)
     sites.start()
     starter = sites.gwa if initiator == "gwa" else sites.gwb

@@ -67,6 +67,7 @@ def test_minimal_file_gets_documented_defaults(confdir: Path) -> None:
         p.children[0].child_packet_hard_limit < 1 << 28
     )  # AES-GCM keys retired well before 2**28 packets
     assert (p.dpd_delay, p.dpd_action, p.delete_delay) == (30, "restart", 5)
+    assert p.auth_failure_backoff == 30  # seconds, doubling after each failure in a row
     assert (p.replay_window, p.save_keys) == (1024, False)
     assert p.ike_hard_lifetime == pytest.approx(14400 * 1.1)
     assert p.id == Identity(IdType.ID_FQDN, b"gw-b.example.org")

@@ -403,6 +403,18 @@ ERRORS: list[tuple[str, Mutator, str, str]] = [
         "'hold' is not one of: restart, clear",
     ),
     (
+        "peer-auth-backoff-short",
+        setter("peer", "auth_failure_backoff", "0s"),
+        "peer[0].auth_failure_backoff",
+        "0s is out of range (1s .. 86400s)",
+    ),
+    (
+        "peer-auth-backoff-syntax",
+        setter("peer", "auth_failure_backoff", "soon"),
+        "peer[0].auth_failure_backoff",
+        "'soon' is not a duration",
+    ),
+    (
         "peer-delete-delay",
         setter("peer", "delete_delay", "10m"),
         "peer[0].delete_delay",

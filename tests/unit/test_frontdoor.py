@@ -167,6 +167,25 @@ def test_admissions_count_toward_the_threshold_at_once() -> None:
     assert d.half_open == 3
 
 
+def test_a_declined_request_gives_its_reservation_back_and_a_slow_one_keeps_it() -> None:
+    """The peer turned an admitted request away (inbox full, held down): not counted any
+    more. One whose session comes late (a busy peer task) still counts meanwhile, so
+    a flood cannot pass the threshold while sessions are being made."""
+    d = door(cookie_threshold=2, source_threshold=100)
+    reqs = [initiator(f"192.0.2.{i + 1}", seed=i)[1] for i in range(4)]
+    srcs = [(f"192.0.2.{i + 1}", 500) for i in range(4)]
+    assert d.admit(reqs[0], srcs[0], "gw-b", T0).verdict is Verdict.ADMIT
+    assert d.admit(reqs[1], srcs[1], "gw-b", T0).verdict is Verdict.ADMIT
+    late = T0 + 10.0  # far longer than a peer task ever should take
+    assert d.admit(reqs[2], srcs[2], "gw-b", late).verdict is Verdict.COOKIE
+    d.declined("gw-b", srcs[0], spi_i(reqs[0]))
+    d.declined("gw-b", srcs[0], spi_i(reqs[0]))  # twice: once only
+    assert d.half_open == 1
+    assert d.admit(reqs[3], srcs[3], "gw-b", late).verdict is Verdict.ADMIT
+    d.opened("gw-b", srcs[1], spi_i(reqs[1]))
+    assert d.half_open == 2 and d.status()["admitted_not_opened"] == 1
+
+
 def test_a_reservation_whose_session_never_opens_lapses() -> None:
     d = door(cookie_threshold=5)
     _, request = initiator("192.0.2.10")

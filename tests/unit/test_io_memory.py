@@ -64,11 +64,19 @@ async def test_tun_queue_limits_drop_and_count() -> None:
 
 async def test_tun_close_wakes_waiters() -> None:
     tun = MemoryTun()
-    with pytest.raises(trio.ClosedResourceError):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(tun.wait_readable)
-            await trio.testing.wait_all_tasks_blocked()
-            tun.close()
+    woken: list[type[BaseException]] = []
+
+    async def waiter() -> None:
+        try:
+            await tun.wait_readable()
+        except trio.ClosedResourceError as exc:
+            woken.append(type(exc))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        tun.close()
+    assert woken == [trio.ClosedResourceError]
     with pytest.raises(trio.ClosedResourceError):
         tun.write(b"\x45")
 

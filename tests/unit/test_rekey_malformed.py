@@ -14,6 +14,7 @@ import pytest
 from sessionpair import ADDR_I, ADDR_R, T0, SessionPair, assert_one_pair, config_pair
 
 from ike.constants import DhGroup, NotifyType, PayloadType, ProtocolId
+from ike.events import RequestRefused
 from ike.exchanges import selectors
 from ike.exchanges.context import decode_message, encode_message
 from ike.payloads import (
@@ -133,7 +134,13 @@ def test_refused_create_child_sa_changes_nothing(case: str) -> None:
     assert notify.notify_type == expected
     if expected == NotifyType.CHILD_SA_NOT_FOUND:  # §2.25: the SPI copied from REKEY_SA
         assert notify.spi == build(pair)[0].spi  # type: ignore[attr-defined]
-    assert pair.responder.next_event() is None
+    event = pair.responder.next_event()
+    if expected in (NotifyType.NO_PROPOSAL_CHOSEN, NotifyType.TS_UNACCEPTABLE):
+        # a configuration mismatch: reported for the daemon's log and last_error
+        assert isinstance(event, RequestRefused) and event.notify == expected, event
+        assert event.exchange == "CREATE_CHILD_SA" and "configured" in event.reason
+        event = pair.responder.next_event()
+    assert event is None
     assert [(c.inbound_spi, c.status) for c in pair.responder.children] == children
     assert pair.responder.state is IkeState.ESTABLISHED and len(pair.responder.local_spis) == 1
     # Nothing is stuck: the responder still rekeys (in its own window).
