@@ -362,6 +362,17 @@ class IkeSession:
         if child is not None and core.state is not IkeState.CLOSED:
             core.ctx.activate_outbound(child)
 
+    def reconfigure(self, config: SessionConfig) -> None:
+        """A reloaded configuration of the same peer (same identities, selectors and
+        proposals): the SAs made from now on take its lifetimes, jitter, liveness
+        delay and credentials; the SAs that exist keep their deadlines (a changed
+        lifetime applies at the next rekey). Ignored while a responder session is
+        half-open (its candidates are narrowed only at IKE_AUTH)."""
+        if self.half_open:
+            return
+        for sa in self._core.sas:
+            sa.ctx.configs = (config,)
+
     def move_path(self, remote: Address) -> bool:
         """Authenticated ESP of this peer arrived from ``remote`` (a new address or
         port, §2.23, RFC 3948): every IKE SA of the session sends there from now

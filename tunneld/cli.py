@@ -6,6 +6,7 @@
     tunneld up PEER [--timeout SECONDS] (-c FILE | -s SOCKET)
     tunneld down PEER [--for SECONDS] [--timeout SECONDS] (-c FILE | -s SOCKET)
     tunneld rekey PEER [--ike | --child NAME] (-c FILE | -s SOCKET)
+    tunneld reload (-c FILE | -s SOCKET)
     tunneld pki init-ca ... | tunneld pki issue ...
 
 Exit codes: see EXIT_CODES (printed by ``--help``).
@@ -19,11 +20,13 @@ import logging
 import math
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from tunneld import __version__, control, pki
 from tunneld.config import ConfigError, load_config
+from tunneld.tomlschema import resolve
 
 log = logging.getLogger("tunneld")
 
@@ -32,7 +35,9 @@ exit codes:
   0  success; `up`: the peer's Child SA is up; `down`: its SAs are deleted
   1  failure: the daemon is unreachable or refused the command, or the peer's
      negotiation failed (`up` prints the reason: the peer's last error)
-  2  usage or configuration error
+  2  usage or configuration error; `reload`: the daemon refused the new
+     configuration (it prints the file, key and reason; the daemon runs on
+     with the configuration it had)
   3  timeout: `up` or `down` did not finish within --timeout (prints the peer's state)
 """
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -151,6 +156,22 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--child", help="rekey only the Child SAs of this [[peer.child]]")
     _add_target(rekey)
     rekey.set_defaults(func=_cmd_rekey)
+
+    reload = sub.add_parser(
+        "reload",
+        help="make the daemon read its configuration file again and apply what changed",
+        description="The daemon reads the configuration file it was started with again, "
+        "checks it as `tunneld check` does and applies the difference (SIGHUP does the "
+        "same): unchanged peers keep their SAs; lifetimes, limits and credentials apply to "
+        "the next rekey or authentication; a peer with another identity, address or "
+        "proposals is re-established make-before-break; a peer with other subnets is "
+        "restarted; removed peers get a DELETE; new peers start. An invalid file, or a "
+        "changed [gateway] key, is refused (exit 2) and the daemon runs on unchanged.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_target(reload)
+    reload.set_defaults(func=_cmd_reload)
 
     pki.add_pki_subcommands(sub)
     return p
@@ -365,6 +386,54 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
     what = "IKE SA" if args.ike else "Child SAs" if args.child is None else f"child {args.child}"
     print(f"rekey {what} of {args.peer}: started")
     return 0
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    response = control.request(_reload_socket(args), {"cmd": "reload"}, timeout=30.0)
+    if not response.get("ok"):
+        print(f"tunneld: reload refused: {response.get('error')}", file=sys.stderr)
+        return EXIT_USAGE
+    print(format_reload(response.get("changes") or {}))
+    return EXIT_OK
+
+
+def _reload_socket(args: argparse.Namespace) -> str:
+    """The daemon's socket, also when ``-c FILE`` no longer passes the checks: the
+    daemon is asked all the same (it refuses the file, logs why at ERROR and answers
+    the same reason), as long as ``[gateway]`` still names its socket."""
+    try:
+        return _socket_of(args)
+    except ConfigError:
+        sock = _named_socket(Path(args.config))
+        if sock is None:
+            raise  # not even the socket can be found: the file's error, exit 2
+        return sock
+
+
+def _named_socket(path: Path) -> str | None:
+    """``[gateway] control_socket`` (or its default) of a file that may not pass the checks."""
+    try:
+        gateway = tomllib.loads(path.read_text(encoding="utf-8"))["gateway"]
+        name, sock = gateway["name"], gateway.get("control_socket")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(sock, str):
+        return str(resolve(path.absolute().parent, sock))
+    return f"/run/tunneld/{name}.sock" if isinstance(name, str) and sock is None else None
+
+
+def format_reload(changes: dict[str, Any]) -> str:
+    """``reload: 1 added (s3), 2 unchanged (s1, s2)``, and the keys per changed peer."""
+    kinds = ("added", "removed", "restarted", "reauthenticated", "updated", "unchanged")
+    parts = [
+        f"{len(names)} {kind} ({', '.join(names)})"
+        for kind in kinds
+        if (names := changes.get(kind))
+    ]
+    lines = ["reload: " + (", ".join(parts) or "no peers")]
+    for name, keys in (changes.get("keys") or {}).items():
+        lines.append(f"  {name}: {', '.join(keys)}")
+    return "\n".join(lines)
 
 
 def _reception_lines(rec: dict[str, Any]) -> list[str]:

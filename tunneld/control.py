@@ -3,8 +3,11 @@
 Requests: ``{"cmd": "status"}``, ``{"cmd": "up", "peer": NAME}``,
 ``{"cmd": "down", "peer": NAME}`` (optionally ``"for": SECONDS``: how long the
 peer's new IKE SAs are refused; without it until ``up``),
-``{"cmd": "rekey", "peer": NAME, "ike": bool, "child": NAME (optional)}``. Other fields are ignored.
-Responses: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+``{"cmd": "rekey", "peer": NAME, "ike": bool, "child": NAME (optional)}``,
+``{"cmd": "reload"}`` (read the daemon's configuration file again and apply it:
+:mod:`tunneld.reload`; answered ``{"ok": true, "changes": {...}}`` once applied, or
+``{"ok": false, "error": "FILE: KEY: REASON"}`` and nothing changed). Other fields
+are ignored. Responses: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 
 The server side is a trio task; the client side (used by the CLI) is plain
 blocking sockets so that ``tunneld status`` starts fast.
@@ -58,7 +61,13 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REQUEST = 64 * 1024  # bytes in one request line, newline excluded
 MAX_DEPTH = 32  # nesting of [ and { in one request
 REQUEST_TIMEOUT = 5.0  # seconds for the client to send its line
-COMMANDS = ("status", "up", "down", "rekey")  # the daemon's; serve(commands=) for another server
+COMMANDS = (
+    "status",
+    "up",
+    "down",
+    "rekey",
+    "reload",
+)  # the daemon's; serve(commands=) for another server
 _ERROR_DETAIL = 200  # characters of an exception's text in an internal error answer
 
 
@@ -386,7 +395,7 @@ def parse_request(line: bytes | BadRequest, commands: Sequence[str] = COMMANDS) 
     if cmd not in COMMANDS:
         return value  # another server's command (serve(commands=)): its handler checks it
     request: dict[str, Any] = {"cmd": cmd}
-    if cmd == "status":
+    if cmd in ("status", "reload"):
         return request
     peer = value.get("peer")
     if peer is None:

@@ -48,6 +48,16 @@ Theory of operation:
 8. ``[metrics]`` (optional): a Prometheus endpoint (:mod:`tunneld.metrics`),
    bound with the sockets, before privileges are dropped, and served by one
    task in the nursery that reads the daemon's counters at scrape time.
+9. Reload (``tunneld reload``, SIGHUP; :meth:`Daemon.reload`): the file the
+   daemon was started with is read and checked again; an invalid one, or one
+   that changes ``[gateway]``, is refused (logged at ERROR, the verb answers
+   why) and nothing changes. Otherwise :func:`tunneld.reload.plan_reload` says
+   what happens to each peer: removed and restarted peers send DELETE (their
+   routes go at once; the reload waits up to :data:`RELOAD_DELETE_GRACE` for
+   the answers) and go; updated and reauthenticated ones take their new
+   configuration in place (:mod:`tunneld.peer` rule 14); added and restarted
+   ones start; the directory takes the new entries. Unchanged peers are not
+   touched. systemd hears ``RELOADING=1`` before and ``READY=1`` after.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ import math
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,7 +90,7 @@ from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
 from tunneld import control, hardening, metrics, sdnotify
 from tunneld.childsas import ChildSet, ChildSets, Limits
-from tunneld.config import ChildConfig, Config, PeerConfig
+from tunneld.config import ChildConfig, Config, ConfigError, PeerConfig, load_config
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
 from tunneld.dataplane.sadb import SADatabase, Tunnel
 from tunneld.directory import Directory, Hub
@@ -88,6 +99,7 @@ from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
 from tunneld.log import THROTTLE_FLUSH_INTERVAL, LogThrottle, flush_throttles
 from tunneld.peer import Peer, PeerPolicy
+from tunneld.reload import ReloadPlan, plan_reload
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
 from tunneld.savekeys import KeyTables
 
@@ -95,6 +107,7 @@ log = logging.getLogger("tunneld.daemon")
 
 RECEPTION = "(reception)"  # the reception's name in logs and the front door's counts (rule 2)
 SHUTDOWN_GRACE = 1.0  # seconds to wait for DELETE answers at exit
+RELOAD_DELETE_GRACE = 2.0  # seconds a reload waits for the DELETE answers of peers it removes
 
 
 class Devices(Protocol):
@@ -265,7 +278,8 @@ class Daemon:
         self.peers: dict[str, Peer] = {}  # configured peers and the spokes of pattern entries
         self.directory: Directory | None = None  # made in run, with the peers
         self.reception: Peer | None = None  # rule 2: sessions whose peer IKE_AUTH names
-        self._spoke_scopes: dict[Peer, trio.CancelScope] = {}
+        self._scopes: dict[Peer, trio.CancelScope] = {}  # each peer's task (spokes, reload)
+        self._reload_lock = trio.Lock()  # one reload at a time (rule 9)
         self._nursery: trio.Nursery | None = None
         self.dispatch = DispatchStats()
         self._by_spi: dict[bytes, Peer] = {}
@@ -391,7 +405,7 @@ class Daemon:
                 continue
             peer = self._make_peer(pc)
             self.peers[pc.name] = peer
-            nursery.start_soon(self._run_peer, peer)
+            self._start_peer(peer)
         self.directory = Directory(
             self.config.peers,
             self.peers,
@@ -409,12 +423,17 @@ class Daemon:
         assert self._nursery is not None
         peer = self._make_peer(hub.entry, name=config.name, config=config)
         self.peers[peer.name] = peer
-        scope = trio.CancelScope()
-        self._spoke_scopes[peer] = scope
-        self._nursery.start_soon(self._run_spoke, peer, scope)
+        self._start_peer(peer)
         return peer
 
-    async def _run_spoke(self, peer: Peer, scope: trio.CancelScope) -> None:
+    def _start_peer(self, peer: Peer) -> None:
+        """The peer's task, in a scope of its own (a spoke retires, a reload removes it)."""
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._scopes[peer] = scope
+        self._nursery.start_soon(self._run_scoped, peer, scope)
+
+    async def _run_scoped(self, peer: Peer, scope: trio.CancelScope) -> None:
         with scope:
             await self._run_peer(peer)
 
@@ -422,7 +441,7 @@ class Daemon:
         """An idle spoke makes room (tunneld.directory rule 4)."""
         peer.discard(trio.current_time())
         self.peers.pop(peer.name, None)
-        scope = self._spoke_scopes.pop(peer, None)
+        scope = self._scopes.pop(peer, None)
         if scope is not None:
             scope.cancel()
         log.info("idle spoke retired", extra={"peer": peer.name})
@@ -499,8 +518,14 @@ class Daemon:
         self._stopping.set()
 
     async def _signal_watcher(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        """SIGTERM, SIGINT: shut down (rule 4); SIGHUP: reload (rule 9), as the verb does."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP received, reloading the configuration")
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._reload_on_signal)
+                    continue
                 log.info("signal received, shutting down", extra={"signal": signum})
                 self.stop()
                 return
@@ -669,12 +694,157 @@ class Daemon:
     def _spi_in_use(self, spi: int) -> bool:
         return self.sadb.inbound(spi) is not None
 
+    # -- reload (rule 9) ------------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        """Read and check the configuration file again and apply what changed (rule 9);
+        the control socket's answer: ``ok`` with the plan's summary, or the error."""
+        async with self._reload_lock:
+            path = self.config.path
+            try:
+                new = load_config(path)
+                self._check_reloadable(new)
+                plan = plan_reload(self.config, new)
+            except ConfigError as exc:
+                log.error(
+                    "configuration reload refused, running on with the previous configuration",
+                    extra={"config": str(path), "key": exc.key, "error": exc.reason},
+                )
+                return {"ok": False, "error": str(exc)}
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000  # systemd's clock
+            sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading")
+            try:
+                await self._apply_reload(new, plan)
+            finally:
+                sdnotify.notify(f"READY=1\nSTATUS=running, {len(self.peers)} peers")
+            summary = plan.summary()
+            fields = {k: ",".join(v) or "-" for k, v in summary.items() if k != "keys"}
+            changed = "; ".join(f"{n}: {','.join(keys)}" for n, keys in summary["keys"].items())
+            log.info(
+                "configuration reloaded",
+                extra={"config": str(path), **fields, "changed_keys": changed or "-"},
+            )
+            return {"ok": True, "changes": summary}
+
+    async def _reload_on_signal(self) -> None:
+        """SIGHUP: a reload whose outcome only the log tells; a bug in it (any exception
+        but a refusal, which ``reload`` answers itself) must not stop the gateway."""
+        try:
+            await self.reload()
+        except Exception:
+            log.exception("configuration reload failed (a bug): see the traceback")
+
+    def _check_reloadable(self, new: Config) -> None:
+        """IPv6 subnets where the TUN device was opened without IPv6 need a restart."""
+        if not isinstance(self.devices, KernelDevices) or self.devices.ipv6:
+            return
+        for i, peer in enumerate(new.peers):
+            for key in ("local_subnets", "remote_subnets"):
+                if any(net.version == 6 for net in getattr(peer, key)):
+                    raise ConfigError(
+                        new.path,
+                        f"peer[{i}].{key}",
+                        "IPv6 subnets need a restart (the TUN device runs without IPv6 "
+                        "while no peer has IPv6 subnets); the reload is refused",
+                    )
+
+    async def _apply_reload(self, new: Config, plan: ReloadPlan) -> None:
+        kinds = {change.name: change.kind for change in plan.peers}
+        going = [p for p in self.config.peers if kinds[p.name] in ("removed", "restarted")]
+        await self._retire_entries(going)
+        self.config = new
+        templates: dict[str, SessionConfig] = {}
+        for pc in new.peers:
+            kind = kinds[pc.name]
+            if pc.is_pattern:
+                templates[pc.name] = self._template(pc)
+                if kind in ("updated", "reauthenticated"):
+                    self._reconfigure_spokes(pc, templates[pc.name], kind)
+            elif kind in ("added", "restarted"):
+                peer = self._make_peer(pc)
+                self.peers[pc.name] = peer
+                self._start_peer(peer)
+            elif kind in ("updated", "reauthenticated"):
+                peer = self.peers[pc.name]
+                self._reconfigure(peer, pc, session_config(new, pc, self._spi_in_use), kind)
+        assert self.directory is not None
+        self.directory.update(new.peers, templates)
+
+    def _template(self, pc: PeerConfig) -> SessionConfig:
+        """A pattern entry's configuration for its spokes (their identity comes later)."""
+        config = session_config(self.config, pc, self._spi_in_use)
+        return dataclasses.replace(config, remote_id=None)
+
+    def _reconfigure(self, peer: Peer, pc: PeerConfig, config: SessionConfig, kind: str) -> None:
+        """An updated or reauthenticated peer (or spoke) takes its new configuration."""
+        plain = peer.name == pc.name
+        remote = (str(pc.address), pc.port) if plain and pc.address is not None else None
+        auto = pc.auto if plain else "listen"
+        policy = PeerPolicy(auto, pc.dpd_action, auth_failure_backoff=pc.auth_failure_backoff)
+        peer.reconfigure(config, policy, remote)
+        for child in pc.children:
+            sets = peer.children.by_child.get(child.name)
+            if sets is None:
+                continue
+            sets.limits = _limits(child)
+            sets.delete_delay = pc.delete_delay
+            sets.replay_window = pc.replay_window  # for the Child SAs installed from now on
+        peer.key_tables = self._key_tables_for(pc) if plain else peer.key_tables
+        if kind == "reauthenticated":
+            peer.reauthenticate()
+
+    def _reconfigure_spokes(self, pc: PeerConfig, template: SessionConfig, kind: str) -> None:
+        """An updated pattern entry: its spokes keep their identity and subnets."""
+        assert self.directory is not None
+        hub = self.directory.hubs.get(pc.name)
+        for spoke in [] if hub is None else list(hub.spokes.values()):
+            own = spoke.session_config
+            children = tuple(
+                dataclasses.replace(c, remote_ts=own.remote_ts) for c in template.children
+            )
+            config = dataclasses.replace(
+                template, name=own.name, remote_id=own.remote_id, remote_ts=own.remote_ts,
+                children=children,
+            )  # fmt: skip
+            self._reconfigure(spoke, pc, config, kind)
+
+    async def _retire_entries(self, entries: list[PeerConfig]) -> None:
+        """Removed or restarted entries: DELETE to their peers (a pattern entry's spokes),
+        a bounded wait for the answers, then the peers go."""
+        assert self.directory is not None
+        peers: list[Peer] = []
+        for pc in entries:
+            hub = self.directory.hubs.get(pc.name) if pc.is_pattern else None
+            if hub is not None:
+                peers += hub.spokes.values()
+                hub.spokes.clear()
+            elif pc.name in self.peers:
+                peers.append(self.peers[pc.name])
+        for peer in peers:
+            peer.down()
+        with trio.move_on_after(RELOAD_DELETE_GRACE):
+            while any(p.state in ("established", "deleting") for p in peers):
+                await trio.sleep(0.02)
+        now = trio.current_time()
+        for peer in peers:
+            answered = peer.state not in ("established", "deleting")
+            peer.discard(now)
+            self.peers.pop(peer.name, None)
+            scope = self._scopes.pop(peer, None)
+            if scope is not None:
+                scope.cancel()
+            log.info(
+                "peer removed by reload", extra={"peer": peer.name, "delete_answered": answered}
+            )
+
     # -- control socket -------------------------------------------------------------
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, **self.status()}
+        if cmd == "reload":
+            return await self.reload()
         if cmd in ("up", "down"):
             peer = self.peers.get(str(request.get("peer")))
             if peer is None:

@@ -105,6 +105,22 @@ class Directory:
         self.identity_unknown = 0
         self.held_refused = 0
 
+    def update(self, entries: tuple[PeerConfig, ...], templates: dict[str, SessionConfig]) -> None:
+        """A reload (:mod:`tunneld.reload`): the new file's entries. A pattern entry
+        still in it keeps its hub and spokes, with the new template for new spokes
+        (the daemon has retired the spokes of pattern entries removed or restarted)."""
+        self.entries = entries
+        self._anywhere = [e for e in entries if e.address is None]
+        hubs: dict[str, Hub] = {}
+        for e in entries:
+            if not e.is_pattern:
+                continue
+            hub = self.hubs.get(e.name) or Hub(e, templates[e.name])
+            hub.entry, hub.template = e, templates[e.name]
+            hubs[e.name] = hub
+        self.hubs = hubs
+        self.reindex()
+
     # -- rule 1: by address -------------------------------------------------------
 
     def reindex(self) -> None:

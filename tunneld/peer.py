@@ -127,6 +127,16 @@ Theory of operation:
     ends the wait. The peer task sets :func:`tunneld.log.log_context`, so the
     sans-I/O core's lines (``tunneld.ike``, its message trace at DEBUG) name
     the peer and the remote address too.
+14. A reload (:mod:`tunneld.reload`) hands a peer its new configuration
+    (:meth:`Peer.reconfigure`): new sessions use it, established ones take it
+    for the SAs they make from now on. When the peer must be re-established
+    (:meth:`Peer.reauthenticate`), its established IKE SAs are marked
+    ``replaced`` and, if we can initiate to the peer, a new IKE SA is
+    initiated at once, without INITIAL_CONTACT (we hold another one, rule 5a),
+    so a tunneld peer treats it as a make-before-break reauthentication (rule
+    5b). Once its Child SA is installed (or it failed) the replaced IKE SAs are
+    deleted (rule 5c's withdraw: the new Child SA carries at once). A peer we
+    cannot initiate to (no address) gets the DELETE at once and reconnects.
 """
 
 from __future__ import annotations
@@ -311,6 +321,7 @@ class SessionRecord:
     # its IKE_SA_INIT came from), its key here and in the daemon's front door
     half_open: tuple[bytes, Address] | None = None
     spis: tuple[bytes, ...] = ()  # our SPIs it is indexed under (rule 9)
+    replaced: bool = False  # rule 14: deleted once the reload's new IKE SA is up
 
     def established_before(self, other: SessionRecord) -> bool:
         """Whether this IKE SA was up before ``other``'s negotiation began (rule 5a/b)."""
@@ -375,6 +386,7 @@ class Peer:
         self._resolve_wanted = False  # a listening peer's name failed to resolve: again
         self._resolve_failing = False
         self.moves = 0  # rule 10: address changes followed
+        self._reauth: IkeSession | None = None  # rule 14: the reload's new IKE SA
 
     @property
     def sessions(self) -> list[IkeSession]:
@@ -452,6 +464,63 @@ class Peer:
             self._remove_children(record, now, "taken down by the operator")
             self._delete(record, now)
         self._poke()
+
+    def reconfigure(
+        self, config: SessionConfig, policy: PeerPolicy, remote: tuple[str, int] | None
+    ) -> None:
+        """Rule 14: a reload changed this peer. New sessions use ``config``; the
+        established ones take it for the SAs they make from now on (lifetimes at the
+        next rekey, credentials at the next authentication) unless ``reauthenticate``
+        replaces them."""
+        now = trio.current_time()
+        self.session_config = config
+        self.policy = policy
+        if remote != self.remote:
+            self.remote = remote
+            self.resolved = None if remote is None or _is_name(remote[0]) else remote[0]
+            self.host.peer_resolved(self)
+        if policy.auto != self.auto:
+            self.auto = policy.auto
+            self._want_up = self.auto == "start" and not self._held(now)
+            self._retry_at = now if self._want_up else math.inf
+        for session in self._records:
+            session.reconfigure(config)
+        self._poke()
+
+    def reauthenticate(self) -> None:
+        """Rule 14: replace the established IKE SAs by one made with the (reloaded)
+        configuration: make-before-break if we can initiate to the peer, else DELETE
+        (the peer reconnects)."""
+        now = trio.current_time()
+        old = [r for r in self._records.values() if r.up_at is not None and not r.deleting]
+        if not old:
+            return  # the next IKE SA is made with the new configuration anyway
+        if self.remote is None:
+            for record in old:
+                self._delete(record, now)
+            self._poke()
+            return
+        for record in old:
+            record.replaced = True
+        self._reauth = None
+        self._initiate_wanted = True  # run() resolves the name first (rule 11)
+        self._retry_at = now
+        self._poke()
+
+    def _retire_replaced(self, fresh: IkeSession | None, now: float, *, failed: bool) -> None:
+        """Rule 14: the reload's new IKE SA is up (its Child SA installed) or failed:
+        the IKE SAs it replaces are deleted either way."""
+        self._reauth = None
+        for record in [r for r in self._records.values() if r.replaced]:
+            if record.session is fresh:
+                continue
+            record.replaced = False
+            log.info(
+                "reload: deleting the IKE SA the new configuration replaces"
+                + (" (its replacement failed)" if failed else ""),
+                extra={"peer": self.name, "spi_i": record.session.spi_i.hex()},
+            )
+            self._delete(record, now)
 
     # -- the task ------------------------------------------------------------------
 
@@ -608,6 +677,8 @@ class Peer:
         with log_context(remote=_hostport(remote)):
             session.initiate(now)  # picks our SPI
         self._adopt(session, now)
+        if any(r.replaced for r in self._records.values()):
+            self._reauth = session  # rule 14
         log.info("initiating IKE SA", extra={"peer": self.name, "remote": _hostport(remote)})
 
     def _receive(self, dgram: IkeDatagram, header: IkeHeader) -> None:
@@ -771,6 +842,8 @@ class Peer:
             touched, self._dirty = self._dirty, set()
             came_up = [s for s in touched if s in self._records and self._flush(s)]
             for session in came_up:  # rule 5, once the new IKE SA's Child SA is installed
+                if session is self._reauth:
+                    self._retire_replaced(session, now, failed=False)  # rule 14
                 self._resolve_duplicates(session, now)  # may touch others: loop again
             for session in touched:
                 record = self._records.get(session)
@@ -1031,6 +1104,8 @@ class Peer:
 
     def _ike_down(self, record: SessionRecord, event: IkeSaDown, now: float) -> None:
         self._supersede(record, None, None)
+        if record.session is self._reauth:  # rule 14: the replacement failed
+            self._retire_replaced(None, now, failed=True)
         for other in self._records.values():  # rule 5b: the reauthentication failed
             if other.superseded_by is record:
                 self._supersede(other, None, None)

@@ -9,7 +9,11 @@ first byte of the address is then NUL). The daemon sends newline-separated
    are open and the tasks run (``Daemon.run``, just before it reports itself
    started): ``systemctl start`` returns then, and units ordered after
    tunneld find the tunnel device there.
-2. ``STOPPING=1`` when shutdown begins (SIGTERM, SIGINT, ``Daemon.stop``).
+2. ``RELOADING=1`` with ``MONOTONIC_USEC=`` (CLOCK_MONOTONIC, microseconds) when
+   a reload that passed its checks begins (``tunneld reload``, SIGHUP), then
+   ``READY=1`` once it is applied (``Daemon.reload``), as ``Type=notify-reload``
+   expects; a refused reload sends nothing (the daemon stays ready throughout).
+3. ``STOPPING=1`` when shutdown begins (SIGTERM, SIGINT, ``Daemon.stop``).
 
 Without ``NOTIFY_SOCKET`` (not started by systemd, or by a unit of another
 type) nothing is sent. A failure to send is logged and otherwise ignored:

@@ -6,7 +6,7 @@
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
 _shtab_tunneld_pki_subparsers=(init-ca issue)
-_shtab_tunneld_subparsers=(run check status up down rekey pki)
+_shtab_tunneld_subparsers=(run check status up down rekey reload pki)
 
 _shtab_tunneld_run_option_strings=(-h --help -c --config --log-format --log-level)
 _shtab_tunneld_check_option_strings=(-h --help -c --config)
@@ -14,6 +14,7 @@ _shtab_tunneld_status_option_strings=(-h --help -c --config -s --socket --json)
 _shtab_tunneld_up_option_strings=(-h --help --timeout -c --config -s --socket)
 _shtab_tunneld_down_option_strings=(-h --help --for --timeout -c --config -s --socket)
 _shtab_tunneld_rekey_option_strings=(-h --help --ike --child -c --config -s --socket)
+_shtab_tunneld_reload_option_strings=(-h --help -c --config -s --socket)
 _shtab_tunneld_pki_init_ca_option_strings=(-h --help --key-type --force --out --name --days)
 _shtab_tunneld_pki_issue_option_strings=(-h --help --key-type --force --ca --name --out --dns --ip --email --eku --days)
 _shtab_tunneld_pki_option_strings=(-h --help)
@@ -39,6 +40,10 @@ _shtab_tunneld_rekey__c_COMPGEN=_shtab_compgen_files
 _shtab_tunneld_rekey___config_COMPGEN=_shtab_compgen_files
 _shtab_tunneld_rekey__s_COMPGEN=_shtab_compgen_files
 _shtab_tunneld_rekey___socket_COMPGEN=_shtab_compgen_files
+_shtab_tunneld_reload__c_COMPGEN=_shtab_compgen_files
+_shtab_tunneld_reload___config_COMPGEN=_shtab_compgen_files
+_shtab_tunneld_reload__s_COMPGEN=_shtab_compgen_files
+_shtab_tunneld_reload___socket_COMPGEN=_shtab_compgen_files
 _shtab_tunneld_pki_init_ca___out_COMPGEN=_shtab_compgen_dirs
 _shtab_tunneld_pki_issue___ca_COMPGEN=_shtab_compgen_dirs
 _shtab_tunneld_pki_issue___out_COMPGEN=_shtab_compgen_dirs
@@ -49,7 +54,7 @@ _shtab_tunneld_pki_init_ca___key_type_choices=(ecdsa ed25519 rsa)
 _shtab_tunneld_pki_issue___key_type_choices=(ecdsa ed25519 rsa)
 _shtab_tunneld_pki_issue___eku_choices=(serverAuth clientAuth ikeIntermediate)
 _shtab_tunneld_pki_pos_0_choices=(init-ca issue)
-_shtab_tunneld_pos_0_choices=(run check status up down rekey pki)
+_shtab_tunneld_pos_0_choices=(run check status up down rekey reload pki)
 
 _shtab_tunneld_run__h_nargs=0
 _shtab_tunneld_run___help_nargs=0
@@ -65,6 +70,8 @@ _shtab_tunneld_down___help_nargs=0
 _shtab_tunneld_rekey__h_nargs=0
 _shtab_tunneld_rekey___help_nargs=0
 _shtab_tunneld_rekey___ike_nargs=0
+_shtab_tunneld_reload__h_nargs=0
+_shtab_tunneld_reload___help_nargs=0
 _shtab_tunneld_pki_init_ca__h_nargs=0
 _shtab_tunneld_pki_init_ca___help_nargs=0
 _shtab_tunneld_pki_init_ca___force_nargs=0

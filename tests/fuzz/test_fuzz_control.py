@@ -114,7 +114,12 @@ class StubPeer:
 def daemon_handler() -> Handler:
     from tunneld.daemon import Daemon
 
-    stub = SimpleNamespace(peers={"site-b": StubPeer()}, status=lambda: {"peers": []})
+    async def reload() -> dict[str, Any]:
+        return {"ok": False, "error": "stub: no configuration file"}
+
+    stub = SimpleNamespace(
+        peers={"site-b": StubPeer()}, status=lambda: {"peers": []}, reload=reload
+    )
 
     async def handler(request: dict[str, Any]) -> dict[str, Any]:
         return await Daemon._control(stub, request)  # type: ignore[arg-type]

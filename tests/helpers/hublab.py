@@ -101,8 +101,8 @@ class HubLab(Lab):
 
 
 @contextlib.contextmanager
-def hub_lab(spokes: int = 3) -> Iterator[HubLab]:
-    lab = HubLab(unique_prefix(STEM), spokes)
+def hub_lab(spokes: int = 3, stem: str = STEM) -> Iterator[HubLab]:
+    lab = HubLab(unique_prefix(stem), spokes)
     try:
         lab.up()
         yield lab

@@ -40,5 +40,5 @@ def test_bash_completes_commands_and_options() -> None:
 def test_zsh_completion_names_the_commands() -> None:
     text = Path(cli_docs.COMPLETIONS["zsh"]).read_text()
     assert text.startswith("#compdef tunneld")
-    for cmd in ("run", "check", "status", "up", "down", "rekey", "pki"):
+    for cmd in ("run", "check", "status", "up", "down", "rekey", "reload", "pki"):
         assert f"    {cmd}:'" in text, cmd

@@ -67,6 +67,7 @@ def test_verify_catches_what_it_is_here_to_catch(tmp_path: Path) -> None:
 def test_the_unit_says_what_the_daemon_needs() -> None:
     d = directives(UNIT.read_text())
     assert d["Type"] == ["notify"] and d["User"] == ["tunneld"]
+    assert d["ExecReload"] == ["/usr/local/bin/tunneld reload -c /etc/tunneld/%i.toml"]
     assert d["AmbientCapabilities"] == ["CAP_NET_ADMIN CAP_NET_BIND_SERVICE"]
     assert d["CapabilityBoundingSet"] == ["CAP_NET_ADMIN CAP_NET_BIND_SERVICE"]
     assert d["DeviceAllow"] == ["/dev/net/tun rw"] and d["RuntimeDirectory"] == ["tunneld"]
