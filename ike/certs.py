@@ -20,6 +20,18 @@ needs are done here, each signature through ``verify_directly_issued_by``:
 
 Not done: revocation (CRL/OCSP), name constraints and policy constraints
 (a certificate marking either critical is refused by rule 6).
+
+Caching (:class:`ChainCache`): a responder sees the same spoke certificates
+again and again (reconnects, reauthentication), and rules 1-6 depend only on
+the certificates sent, our intermediates, the trust anchors and the time. So a
+path that verified is remembered under the SHA-256 of the DER certificates
+(leaf and intermediates, in order) together with the trust anchors themselves
+(certificates compare and hash by their DER): a changed trust store is a
+different key, never a stale hit. The time is checked on every hit against the
+path's common validity window (the latest notBefore, the earliest notAfter);
+outside it the path is verified again, which raises the precise error.
+Failures are not remembered. The cache holds at most ``max_entries`` paths,
+least recently used first out.
 Every failure is :class:`~ike.errors.AuthenticationFailed` with a reason that
 names certificates by subject (written as strongSwan writes DNs); a path that
 reaches no trusted CA names the issuer and every trusted CA by subject and
@@ -30,7 +42,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from collections.abc import Iterable, Iterator
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -41,6 +56,7 @@ from ike.errors import AuthenticationFailed, ParseError
 from ike.identity import CERT_PARSE_ERRORS, dn_string
 
 MAX_PATH_LEN = 8  # our limit on intermediates, against loops and CPU abuse
+CHAIN_CACHE_ENTRIES = 2048  # verified paths remembered (a hub's spokes, each ~2 KiB)
 CERTREQ_HASH_LEN = 20  # §3.7: SHA-1 of the CA's SubjectPublicKeyInfo
 
 # Extensions whose meaning we check or which are informational only.
@@ -188,20 +204,98 @@ def verify_chain(
 
     ``at`` is the time to check validity against (aware; naive means UTC).
     """
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=datetime.UTC)
+    return _verify_path(leaf_der, intermediates_der, trust_anchors, _aware(at)).leaf
+
+
+def _aware(at: datetime.datetime) -> datetime.datetime:
+    return at.replace(tzinfo=datetime.UTC) if at.tzinfo is None else at
+
+
+@dataclass(frozen=True)
+class VerifiedPath:
+    """A path that passed rules 1-6, and when all its certificates are valid."""
+
+    leaf: x509.Certificate
+    not_before: datetime.datetime  # the latest notBefore in the path
+    not_after: datetime.datetime  # the earliest notAfter in the path
+
+
+def _verify_path(
+    leaf_der: bytes,
+    intermediates_der: Sequence[bytes],
+    trust_anchors: Sequence[x509.Certificate],
+    at: datetime.datetime,
+) -> VerifiedPath:
     if not trust_anchors:
         raise AuthenticationFailed("no trusted CA configured")
     with malformed_certificates_refused():
         leaf = x509.load_der_x509_certificate(leaf_der)
         intermediates = [x509.load_der_x509_certificate(d) for d in intermediates_der]
-        path = _build_path(leaf, intermediates, trust_anchors)
+        path = _build_path(leaf, intermediates, list(trust_anchors))
         for cert in path:
             _check_common(cert, at)
         _check_leaf(leaf)
         for index, issuer in enumerate(path[1:], start=1):
             _check_issuer(issuer, certs_below=index - 1)
-    return leaf
+        return VerifiedPath(
+            leaf,
+            max(c.not_valid_before_utc for c in path),
+            min(c.not_valid_after_utc for c in path),
+        )
+
+
+class ChainCache:
+    """Verified certificate paths (see "Caching" in the module docstring)."""
+
+    def __init__(self, max_entries: int = CHAIN_CACHE_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError("a chain cache holds at least one path")
+        self.max_entries = max_entries
+        self._paths: OrderedDict[tuple[bytes, tuple[x509.Certificate, ...]], VerifiedPath] = (
+            OrderedDict()
+        )
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def clear(self) -> None:
+        self._paths.clear()
+
+    def verify(
+        self,
+        leaf_der: bytes,
+        intermediates_der: Sequence[bytes],
+        trust_anchors: Sequence[x509.Certificate],
+        at: datetime.datetime,
+    ) -> x509.Certificate:
+        """:func:`verify_chain`, answered from the cache when the same certificates
+        were verified against the same trust anchors and ``at`` is inside their
+        validity window."""
+        at = _aware(at)
+        digest = hashlib.sha256()
+        for der in (leaf_der, *intermediates_der):
+            digest.update(len(der).to_bytes(4, "big"))
+            digest.update(der)
+        key = (digest.digest(), tuple(trust_anchors))
+        known = self._paths.get(key)
+        if known is not None and known.not_before <= at <= known.not_after:
+            self._paths.move_to_end(key)
+            self.hits += 1
+            return known.leaf
+        self.misses += 1
+        self._paths.pop(key, None)
+        verified = _verify_path(leaf_der, intermediates_der, trust_anchors, at)
+        self._paths[key] = verified
+        if len(self._paths) > self.max_entries:
+            self._paths.popitem(last=False)
+        return verified.leaf
+
+
+# The paths verified in this process: a pure memo (the key is every input but the
+# time, which each hit checks), shared by all sessions.
+CHAIN_CACHE = ChainCache()
 
 
 @contextlib.contextmanager

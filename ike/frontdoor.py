@@ -29,9 +29,11 @@ the pure policy the daemon asks before it creates a responder session:
    real peer answers the cookie, the spoofer cannot.
 3. A request with a valid cookie proves that its sender receives at its
    address; it is admitted within the caps: at most ``max_half_open``
-   globally, ``max_per_peer`` per peer entry and ``max_per_source`` per
-   source address. Beyond them it is dropped (the initiator retransmits
-   and gets in once others expire).
+   globally, ``max_per_peer`` per peer entry (or that peer's own cap in
+   ``peer_limits``: the daemon's reception answers for a hub's spokes, all
+   of whom may come at once) and ``max_per_source`` per source address.
+   Beyond them it is dropped (the initiator retransmits and gets in once
+   others expire).
 4. The cookie secret is drawn from the injected entropy and replaced every
    ``secret_lifetime`` seconds; cookies of the previous secret stay valid,
    so a cookie handed out just before a rotation still works.
@@ -48,6 +50,7 @@ malformed request: that is a drop reason.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -109,12 +112,14 @@ class FrontDoor:
         max_per_peer: int = MAX_HALF_OPEN_PER_PEER,
         max_per_source: int = MAX_HALF_OPEN_PER_SOURCE,
         secret_lifetime: float = COOKIE_SECRET_LIFETIME,
+        peer_limits: Mapping[str, int] | None = None,
     ) -> None:
         self._entropy = entropy
         self.cookie_threshold = cookie_threshold
         self.source_threshold = source_threshold
         self.max_half_open = max_half_open
         self.max_per_peer = max_per_peer
+        self.peer_limits = dict(peer_limits or {})
         self.max_per_source = max_per_source
         self._secret_lifetime = secret_lifetime
         self._jar = CookieJar(entropy.random_bytes(COOKIE_SECRET_LEN))
@@ -170,7 +175,7 @@ class FrontDoor:
     def _limit(self, peer: str, host: str) -> str | None:
         if self.half_open >= self.max_half_open:
             return "half-open limit (global)"
-        if self._per_peer[peer] >= self.max_per_peer:
+        if self._per_peer[peer] >= self.peer_limits.get(peer, self.max_per_peer):
             return "half-open limit (peer)"
         if self._per_source[host] >= self.max_per_source:
             return "half-open limit (source)"

@@ -326,9 +326,10 @@ class ChildSet:
         self._drop_idle_tunnel()
 
     def _drop_idle_tunnel(self) -> None:
-        if self.name not in {t.name for t in self._sadb.tunnels}:
+        try:  # not a set of every tunnel's name: this runs for each peer every second
+            tunnel = self._sadb.tunnel(self.name)
+        except KeyError:
             return
-        tunnel = self._sadb.tunnel(self.name)
         if not tunnel.inbound_spis and tunnel.current is None and not self.records:
             self._sadb.remove_tunnel(self.name)
 

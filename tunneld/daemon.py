@@ -84,6 +84,7 @@ from ike.errors import ParseError
 from ike.events import Address
 from ike.frontdoor import FrontDoor, Verdict
 from ike.identity import Identity as IkeIdentity
+from ike.policy import MAX_HALF_OPEN, MAX_HALF_OPEN_PER_PEER
 from ike.session import IkeSession
 from ike.sessionconfig import ChildConfig as IkeChildConfig
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
@@ -354,7 +355,9 @@ class Daemon:
             more=more,
         )
         self._started_at = trio.current_time()
-        self.front_door = FrontDoor(self.entropy, self._started_at)
+        self.front_door = FrontDoor(
+            self.entropy, self._started_at, peer_limits={RECEPTION: self._reception_cap()}
+        )
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -447,6 +450,12 @@ class Daemon:
         log.info("idle spoke retired", extra={"peer": peer.name})
 
     # -- the reception (rule 2; tunneld.peer.Reception) ------------------------------
+
+    def _reception_cap(self) -> int:
+        """Half-open IKE SAs the reception may hold: a hub's spokes may all come at
+        once (a restarted hub), so a pattern entry counts with its max_spokes."""
+        wanted = sum(p.max_spokes if p.is_pattern else 1 for p in self.config.peers)
+        return min(MAX_HALF_OPEN, max(MAX_HALF_OPEN_PER_PEER, wanted))
 
     def responder(self, dgram: IkeDatagram, now: float) -> IkeSession:
         assert self.directory is not None

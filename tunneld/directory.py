@@ -26,6 +26,10 @@ Theory of operation:
 4. Memory is bounded: at most ``max_spokes`` spokes per pattern entry, each
    one peer; an idle spoke (no IKE SA, no Child SA) is reaped when its slot
    or its subnets are wanted.
+5. Cost: a new spoke costs O(its subnets), not O(spokes): each hub indexes its
+   spokes' subnets (:class:`SubnetIndex`) and the spokes holding a claimed
+   subnet are found there; the spokes are walked only when the hub is full
+   (to count the live ones, or to find idle ones to reap).
 """
 
 from __future__ import annotations
@@ -54,6 +58,57 @@ LOOKUP_LOG = (
 )
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SubnetIndex:
+    """Which names hold which networks, and who holds a network overlapping a given
+    one, without walking every holder: one table per (IP version, prefix length)."""
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple[int, int], dict[int, set[str]]] = {}
+
+    def add(self, name: str, nets: tuple[Network, ...]) -> None:
+        for net in nets:
+            table = self._tables.setdefault((net.version, net.prefixlen), {})
+            table.setdefault(int(net.network_address), set()).add(name)
+
+    def remove(self, name: str, nets: tuple[Network, ...]) -> None:
+        for net in nets:
+            key = (net.version, net.prefixlen)
+            table = self._tables.get(key, {})
+            holders = table.get(int(net.network_address), set())
+            holders.discard(name)
+            if not holders:
+                table.pop(int(net.network_address), None)
+            if not table:
+                self._tables.pop(key, None)
+
+    def overlapping(self, net: Network) -> set[str]:
+        """The names holding a network that overlaps ``net`` (equal, inside, around)."""
+        found: set[str] = set()
+        bits = net.max_prefixlen
+        start = int(net.network_address)
+        for (version, length), table in self._tables.items():
+            if version != net.version:
+                continue
+            if length <= net.prefixlen:  # a held network the same size or around it
+                key = start & (((1 << length) - 1) << (bits - length))
+                found |= table.get(key, set())
+                continue
+            span = 1 << (length - net.prefixlen)  # held networks inside it
+            if span <= len(table):
+                step = 1 << (bits - length)
+                for k in range(span):
+                    found |= table.get(start + k * step, set())
+            else:
+                end = start + (1 << (bits - net.prefixlen))
+                for addr, holders in table.items():
+                    if start <= addr < end:
+                        found |= holders
+        return found
+
+
 @dataclass(eq=False)
 class Hub:
     """A pattern entry at run time: its template and its spokes, by peer name."""
@@ -62,6 +117,31 @@ class Hub:
     template: SessionConfig  # remote_id None; the entry's proposals and pool
     spokes: dict[str, Peer] = field(default_factory=dict)
     refused: int = 0
+    subnets: SubnetIndex = field(default_factory=SubnetIndex)  # rule 5: the spokes' subnets
+
+    def add_spoke(self, peer: Peer) -> None:
+        self.spokes[peer.name] = peer
+        self.subnets.add(peer.name, peer.session_config.remote_ts)
+
+    def drop_spoke(self, peer: Peer) -> None:
+        del self.spokes[peer.name]
+        self.subnets.remove(peer.name, peer.session_config.remote_ts)
+
+    def holders(self, nets: tuple[Network, ...]) -> list[Peer]:
+        """The spokes holding a network that overlaps one of ``nets``. The index's
+        answer is checked against each spoke's configuration: an entry the index kept
+        for a spoke that went another way (``spokes.clear()`` at a reload) counts not."""
+        names = set().union(*(self.subnets.overlapping(net) for net in nets))
+        found = [self.spokes[n] for n in sorted(names) if n in self.spokes]
+        return [
+            p
+            for p in found
+            if any(
+                a.version == b.version and a.overlaps(b)
+                for a in p.session_config.remote_ts
+                for b in nets
+            )
+        ]
 
     def spoke_name(self, identity: Identity) -> str:
         return f"{self.entry.name}/{str(identity).lower()}"
@@ -187,14 +267,15 @@ class Directory:
         known = hub.spokes.get(name)
         if known is not None:  # the spoke again (reauthentication, restart)
             return self._unless_held(known, now)
-        live = {n: p for n, p in hub.spokes.items() if not p.idle}
-        held = [(f"spoke {n}", p.session_config.remote_ts) for n, p in live.items()]
-        claim = spoke_claim(
-            query.idi, query.tsi, hub.entry, held + table_rows(hub.entry, query.idi)
-        )
+        claim = spoke_claim(query.idi, query.tsi, hub.entry, table_rows(hub.entry, query.idi))
         if isinstance(claim, str):
             return self._refuse(hub, query, claim, now)
-        if len(live) >= hub.entry.max_spokes:
+        live = [p for p in hub.holders(claim) if not p.idle]
+        if live:  # spoke_claim's refusal, for the first live spoke in the way
+            held = [(f"spoke {p.name}", p.session_config.remote_ts) for p in live[:1]]
+            refusal = spoke_claim(query.idi, query.tsi, hub.entry, held)
+            return self._refuse(hub, query, str(refusal), now)
+        if len(hub.spokes) >= hub.entry.max_spokes and self._live(hub) >= hub.entry.max_spokes:
             why = f"hub entry {hub.entry.name} has max_spokes = {hub.entry.max_spokes} spokes up"
             return self._refuse(hub, query, why, now)
         # a pattern entry has one implicit Child SA (peermatch rule 4): the claim narrows it
@@ -202,6 +283,11 @@ class Directory:
         return dataclasses.replace(
             hub.template, name=name, remote_id=query.idi, remote_ts=claim, children=children
         )
+
+    @staticmethod
+    def _live(hub: Hub) -> int:
+        """Spokes not idle: a walk over all of them (only when the hub is full)."""
+        return sum(not p.idle for p in hub.spokes.values())
 
     def _refuse(self, hub: Hub, query: PeerQuery, why: str, now: float) -> str:
         hub.refused += 1
@@ -218,7 +304,7 @@ class Directory:
         hub = self.hubs[config.name.split("/", 1)[0]]
         self._make_room(hub, config)
         peer = self._spawn(hub, config)
-        hub.spokes[config.name] = peer
+        hub.add_spoke(peer)
         log.info(
             "spoke admitted",
             extra={
@@ -230,19 +316,18 @@ class Directory:
         return peer
 
     def _make_room(self, hub: Hub, config: SessionConfig) -> None:
-        """Rule 4: reap idle spokes holding a slot over the limit or the new one's subnets."""
-        idle = [p for p in hub.spokes.values() if p.idle]
+        """Rule 4: reap idle spokes holding the new one's subnets or a slot over the limit."""
+        for peer in hub.holders(config.remote_ts):
+            if peer.idle:
+                self._reap(hub, peer)
         excess = len(hub.spokes) + 1 - hub.entry.max_spokes
-        for peer in idle:
-            overlaps = any(
-                a.version == b.version and a.overlaps(b)
-                for a in peer.session_config.remote_ts
-                for b in config.remote_ts
-            )
-            if overlaps or excess > 0:
-                excess -= 1
-                del hub.spokes[peer.name]
-                self._retire(peer)
+        if excess > 0:  # the hub is full: walk it for idle spokes
+            for peer in [p for p in hub.spokes.values() if p.idle][:excess]:
+                self._reap(hub, peer)
+
+    def _reap(self, hub: Hub, peer: Peer) -> None:
+        hub.drop_spoke(peer)
+        self._retire(peer)
 
     def status(self) -> dict[str, object]:
         return {

@@ -167,6 +167,7 @@ from ike.events import (
     RequestRefused,
     Retransmitted,
 )
+from ike.policy import MAX_HALF_OPEN
 from ike.session import IkeSession
 from ike.sessionconfig import SessionConfig
 from ike.states import IkeState
@@ -181,6 +182,10 @@ from tunneld.savekeys import KeyTables
 log = logging.getLogger("tunneld.peer")
 
 INBOX_SIZE = 64  # IKE datagrams queued per peer; beyond this they are dropped (peer retransmits)
+# The reception (rule 12) takes every new initiator's IKE_SA_INIT and IKE_AUTH: a hub's
+# burst of spokes would overflow 64 and wait for retransmissions (charon: 4 s); its inbox
+# holds as many datagrams as the front door admits half-open IKE SAs.
+RECEPTION_INBOX_SIZE = MAX_HALF_OPEN
 RETRY_INITIAL = 2.0  # seconds before re-initiating after a failed IKE SA (auto = start)
 # Capped low on purpose: with IKE_SA_INIT retransmitted at most every 3 s
 # (ike.policy.RetransmitPolicy.init_max_timeout), a gateway that wants its
@@ -203,29 +208,40 @@ K = TypeVar("K", bound=Hashable)
 
 
 class Deadlines(Generic[K]):
-    """The earliest of many keys' deadlines without walking them (a heap, lazy deletion)."""
+    """The earliest of many keys' deadlines without walking them (a heap, lazy deletion).
+
+    The heap holds (deadline, ticket) pairs only; ``_keys`` maps a live ticket to its
+    key. A superseded or removed entry thus keeps no key alive (a finished session and
+    its keys are freed at once, not when its stale deadline comes up), and the stale
+    pairs are compacted away once they outnumber the live ones."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, K]] = []
-        self._at: dict[K, float] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._at: dict[K, tuple[float, int]] = {}
+        self._keys: dict[int, K] = {}
         self._seq = itertools.count()
 
     def set(self, key: K, at: float | None) -> None:
+        old = self._at.pop(key, None)
+        if old is not None:
+            if old[0] == at:
+                self._at[key] = old
+                return
+            del self._keys[old[1]]
         if at is None or at == math.inf:
-            self._at.pop(key, None)
             return
-        if self._at.get(key) == at:
-            return
-        self._at[key] = at
-        heapq.heappush(self._heap, (at, next(self._seq), key))
-        if len(self._heap) > 4 * len(self._at) + 64:  # superseded entries: compact
-            self._heap = [(t, n, k) for t, n, k in self._heap if self._at.get(k) == t]
+        ticket = next(self._seq)
+        self._at[key] = (at, ticket)
+        self._keys[ticket] = key
+        heapq.heappush(self._heap, (at, ticket))
+        if len(self._heap) > 2 * len(self._at) + 16:  # superseded entries: compact
+            self._heap = [entry for entry in self._heap if entry[1] in self._keys]
             heapq.heapify(self._heap)
 
     def earliest(self) -> float:
         while self._heap:
-            at, _, key = self._heap[0]
-            if self._at.get(key) == at:
+            at, ticket = self._heap[0]
+            if ticket in self._keys:
                 return at
             heapq.heappop(self._heap)
         return math.inf
@@ -234,8 +250,9 @@ class Deadlines(Generic[K]):
         """The keys whose deadline is at or before ``now`` (forgotten here)."""
         due: list[K] = []
         while self._heap and self._heap[0][0] <= now:
-            at, _, key = heapq.heappop(self._heap)
-            if self._at.get(key) == at:
+            _, ticket = heapq.heappop(self._heap)
+            key = self._keys.pop(ticket, None)
+            if key is not None:
                 del self._at[key]
                 due.append(key)
         return due
@@ -371,7 +388,8 @@ class Peer:
         self.keepalives_sent = 0
         self._last_heard: float | None = None
         self._declared_dead = False
-        self._send, self._recv = trio.open_memory_channel[_Input | None](INBOX_SIZE)
+        inbox = INBOX_SIZE if reception is None else RECEPTION_INBOX_SIZE
+        self._send, self._recv = trio.open_memory_channel[_Input | None](inbox)
         self._want_up = policy.auto == "start"
         self._retry_at = math.inf
         self._retry_delay = RETRY_INITIAL
@@ -856,11 +874,11 @@ class Peer:
                     self._end_half_open(record)
                 self._index(record)  # IKE SPIs come and go with IKE rekeys (rule 2)
                 self._timers.set(session, session.next_deadline())
-        if (
-            not self._live_sessions()
+        if (  # the walk over the sessions last: the reception holds hundreds
+            self.remote is not None
             and (self._want_up or self.resolved is None)  # rule 11: a name to resolve
-            and self.remote is not None
             and self._retry_at == math.inf
+            and not self._live_sessions()
         ):
             self._retry_at = now + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)

@@ -31,10 +31,9 @@ from ike.auth import (
     identity_matches,
     sign_auth,
     verify_auth,
-    verify_chain,
     verify_psk,
 )
-from ike.certs import certreq_data, malformed_certificates_refused
+from ike.certs import CHAIN_CACHE, certreq_data, malformed_certificates_refused
 from ike.constants import AuthMethod, CertEncoding, PayloadType
 from ike.crypto import auth_octets, psk_auth
 from ike.errors import AuthenticationFailed, LocalError, NoProposalChosen, ParseError
@@ -203,7 +202,7 @@ def _verified_leaf_key(
         raise AuthenticationFailed("peer sent no X.509 certificate")
     ours = [c.public_bytes(Encoding.DER) for c in auth.intermediates]
     at = ctx.config.wall_clock(received.now)
-    leaf = verify_chain(certs[0], [*certs[1:], *ours], list(auth.trust_anchors), at)
+    leaf = CHAIN_CACHE.verify(certs[0], [*certs[1:], *ours], auth.trust_anchors, at)
     with malformed_certificates_refused():  # the SAN and key are parsed only now
         matches = identity_matches(identity.id_type, identity.data, leaf)
         key = leaf.public_key()

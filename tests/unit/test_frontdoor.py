@@ -131,6 +131,23 @@ def test_caps_drop_even_with_a_valid_cookie(limits: dict[str, int], reason: str)
     assert (admission.verdict, admission.reason) == (Verdict.DROP, reason)
 
 
+def test_a_peer_with_its_own_cap_is_admitted_beyond_the_common_one() -> None:
+    """The daemon's reception answers for a hub's spokes: its cap is its own."""
+    d = FrontDoor(
+        DeterministicEntropy(b"door"), T0, cookie_threshold=99, source_threshold=99,
+        max_per_peer=2, peer_limits={"(reception)": 3},
+    )  # fmt: skip
+    verdicts = {}
+    for base, name in ((10, "gw-b"), (20, "(reception)")):
+        hosts = [f"192.0.2.{base + k}" for k in range(4)]
+        verdicts[name] = [
+            d.admit(initiator(host, seed=base + k)[1], (host, 500), name, T0).verdict
+            for k, host in enumerate(hosts)
+        ]
+    assert verdicts["gw-b"] == [Verdict.ADMIT] * 2 + [Verdict.DROP] * 2
+    assert verdicts["(reception)"] == [Verdict.ADMIT] * 3 + [Verdict.DROP]
+
+
 def test_garbage_is_dropped_and_a_flood_grows_nothing() -> None:
     d = door(cookie_threshold=0)
     assert d.admit(b"\x00" * 40, ("192.0.2.10", 500), "gw-b", T0).verdict is Verdict.DROP

@@ -163,6 +163,8 @@ class SADatabase:
         self._inbound: dict[int, tuple[InboundSA, Tunnel]] = {}
         # version -> [(prefix length, mask, {masked network: tunnel})], longest first
         self._routes: dict[int, list[tuple[int, int, dict[int, Tunnel]]]] = {4: [], 6: []}
+        self._by_length: dict[tuple[int, int], dict[int, Tunnel]] = {}  # (version, prefixlen)
+        self._owner: dict[Network, Tunnel] = {}  # each remote selector's tunnel
         self._cache: dict[Key, Tunnel | None] = {}
         self.drops = zero_counters()
         # rule 7: told when authenticated ESP arrives from a new address
@@ -181,12 +183,14 @@ class SADatabase:
         if name in self._tunnels:
             raise ValueError(f"tunnel {name!r} exists")
         tunnel = Tunnel(name, peer, networks(local), networks(remote), self._cache_size)
-        taken = {net for other in self._tunnels.values() for net in other.remote}
-        clash = [str(net) for net in tunnel.remote if net in taken]
+        clash = [str(net) for net in tunnel.remote if net in self._owner]
         if clash:
             raise ValueError(f"remote selectors {clash} already belong to another tunnel")
         self._tunnels[name] = tunnel
-        self._rebuild_routes()
+        for net in tunnel.remote:  # O(its selectors): a hub adds spokes among thousands
+            self._owner[net] = tunnel
+            self._route_add(net, tunnel)
+        self._cache.clear()  # the other tunnels' inbound verdicts depend on their own selectors
         return tunnel
 
     def remove_tunnel(self, name: str) -> Tunnel:
@@ -194,7 +198,11 @@ class SADatabase:
         tunnel = self._tunnels.pop(name)
         for spi in tunnel.inbound_spis:
             del self._inbound[spi]
-        self._rebuild_routes()
+        for net in tunnel.remote:
+            if self._owner.get(net) is tunnel:
+                del self._owner[net]
+            self._route_remove(net, tunnel)
+        self._cache.clear()
         return tunnel
 
     def tunnel(self, name: str) -> Tunnel:
@@ -267,19 +275,32 @@ class SADatabase:
         for tunnel in self._tunnels.values():
             tunnel.policy.verdicts.clear()
 
-    def _rebuild_routes(self) -> None:
-        by_length: dict[tuple[int, int], dict[int, Tunnel]] = {}
-        for tunnel in self._tunnels.values():
-            for net in tunnel.remote:
-                table = by_length.setdefault((net.version, net.prefixlen), {})
-                table[int(net.network_address)] = tunnel
+    def _route_add(self, net: Network, tunnel: Tunnel) -> None:
+        key = (net.version, net.prefixlen)
+        table = self._by_length.get(key)
+        if table is None:
+            table = self._by_length[key] = {}
+            self._order_routes()
+        table[int(net.network_address)] = tunnel
+
+    def _route_remove(self, net: Network, tunnel: Tunnel) -> None:
+        key = (net.version, net.prefixlen)
+        table = self._by_length.get(key, {})
+        if table.get(int(net.network_address)) is tunnel:
+            del table[int(net.network_address)]
+        if not table and key in self._by_length:
+            del self._by_length[key]
+            self._order_routes()
+
+    def _order_routes(self) -> None:
+        """The per-length tables, longest prefix first (rebuilt only when a length
+        appears or goes; the tables themselves are shared and updated in place)."""
         routes: dict[int, list[tuple[int, int, dict[int, Tunnel]]]] = {4: [], 6: []}
-        for (version, length), table in sorted(by_length.items(), key=lambda kv: -kv[0][1]):
+        for (version, length), table in sorted(self._by_length.items(), key=lambda kv: -kv[0][1]):
             bits = 32 if version == 4 else 128
             mask = ((1 << length) - 1) << (bits - length)
             routes[version].append((length, mask, table))
         self._routes = routes
-        self._changed()
 
     # -- lookups -------------------------------------------------------------------
 
