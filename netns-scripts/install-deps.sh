@@ -13,6 +13,8 @@ APT_PACKAGES=(
   # (kmod) for a modular kernel to load veth, bridge, tun and nf_tables on demand
   iproute2 procps psmisc mount mawk kmod
   iputils-ping nftables iperf3 tcpdump tshark
+  # checksum/segmentation offloads off in the TSO tests (tests/netns/test_tso_netns.py)
+  ethtool
   openvpn
   # strongSwan: charon's plugins come from several packages, one of them (openssl,
   # in libstrongswan-standard-plugins) only a Recommends; strongswan.sh checks them

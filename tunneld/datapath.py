@@ -2,7 +2,10 @@
 
 Pipeline, outbound (one task):
   1. wait until the TUN is readable; read the queued packets (up to a batch)
-     back to back into one buffer (``tun.read_batch_into``);
+     back to back into one buffer (``tun.read_batch_into``); a TCP
+     super-packet (TSO) arrives already cut into its segments, each with its
+     own headers and checksums (tunneld.io.segment), so a 64 KiB read becomes
+     ~48 packets here;
   2. ``sadb.encapsulate_batch`` them in one call (selector lookup, ESP,
      AES-GCM), which seals them straight into the send buffer, laid out in
      runs: consecutive packets toward one peer, of equal size but the last;
@@ -79,6 +82,7 @@ from ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
 from tunneld.dataplane.drops import DropReason, EspDrop
 from tunneld.dataplane.esp import MIN_ESP_LEN, OVERHEAD, TRAILER_MAX
 from tunneld.dataplane.udpencap import UdpKind, classify
+from tunneld.io.segment import read_room
 from tunneld.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Address, Buffer, Datagram, arena
 
 DEFAULT_BATCH = 64  # packets per wakeup: one full GSO run (UDP_MAX_SEGMENTS)
@@ -89,8 +93,12 @@ IKE_QUEUE_FULL = "ike_queue_full"  # the data thread's hand-over to trio is full
 IKE_QUEUE_DATAGRAMS = 1024
 IKE_QUEUE_BYTES = 1 << 20
 _MAX_PACKET = 65535  # the largest inner packet (IPv4 total length) read from the TUN
-# Inner packets read from the TUN per batch: 64 of 4 KiB, or one of 64 KiB at least.
-_PLAIN_ROOM = (256 << 10) + _MAX_PACKET + TRAILER_MAX
+# Inner packets read from the TUN per batch: 64 of 4 KiB, or 256 KiB of TSO segments,
+# plus the room the TUN keeps free before each read (a super-packet cut into segments).
+_PLAIN_ROOM = (256 << 10) + read_room(True, TRAILER_MAX)
+# At most this many spans fit the plain buffer (a segment: 40 bytes of headers, one of
+# payload, the gap); each takes at most OVERHEAD bytes more once sealed.
+_MAX_SPANS = _PLAIN_ROOM // (41 + TRAILER_MAX)
 _INNER_ROOM = (1 << 20) + _MAX_PACKET  # decrypted inner packets of one received batch
 
 
@@ -201,7 +209,7 @@ class DataPath:
         # Outbound: inner packets read from the TUN (with room for each ESP
         # trailer), and the send buffer they are sealed into (32 bytes more each).
         self._plain = arena(_PLAIN_ROOM)
-        self._out = arena(_PLAIN_ROOM + OVERHEAD * batch)
+        self._out = arena(_PLAIN_ROOM + OVERHEAD * (batch + _MAX_SPANS))
         # Inbound: decrypted inner packets of one batch, until the TUN write.
         self._inner = arena(_INNER_ROOM)
         self.outbound = PumpStats()
@@ -273,11 +281,12 @@ class DataPath:
         tun = self._tun
         while True:
             await tun.wait_readable()
-            while self._seal_and_send() == self._batch:  # a full batch: more may be queued
+            while self._seal_and_send() >= self._batch:  # a full batch: more may be queued
                 await trio.lowlevel.checkpoint()
 
     def _seal_and_send(self) -> int:
-        """Read, seal and send up to one batch; returns the packets read."""
+        """Read, seal and send about one batch; returns the packets read (a TSO
+        super-packet counts as its segments, so one read may pass the batch)."""
         spans = self._tun.read_batch_into(self._plain, self._batch, TRAILER_MAX)
         if not spans:
             return 0

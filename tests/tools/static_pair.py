@@ -7,6 +7,7 @@ the two gateway processes on stdin (never argv, never a file) and forgets them.
 
     python -m tests.tools.static_pair up PREFIX [--mtu 1400] [--key-bits 256]
                                       [--batch 64] [--no-gso] [--no-gro] [--no-offload]
+                                      [--no-tso] [--no-offload-on gwa|gwb]
     python -m tests.tools.static_pair stats PREFIX gwa|gwb      (JSON counters)
     python -m tests.tools.static_pair down PREFIX [--keep-logs]
 
@@ -145,9 +146,8 @@ def cmd_up(prefix: str, mtu: int, key_bits: int, tuning: dict[str, Any]) -> int:
     pids = {}
     try:
         for node in SITES:
-            pids[node] = _spawn_gateway(
-                prefix, node, _gateway_config(node, sas, mtu, tuning), state
-            )
+            mine = dict(tuning, offload=tuning["offload"] and node not in tuning["plain_tun"])
+            pids[node] = _spawn_gateway(prefix, node, _gateway_config(node, sas, mtu, mine), state)
     except RuntimeError as exc:
         cmd_down(prefix, quiet=True)
         print(f"static_pair: {exc}", file=sys.stderr)
@@ -249,7 +249,8 @@ async def _gateway_main(config: dict[str, Any], stats_socket: str) -> None:
 
     sadb = _build_sadb(config)
     tuning = config["tuning"]
-    with TunDevice.open(config["tun"], config["mtu"], offload=tuning["offload"]) as tun:
+    offload, tso = tuning["offload"], tuning.get("tso", True)
+    with TunDevice.open(config["tun"], config["mtu"], offload=offload, tso=tso) as tun:
         udp = UdpSocket.bind(config["local"], 4500, gro=tuning["gro"])
         udp.gso_enabled = tuning["gso"]
         routes = KernelRoutes(config["tun"])
@@ -312,6 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-gso", action="store_true", help="one sendto per ESP packet")
     up.add_argument("--no-gro", action="store_true", help="no UDP GRO on receive")
     up.add_argument("--no-offload", action="store_true", help="no TCP merging on TUN writes")
+    up.add_argument("--no-tso", action="store_true", help="no TCP super-packets read from the TUN")
+    up.add_argument(
+        "--no-offload-on",
+        action="append",
+        choices=sorted(SITES),
+        default=[],
+        help="this gateway's TUN without virtio header: no merging, no TSO (repeatable)",
+    )
     down = sub.add_parser("down", help="stop both gateways")
     down.add_argument("prefix")
     down.add_argument("--keep-logs", action="store_true", help="keep the gateways' logs")
@@ -327,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             "gso": not args.no_gso,
             "gro": not args.no_gro,
             "offload": not args.no_offload,
+            "tso": not args.no_tso,
+            "plain_tun": args.no_offload_on,
         }
         return cmd_up(args.prefix, args.mtu, args.key_bits, tuning)
     if args.cmd == "down":

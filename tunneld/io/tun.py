@@ -7,9 +7,15 @@ is queued when the pump wakes up: draining the fd until ``EAGAIN`` per wakeup
 is the first performance lever (DESIGN.md §5).
 
 The kernel device is opened with ``IFF_VNET_HDR`` (``offload=True``): every
-read starts with a 10-byte ``virtio_net_hdr`` (skipped: no offload is enabled
-for reading, so it never announces a GSO packet), and ``write_batch`` merges
-TCP segments into one GSO write (:mod:`tunneld.io.offload`).
+read and write starts with a 10-byte ``virtio_net_hdr``. ``write_batch``
+merges TCP segments into one GSO write (:mod:`tunneld.io.offload`). With
+``tso=True`` (the default with ``offload``) ``TUNSETOFFLOAD`` enables
+``TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN`` for reading: the
+kernel then hands over TCP super-packets of up to 64 KiB and leaves
+transport checksums to us, and :meth:`TunDevice.read_batch_into` cuts them
+into segments with complete checksums (:mod:`tunneld.io.segment`), so the
+pumps above see ordinary packets. Without ``tso`` the header only ever says
+"complete packet".
 
 Buffer reuse on read was measured (1,372-byte packets, idle namespace):
 ``os.read`` allocating a fresh ``bytes`` took 0.7 us per packet, ``os.readv``
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -33,6 +40,7 @@ import pytun
 import trio
 
 from tunneld.io.offload import PLAIN_HDR, VNET_HDR_LEN, Buffer, coalesce
+from tunneld.io.segment import DROP_RUNT, CutStats, Cutter, read_room
 
 Payload = bytes | memoryview  # what read_batch hands out
 Span = tuple[int, int]  # (start, size) of one packet read_batch_into put in the arena
@@ -41,13 +49,28 @@ _WRITTEN, _DROPPED, _MERGE_REFUSED = object(), object(), object()
 # Enough for any inner packet the MTU lets through, plus slack: a read larger
 # than the MTU can only come from a misconfigured MTU, and is truncated.
 _READ_SIZE = 65535
+# linux/if_tun.h: _IOW('T', 208, unsigned int) and the offloads we can take
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+TSO_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+
+
+def _set_offload(fd: int, flags: int) -> bool:
+    """TUNSETOFFLOAD; False if the kernel refuses (then no TSO: plain reads)."""
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+    except OSError:
+        return False
+    return True
 
 
 @dataclass
-class TunStats:
-    """Counters of one TUN device (exported in the status output)."""
+class TunStats(CutStats):
+    """Counters of one TUN device (exported in the status output); the TSO ones
+    (``gso_reads``, ``gso_segments``, ``csum_completed``, ``read_drops``) come
+    from :class:`tunneld.io.segment.CutStats`."""
 
-    read_packets: int = 0
+    read_packets: int = 0  # reads (a super-packet counts once)
     written_packets: int = 0
     merged_writes: int = 0  # writes that carried several TCP segments (offload)
     write_drops: int = 0  # kernel refused (queue full, malformed packet)
@@ -56,32 +79,44 @@ class TunStats:
 class TunDevice:
     """A kernel TUN device (``IFF_TUN | IFF_NO_PI``), non-blocking."""
 
-    def __init__(self, dev: pytun.TunTapDevice, *, vnet_hdr: bool = False) -> None:
+    def __init__(
+        self, dev: pytun.TunTapDevice, *, vnet_hdr: bool = False, tso: bool = False
+    ) -> None:
         self._dev = dev  # keeps the fd alive: pytun closes it on deallocation
         self._fd: int = dev.fileno()
         self.vnet_hdr = vnet_hdr
-        self._vnet_in = bytearray(VNET_HDR_LEN)  # read_batch_into drops the header here
+        self.tso = tso and vnet_hdr
+        self._vnet_in = bytearray(VNET_HDR_LEN)  # read_batch_into reads the header here
         self._closed = False
         self.name: str = dev.name
         self.stats = TunStats()
+        self._cutter = Cutter(self.stats)
+        self._scratch: memoryview | None = None  # read_batch's arena
 
     @classmethod
-    def open(cls, name: str, mtu: int, *, offload: bool = True) -> TunDevice:
+    def open(cls, name: str, mtu: int, *, offload: bool = True, tso: bool = True) -> TunDevice:
         """Create (or attach to) TUN ``name``, set its MTU and bring it up.
 
         ``offload``: open with ``IFF_VNET_HDR`` so that :meth:`write_batch` can
         hand TCP segments to the kernel merged (see :mod:`tunneld.io.offload`).
+        ``tso`` (with ``offload``): let the kernel hand over TCP super-packets and
+        unfinished checksums, which reads then cut and complete (module docstring).
         """
         flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
         dev = pytun.TunTapDevice(name=name, flags=flags)
         try:
+            # Set (or, on a persistent device opened again, cleared) before the
+            # device is up: the reader must understand every header it gets.
+            tso = offload and tso and _set_offload(dev.fileno(), TSO_OFFLOADS)
+            if offload and not tso:
+                _set_offload(dev.fileno(), 0)
             dev.mtu = mtu
             dev.up()
             os.set_blocking(dev.fileno(), False)
         except BaseException:
             dev.close()
             raise
-        return cls(dev, vnet_hdr=offload)
+        return cls(dev, vnet_hdr=offload, tso=tso)
 
     @property
     def mtu(self) -> int:
@@ -94,15 +129,21 @@ class TunDevice:
         await trio.lowlevel.wait_readable(self._fd)
 
     def read_batch_into(self, arena: memoryview, max_packets: int, gap: int) -> list[Span]:
-        """Read queued packets into ``arena``, back to back with ``gap`` free bytes
-        after each: ``[(start, size)]``, without the virtio header.
+        """Read queued packets into ``arena``, back to back with at least ``gap``
+        free bytes after each: ``[(start, size)]``, without the virtio header.
 
-        Stops at EAGAIN, after ``max_packets``, or when the arena could not hold
-        a 64 KiB packet more (so nothing is ever truncated).
+        With TSO a super-packet becomes several spans (its segments) and a
+        packet the virtio header says is unfinished is completed (module
+        docstring); what the header makes unusable is dropped and counted
+        (``stats.read_drops``). Stops at EAGAIN, once ``max_packets`` spans are
+        there, or when the arena could not take one more read
+        (:func:`read_room`: nothing is ever truncated).
         """
+        if self.tso:
+            return self._read_cut(arena, max_packets, gap)
         spans: list[Span] = []
         readv, fd = os.readv, self._fd
-        limit, at = len(arena) - _READ_SIZE - gap, 0
+        limit, at = len(arena) - read_room(False, gap), 0
         header = [self._vnet_in] if self.vnet_hdr else []
         skip = len(header) and VNET_HDR_LEN
         try:
@@ -117,15 +158,48 @@ class TunDevice:
         self.stats.read_packets += len(spans)
         return spans
 
+    def _read_cut(self, arena: memoryview, max_packets: int, gap: int) -> list[Span]:
+        """read_batch_into with TSO: each read goes through the cutter."""
+        spans: list[Span] = []
+        readv, fd, vnet = os.readv, self._fd, self._vnet_in
+        cutter = self._cutter
+        cutter.bind(arena)
+        limit, at, reads = len(arena) - read_room(True, gap), 0, 0
+        iov: list[Buffer] = [vnet, arena]
+        try:
+            while len(spans) < max_packets and at <= limit:
+                iov[1] = arena[at : at + _READ_SIZE]
+                size = readv(fd, iov) - VNET_HDR_LEN
+                reads += 1
+                if size < 0:
+                    self.stats.drop(DROP_RUNT)
+                elif vnet[0] or vnet[1]:  # flags or gso_type: the cutter's work
+                    at = cutter.cut(vnet, at, size, spans, gap)
+                else:
+                    spans.append((at, size))
+                    at += size + gap
+                    at += at & 1  # 2-aligned: checksum regions are word-aligned
+        except BlockingIOError:
+            pass
+        finally:
+            cutter.finish()
+            self.stats.read_packets += reads
+        return spans
+
     def read_batch(self, max_packets: int = 64) -> list[Payload]:
         """Every packet queued right now (up to ``max_packets``); may be empty."""
+        if self.tso:  # through the cutter, then copied out
+            if self._scratch is None:
+                self._scratch = memoryview(bytearray(2 * read_room(True, 8)))
+            arena = self._scratch
+            return [bytes(arena[a : a + n]) for a, n in self.read_batch_into(arena, max_packets, 8)]
         out: list[Payload] = []
         read = os.read
         fd = self._fd
         try:
             if self.vnet_hdr:
-                # No offloads are enabled for reading (TUNSETOFFLOAD is never
-                # called), so the header only ever says "complete packet".
+                # Without TSO no offload is enabled for reading (TUNSETOFFLOAD
+                # cleared), so the header only ever says "complete packet".
                 while len(out) < max_packets:
                     out.append(memoryview(read(fd, _READ_SIZE))[VNET_HDR_LEN:])
             else:
@@ -209,7 +283,9 @@ class MemoryTun:
         self.queue_limit = queue_limit
         self.stats = TunStats()
         self.host_drops = 0  # host_send beyond queue_limit
-        self._to_daemon: deque[bytes] = deque()
+        self._cutter = Cutter(self.stats)
+        # a packet, or (virtio header, packet) as a TSO-enabled kernel TUN reads it
+        self._to_daemon: deque[bytes | tuple[bytes, bytes]] = deque()
         self._to_host: deque[bytes] = deque()
         self._daemon_lot = trio.lowlevel.ParkingLot()
         self._host_lot = trio.lowlevel.ParkingLot()
@@ -225,21 +301,41 @@ class MemoryTun:
         await trio.lowlevel.checkpoint()
 
     def read_batch_into(self, arena: memoryview, max_packets: int, gap: int) -> list[Span]:
+        """As the kernel TUN with TSO: packets sent with a virtio header
+        (:meth:`host_send_offload`) go through the same cutter."""
         self._check_open()
         spans: list[Span] = []
-        limit, at = len(arena) - _READ_SIZE - gap, 0
-        while self._to_daemon and len(spans) < max_packets and at <= limit:
-            packet = self._to_daemon.popleft()[:_READ_SIZE]  # the kernel truncates too
-            arena[at : at + len(packet)] = packet
-            spans.append((at, len(packet)))
-            at += len(packet) + gap
-        self.stats.read_packets += len(spans)
+        cutter = self._cutter
+        cutter.bind(arena)
+        queue, at, reads = self._to_daemon, 0, 0
+        try:
+            while queue and len(spans) < max_packets:
+                if at > len(arena) - read_room(isinstance(queue[0], tuple), gap):
+                    break
+                item = queue.popleft()
+                vnet, packet = item if isinstance(item, tuple) else (PLAIN_HDR, item)
+                packet = packet[:_READ_SIZE]  # the kernel truncates too
+                size = len(packet)
+                arena[at : at + size] = packet
+                reads += 1
+                if vnet[0] or vnet[1]:
+                    at = cutter.cut(vnet, at, size, spans, gap)
+                else:
+                    spans.append((at, size))
+                    at += size + gap
+                    at += at & 1
+        finally:
+            cutter.finish()
+            self.stats.read_packets += reads
         return spans
 
     def read_batch(self, max_packets: int = 64) -> list[Payload]:
         self._check_open()
+        if any(isinstance(item, tuple) for item in self._to_daemon):
+            arena = memoryview(bytearray(2 * read_room(True, 8)))
+            return [bytes(arena[a : a + n]) for a, n in self.read_batch_into(arena, max_packets, 8)]
         n = min(max_packets, len(self._to_daemon))
-        out: list[Payload] = [self._to_daemon.popleft() for _ in range(n)]
+        out: list[Payload] = [bytes(self._to_daemon.popleft()) for _ in range(n)]  # type: ignore[arg-type]
         self.stats.read_packets += n
         return out
 
@@ -270,6 +366,16 @@ class MemoryTun:
             self.host_drops += 1
             return
         self._to_daemon.append(bytes(packet))
+        self._daemon_lot.unpark_all()
+
+    def host_send_offload(self, vnet: bytes, packet: bytes) -> None:
+        """Like :meth:`host_send`, with the ``virtio_net_hdr`` a TSO-enabled kernel
+        TUN would put in front (a super-packet, or a checksum left to the reader)."""
+        self._check_open()
+        if len(self._to_daemon) >= self.queue_limit:
+            self.host_drops += 1
+            return
+        self._to_daemon.append((bytes(vnet), bytes(packet)))
         self._daemon_lot.unpark_all()
 
     async def host_recv(self) -> bytes:
