@@ -125,6 +125,8 @@ class GatewayConfig:
     group: str | None = None  # None: the user's primary group
     # the packet pumps in a thread of their own instead of trio tasks (tunneld.datapath)
     data_thread: bool = False
+    # TCP super-packets from the TUN, cut into segments by tunneld (tunneld.io.segment)
+    tso: bool = True
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,7 @@ def _name(section: Section, key: str) -> str:
 _GATEWAY_KEYS = (
     "name", "listen", "port", "nat_t_port", "tun", "mtu",
     "control_socket", "log_format", "log_level", "save_keys_dir", "user", "group",
-    "data_thread",
+    "data_thread", "tso",
 )  # fmt: skip
 
 
@@ -284,6 +286,7 @@ def _read_gateway(file: Path, data: object) -> GatewayConfig:
         log_level=cast(LogLevel, s.choice("log_level", get_args(LogLevel), "info")),
         save_keys_dir=s.file_path("save_keys_dir", file.parent) or control.parent / f"{name}-keys",
         data_thread=s.typed("data_thread", bool, False),
+        tso=s.typed("tso", bool, True),
         **_run_as(s),
     )
 

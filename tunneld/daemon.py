@@ -117,7 +117,7 @@ RELOAD_DELETE_GRACE = 2.0  # seconds a reload waits for the DELETE answers of pe
 class Devices(Protocol):
     """Where the daemon gets its file descriptors (and names) from (real, or in-memory)."""
 
-    def open_tun(self, name: str, mtu: int) -> Tun: ...
+    def open_tun(self, name: str, mtu: int, *, tso: bool = True) -> Tun: ...
     def bind_udp(self, host: str, port: int) -> Udp: ...
     def routes(self, tun_name: str) -> RouteTable: ...
     async def resolve(self, name: str, family: int) -> str: ...
@@ -127,8 +127,8 @@ class KernelDevices:
     def __init__(self, *, ipv6: bool = True) -> None:
         self.ipv6 = ipv6
 
-    def open_tun(self, name: str, mtu: int) -> Tun:
-        tun = TunDevice.open(name, mtu)
+    def open_tun(self, name: str, mtu: int, *, tso: bool = True) -> Tun:
+        tun = TunDevice.open(name, mtu, tso=tso)
         if not self.ipv6:
             # No IPv6 selectors: keep the kernel from sending router solicitations
             # and MLD reports into the tunnel (they would only be dropped, NO_POLICY).
@@ -160,8 +160,8 @@ class MemoryDevices:
         self.route_table = MemoryRoutes()
         self.hosts = {} if hosts is None else hosts  # DNS names (an /etc/hosts of its own)
 
-    def open_tun(self, name: str, mtu: int) -> Tun:
-        self.tun = MemoryTun(name, mtu)
+    def open_tun(self, name: str, mtu: int, *, tso: bool = True) -> Tun:
+        self.tun = MemoryTun(name, mtu)  # (TSO: MemoryTun.host_send_offload feeds the cutter)
         return self.tun
 
     def bind_udp(self, host: str, port: int) -> Udp:
@@ -317,7 +317,7 @@ class Daemon:
             group=-1 if account is None else account.gid,
         )
         try:
-            tun = self.devices.open_tun(gw.tun, gw.mtu)
+            tun = self.devices.open_tun(gw.tun, gw.mtu, tso=gw.tso)
             try:
                 self._routes = self.devices.routes(gw.tun)
                 self._local_host = str(gw.listen[0])
