@@ -41,7 +41,9 @@ the kernel's socket buffer.
 
 Two ways to run the pumps (rule: the same batch functions either way):
 
-- **Data thread** (kernel devices, the daemon): one thread of its own blocks in
+- **Data thread** (kernel devices; the daemon with ``[gateway] data_thread = true``,
+  off by default: it cut a lone packet's crossing by ~0.25 ms but worsened the
+  p99 tails, docs/performance.md "Latency"): one thread of its own blocks in
   ``epoll_wait`` on the TUN and every UDP socket (level-triggered, registered
   once) and runs the pipeline above for each ready fd, one batch each per
   wakeup. A lone packet is a straight line: epoll -> read -> seal -> sendmsg
@@ -60,8 +62,9 @@ Two ways to run the pumps (rule: the same batch functions either way):
   counted as ``ike_queue_full``, the peers retransmit) and the SA database's
   ``on_move`` reports. An exception in the data thread ends :meth:`DataPath.run`
   with it, as an exception in a pump task did.
-- **Trio tasks** (in-memory devices: tests on a virtual clock): one task per
-  direction and socket, ``await wait_readable()`` per batch.
+- **Trio tasks** (the daemon's default; in-memory devices always: tests on a
+  virtual clock): one task per direction and socket, ``await wait_readable()``
+  per batch.
 """
 
 from __future__ import annotations
