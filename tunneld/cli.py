@@ -272,8 +272,11 @@ def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
+    from tunneld.config import describe
+
     peers = ", ".join(p.name for p in config.peers) or "none"
     print(f"{args.config}: ok (gateway {config.gateway.name}, peers: {peers})")
+    print(describe(config))  # what the daemon will do with it (no secrets)
     return 0
 
 

@@ -32,9 +32,7 @@ top level and ``[[peer.child]]`` together are refused.
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -74,10 +72,8 @@ __all__ = [
     "IdentityConfig",
     "MetricsConfig",
     "PeerConfig",
-    "add_check_subcommand",
     "describe",
     "load_config",
-    "run_check",
 ]
 
 # --- defaults and limits (what we chose; see docs/configuration.md) ----------
@@ -812,26 +808,3 @@ def describe(config: Config) -> str:
 
 def _selectors(local: tuple[IPNetwork, ...], remote: tuple[IPNetwork, ...]) -> str:
     return " ".join(map(str, local)) + " <=> " + " ".join(map(str, remote))
-
-
-# --- `tunneld check` ----------------------------------------------------------
-
-
-def add_check_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``check -c FILE``; the parser's ``func(args) -> int`` runs it."""
-    p = subparsers.add_parser("check", help="validate a configuration file and its credentials")
-    p.add_argument("-c", "--config", required=True, type=Path, help="configuration file (TOML)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when it is valid")
-    p.set_defaults(func=run_check)
-
-
-def run_check(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if not getattr(args, "quiet", False):
-        print(f"{config.path}: OK")
-        print(describe(config))
-    return 0

@@ -85,6 +85,10 @@ def test_check_names_file_and_key_of_a_broken_config(
     good = check(conf)
     assert good.returncode == 0, good.stderr
     assert f"{conf}: ok" in good.stdout
+    # then what the daemon will make of it: each peer, its identity and selectors
+    assert "\npeer gw-b: " + auth in good.stdout and "198.51.100.0/24 <=> 203.0.113.0/24" in (
+        good.stdout
+    )
 
     breakage(conf, tmp_path)
     bad = check(conf)

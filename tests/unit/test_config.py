@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import shutil
@@ -29,7 +28,6 @@ from tunneld.config import (
     DEFAULT_CHILD_BYTES,
     DEFAULT_CHILD_PACKETS,
     ConfigError,
-    add_check_subcommand,
     load_config,
 )
 
@@ -200,27 +198,6 @@ def test_local_id_override(confdir: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.toml: cannot read: No such file"):
         load_config(tmp_path / "nope.toml")
-
-
-def test_check_subcommand(confdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser(prog="tunneld")
-    add_check_subcommand(parser.add_subparsers(dest="command"))
-    good = write(confdir, base())
-    args = parser.parse_args(["check", "-c", str(good)])
-    # `check` uses the real clock: replace the fixture's certificates (valid from
-    # NOW, in the future) with ones valid today.
-    pki.init_ca(confdir / "pki", "today's CA", force=True)
-    pki.issue(confdir / "pki", "gw-a", dns=["gw-a.example.org"], force=True)
-    assert args.func(args) == 0
-    out = capsys.readouterr().out
-    assert f"{good}: OK" in out and "peer gw-b: pubkey, id gw-b.example.org" in out
-    data = base()
-    data["peer"][0]["remote_subnets"] = ["203.0.113.1/24"]
-    bad = write(confdir, data, "bad.toml")
-    args = parser.parse_args(["check", "-c", str(bad)])
-    assert args.func(args) == 1
-    err = capsys.readouterr().err
-    assert f"error: {bad}: peer[0].remote_subnets[0]: '203.0.113.1/24' has host bits set" in err
 
 
 # --- the shipped examples ---------------------------------------------------------
