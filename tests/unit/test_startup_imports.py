@@ -155,7 +155,7 @@ trio.run(main)
 """
 
 
-def test_the_daemon_imports_no_scapy_pyroute2_or_unused_metrics(tmp_path: Path) -> None:
+def test_the_daemon_imports_no_scapy_pyroute2_numpy_or_unused_metrics(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", _DAEMON, str(tmp_path)],
         capture_output=True, text=True, timeout=120, cwd=REPO,
@@ -168,3 +168,4 @@ def test_the_daemon_imports_no_scapy_pyroute2_or_unused_metrics(tmp_path: Path) 
     assert "scapy" not in roots
     assert "pyroute2" not in roots
     assert "prometheus_client" not in roots  # no [metrics] table
+    assert "numpy" not in roots  # no TCP super-packet yet: TSO's sums import it then

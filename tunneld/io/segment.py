@@ -46,9 +46,11 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy is imported by the first super-packet (+15 MB of RSS)
+    import numpy as np
+    import numpy.typing as npt
 
 from tunneld.io.offload import VNET_HDR, VNET_HDR_LEN, Buffer
 
@@ -163,11 +165,14 @@ class Cutter:
     module docstring). One per TUN device; :meth:`bind` once per batch, then
     :meth:`cut` per read, then :meth:`finish`."""
 
+    # views of the bound arena, made by _views()
+    _bytes: npt.NDArray[np.uint8]
+    _words: npt.NDArray[np.uint16]
+
     def __init__(self, stats: CutStats) -> None:
         self.stats = stats
         self._arena: memoryview = memoryview(bytearray(0))
-        self._bytes: npt.NDArray[np.uint8] = np.zeros(0, np.uint8)
-        self._words: npt.NDArray[np.uint16] = np.zeros(0, ">u2")
+        self._viewed: memoryview | None = None  # the arena _bytes/_words view
         # TCP/UDP regions (a result of 0 is sent as 0xffff, as skb_checksum_help does)
         # and IPv4 header regions (no such mapping, RFC 791)
         self._l4 = _Regions()
@@ -175,10 +180,18 @@ class Cutter:
 
     def bind(self, arena: memoryview) -> None:
         """Use ``arena`` (a writable byte memoryview) for the next cuts."""
-        if arena is not self._arena:
-            self._arena = arena
-            self._bytes = np.frombuffer(arena, np.uint8)
+        self._arena = arena
+
+    def _views(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint16]]:
+        """numpy views of the bound arena (bytes, big-endian words), made when a
+        sum first needs them: a TUN that never sees a super-packet never imports numpy."""
+        if self._viewed is not self._arena:
+            import numpy as np
+
+            self._viewed = self._arena
+            self._bytes = np.frombuffer(self._arena, np.uint8)
             self._words = self._bytes[: len(self._bytes) & ~1].view(">u2")
+        return self._bytes, self._words
 
     def cut(self, vnet: Buffer, at: int, size: int, spans: list[tuple[int, int]], gap: int) -> int:
         """Apply the virtio header ``vnet`` to ``arena[at : at + size]``: append its
@@ -245,12 +258,14 @@ class Cutter:
         _U16.pack_into(self._arena, at, value if value or not mangle else 0xFFFF)
 
     def _store_all(self, regions: _Regions, mangle: bool) -> None:
-        data = self._bytes
+        import numpy as np
+
+        data, all_words = self._views()
         lo = np.array(regions.lo, np.int64)
         hi = np.array(regions.hi, np.int64)
         data[hi[(hi - lo) & 1 == 1]] = 0  # the zero pad of an odd length: the gap behind
         base = int(lo[0]) >> 1  # only the words the regions cover (reduceat casts them all)
-        words = self._words[base : (int(hi[-1]) + 1) >> 1].astype(np.uint32)
+        words = all_words[base : (int(hi[-1]) + 1) >> 1].astype(np.uint32)
         bounds = np.empty(2 * len(lo) - 1, np.int64)  # the last region runs to the end
         bounds[0::2] = (lo >> 1) - base
         bounds[1::2] = ((hi[:-1] + 1) >> 1) - base
@@ -320,10 +335,13 @@ class Cutter:
             ] or [0]
         if not payload:
             return [0]
+        import numpy as np
+
+        data, all_words = self._views()
         end = start + payload
         if payload & 1:
-            self._bytes[end] = 0  # the zero pad of the last word (room behind the read)
-        words = self._words[start >> 1 : (end + 1) >> 1]
+            data[end] = 0  # the zero pad of the last word (room behind the read)
+        words = all_words[start >> 1 : (end + 1) >> 1]
         step = gso_size >> 1
         return np.add.reduceat(words, np.arange(0, count * step, step), dtype=np.uint64).tolist()  # type: ignore[no-any-return]
 
