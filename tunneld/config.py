@@ -122,7 +122,7 @@ class GatewayConfig:
     # the packet pumps in a thread of their own instead of trio tasks (tunneld.datapath)
     data_thread: bool = False
     # TCP super-packets from the TUN, cut into segments by tunneld (tunneld.io.segment)
-    tso: bool = True
+    tso: bool = False
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ def _read_gateway(file: Path, data: object) -> GatewayConfig:
         log_level=cast(LogLevel, s.choice("log_level", get_args(LogLevel), "info")),
         save_keys_dir=s.file_path("save_keys_dir", file.parent) or control.parent / f"{name}-keys",
         data_thread=s.typed("data_thread", bool, False),
-        tso=s.typed("tso", bool, True),
+        tso=s.typed("tso", bool, False),
         **_run_as(s),
     )
 

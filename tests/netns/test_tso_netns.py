@@ -101,6 +101,10 @@ def test_tshark_finds_every_inner_segment_of_a_tso_stream_valid(
     make_sites: Callable[[SiteOptions], Sites], tmp_path: Path
 ) -> None:
     sites = make_sites(SiteOptions(extra_peer="save_keys = true"))
+    for conf in (sites.conf_a, sites.conf_b):  # TSO is opt-in ([gateway] tso)
+        text = conf.read_text()
+        assert "[gateway]\n" in text
+        conf.write_text(text.replace("[gateway]\n", "[gateway]\ntso = true\n", 1))
     # The ESP leaves in UDP GSO sends, which a veth passes on whole: segmented before
     # the gateways' WAN ports instead, so that the capture holds one ESP packet per
     # datagram (tshark decodes only the first of a GSO datagram).

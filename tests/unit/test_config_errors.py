@@ -573,8 +573,8 @@ def test_data_thread_is_off_unless_asked(confdir: Path) -> None:
     assert load_config(write(confdir, data), now=NOW).gateway.data_thread is True
 
 
-def test_tso_is_on_unless_switched_off(confdir: Path) -> None:
+def test_tso_is_off_unless_asked(confdir: Path) -> None:
     data = base()
-    assert load_config(write(confdir, data), now=NOW).gateway.tso is True
-    setter("gateway", "tso", False)(data)
     assert load_config(write(confdir, data), now=NOW).gateway.tso is False
+    setter("gateway", "tso", True)(data)
+    assert load_config(write(confdir, data), now=NOW).gateway.tso is True
