@@ -581,6 +581,23 @@ def _terminated(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks: full teardown
 
 
+def preflight(configs: Sequence[str]) -> bool:
+    """Root and the tools the configurations need (else a message, False); then
+    SIGTERM and SIGINT end the run through its teardown. Both bench modes start so."""
+    if os.geteuid() != 0:
+        print("bench: needs root (network namespaces)", file=sys.stderr)
+        return False
+    tools = ["ip", "ping", "ss", "iperf3"] + (["openvpn"] if "openvpn" in configs else [])
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        print(f"bench: missing tools: {' '.join(missing)}", file=sys.stderr)
+        return False
+    signal.signal(signal.SIGTERM, _terminated)
+    # Interruptible even when started in the background (where SIGINT arrives ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--latency" in argv:  # the latency mode (tools/bench_latency.py)
@@ -588,17 +605,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_latency.main([a for a in argv if a != "--latency"])
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench: needs root (network namespaces)", file=sys.stderr)
+    if not preflight(args.configs):
         return 2
-    tools = ["ip", "ping", "ss", "iperf3"] + (["openvpn"] if "openvpn" in args.configs else [])
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing:
-        print(f"bench: missing tools: {' '.join(missing)}", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _terminated)
-    # Interruptible even when started in the background (where SIGINT arrives ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     lab = Lab(args.prefix)
     ctx = Context(lab, REPO, Path(tempfile.mkdtemp(prefix="tunneld-bench-")))
     load = [round(x, 2) for x in os.getloadavg()]

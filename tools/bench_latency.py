@@ -32,7 +32,6 @@ import math
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -341,16 +340,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench: needs root (network namespaces)", file=sys.stderr)
+    if not bench.preflight(args.configs):
         return 2
-    tools = ["ip", "ping", "ss", "iperf3"] + (["openvpn"] if "openvpn" in args.configs else [])
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing:
-        print(f"bench: missing tools: {' '.join(missing)}", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, bench._terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     ctx = bench.Context(bench.Lab(args.prefix), bench.REPO, Path(tempfile.mkdtemp(prefix="lat-")))
 
     def make(name: str) -> bench.Configuration:
