@@ -315,7 +315,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="LABEL=PATH",
         help="also measure tunneld from another source tree, as configuration LABEL",
     )
-    p.add_argument("--pings", type=int, default=600, help="pings per phase (default 600)")
+    p.add_argument("--pings", type=int, help="pings per phase (default 600; --quick: 100)")
     p.add_argument("--ping-interval", type=float, default=0.01, help="seconds (default 0.01)")
     p.add_argument("--warmup", type=float, default=2.0, help="stream seconds before the pings")
     p.add_argument("--quiet", type=float, default=3.0, help="seconds of idle CPU measurement")
@@ -324,8 +324,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lab-script", type=Path, default=bench.SCRIPTS / "lab.sh")
     p.add_argument("--json", action="store_true", help="end with one JSON object on stdout")
     args = p.parse_args(argv)
-    if args.quick:
-        args.rounds, args.pings, args.quiet, args.warmup = 1, 100, 1.0, 1.0
+    if args.quick:  # (an explicit --pings stands)
+        args.rounds, args.quiet, args.warmup = 1, 1.0, 1.0
+    if args.pings is None:
+        args.pings = 100 if args.quick else 600
     args.trees = dict(args.tree)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     args.configs += [label for label in args.trees if label not in args.configs]
