@@ -65,6 +65,18 @@ Two ways to run the pumps (rule: the same batch functions either way):
 - **Trio tasks** (the daemon's default; in-memory devices always: tests on a
   virtual clock): one task per direction and socket, ``await wait_readable()``
   per batch.
+
+**Busy polling** (data thread only; ``[gateway] busy_poll_us``, 0 = off), as the
+kernel's ``busy_poll``/NAPI do: after a wakeup that found a device ready, the data
+thread does not go back to sleep at once but polls (``epoll_wait`` with timeout 0,
+without the lock) until ``busy_poll_us`` have passed without traffic. The crossings
+that follow closely (the reply to the packet just written to the TUN, the answer to
+the packet just sent) then find a running thread instead of waking a sleeping one.
+With no traffic the thread sleeps in ``epoll_wait`` as before; the cost is up to one
+window of a core's time after every burst of traffic. Between two empty polls the
+thread calls ``sched_yield``: a plain spin took the CPU from whatever else was
+runnable (the other gateway, the hosts of the lab) and made a ping *slower* on a
+loaded 2-vCPU machine (docs/performance.md, "Busy polling").
 """
 
 from __future__ import annotations
@@ -460,12 +472,15 @@ class DataPath:
         """Block until a device is ready; after a wakeup, keep polling without
         blocking for ``busy_poll_us`` (module docstring, "Busy polling")."""
         poll, clock, window = poller.poll, time.monotonic_ns, self._busy_poll_ns
+        yield_cpu = os.sched_yield
         hot_until = 0  # while polling: when to go back to sleep
         while not self._stopping:
             ready = poll(0) if hot_until else poll()
             if not ready:
                 if clock() >= hot_until:
                     hot_until = 0
+                else:
+                    yield_cpu()  # whoever else is runnable first (module docstring)
                 continue
             if hot_until:
                 self.busy_polls += 1
