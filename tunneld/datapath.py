@@ -44,10 +44,10 @@ Two ways to run the pumps (rule: the same batch functions either way):
 - **Data thread** (kernel devices; the daemon with ``[gateway] data_thread = true``,
   off by default: it cut a lone packet's crossing by ~0.25-0.4 ms, but its p99
   tails came out worse than the trio pumps' in some runs on the shared test
-  machine, better in others, docs/performance.md "Latency"): one thread of its own blocks in
-  ``epoll_wait`` on the TUN and every UDP socket (level-triggered, registered
-  once) and runs the pipeline above for each ready fd, one batch each per
-  wakeup. A lone packet is a straight line: epoll -> read -> seal -> sendmsg
+  machine, better in others, docs/performance.md "Latency"): one thread of its
+  own blocks in ``epoll_wait`` on the TUN and every UDP socket (level-triggered,
+  registered once) and runs the pipeline above for each ready fd, one batch
+  each per wakeup. A lone packet is a straight line: epoll -> read -> seal -> sendmsg
   (or recvmsg -> open -> writev), no trio run loop, no task switch, no epoll
   re-arm. Trio's wakeup cost, ~150 us of CPU per lone packet on a 2-vCPU VM
   (docs/performance.md, "Latency"), was most of a gateway crossing.
