@@ -11,7 +11,8 @@ and start-up leaves the garbage of reading the configuration and certificates.
 
 When, in :meth:`HeapTrimmer.run` (a task of the daemon's nursery):
 
-1. once when the daemon is ready (what start-up freed);
+1. once when the daemon is ready (what start-up freed), after a full garbage
+   collection;
 2. after churn (IKE sessions created or forgotten, :meth:`HeapTrimmer.churn`):
    once no churn came for :data:`QUIET` seconds, or :data:`MAX_DELAY` seconds
    after the first churn not trimmed yet, whichever is first (a hub under
@@ -27,6 +28,7 @@ the symbol is missing, the trimmer does nothing.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -86,7 +88,8 @@ class HeapTrimmer:
         if self._trim is None:
             log.debug("malloc_trim not available: freed heap stays with the process")
             return
-        self.trim_now()  # rule 1
+        gc.collect()  # rule 1: start-up's cyclic garbage first (0.1 MB, ~10 ms, once)
+        self.trim_now()
         while True:
             await self._churned.wait()  # rule 3
             while not self._due(trio.current_time()):
