@@ -1,4 +1,5 @@
-"""A deleted IKE SA lingers light (ike.session invariant 7, ike.ikesa rule 4).
+"""What an IKE SA keeps once it needs no more: a deleted one lingers light (ike.session
+invariant 7, ike.ikesa rule 4), an established one drops its IKE_SA_INIT messages.
 
 For the retransmission total (41.3 s) a deleted IKE SA still answers a
 retransmitted request from its cache (RFC 7296 §2.1): the peer's DELETE may
@@ -112,3 +113,15 @@ def test_an_old_ike_sa_lingers_light_after_a_rekey() -> None:
     pair.run(until=pair.now + 45)  # past the linger
     assert responder._core.sas.retiring == []
     assert len(responder.local_spis) == 1
+
+
+def test_an_established_ike_sa_drops_its_ike_sa_init_messages() -> None:
+    """They were signed by the AUTH payloads (§2.15) and serve nothing after IKE_AUTH;
+    a retransmitted IKE_AUTH is still answered, from the cache."""
+    pair = established()
+    for session in (pair.initiator, pair.responder):
+        assert (session._ctx.init_request, session._ctx.init_response) == (b"", b"")
+    auth = [s for s in pair.wire if s.header.exchange_type == ExchangeType.IKE_AUTH]
+    request, answer = auth[0], auth[-1]
+    assert not request.header.is_response and answer.header.is_response
+    assert replay(pair.responder, request, pair.now + 1) == [answer.data]
