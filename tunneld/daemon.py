@@ -99,6 +99,7 @@ from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
 from tunneld.log import THROTTLE_FLUSH_INTERVAL, LogThrottle, flush_throttles
+from tunneld.memtrim import HeapTrimmer
 from tunneld.peer import Peer, PeerPolicy
 from tunneld.reload import ReloadPlan, plan_reload
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
@@ -288,6 +289,7 @@ class Daemon:
         self.dispatch = DispatchStats()
         self._by_spi: dict[bytes, Peer] = {}
         self._spis_of: dict[IkeSession, tuple[bytes, ...]] = {}
+        self.heap = HeapTrimmer()  # freed heap back to the system (tunneld.memtrim)
         # half-open responder sessions by (initiator's SPI, its address): a
         # retransmitted IKE_SA_INIT (SPIr = 0) finds its session in O(1)
         self._by_init: dict[tuple[bytes, Address], Peer] = {}
@@ -374,6 +376,7 @@ class Daemon:
                     await nursery.start(self._metrics.serve, self)
                 nursery.start_soon(self._shutdown_watcher)
                 nursery.start_soon(self._throttle_flusher)
+                nursery.start_soon(self.heap.run)
                 if self.handle_signals:
                     nursery.start_soon(self._signal_watcher)
                 log.info(
@@ -648,6 +651,8 @@ class Daemon:
         spis = tuple(session.local_spis)
         if self._spis_of.get(session) == spis:
             return
+        if session not in self._spis_of:
+            self.heap.churn()  # a new session: trim once the burst is over
         for spi in self._spis_of.pop(session, ()):
             self._by_spi.pop(spi, None)
         self._spis_of[session] = spis
@@ -657,6 +662,7 @@ class Daemon:
     def unregister_session(self, session: IkeSession) -> None:
         for spi in self._spis_of.pop(session, ()):
             self._by_spi.pop(spi, None)
+        self.heap.churn()  # what it held is free now
 
     def half_open_changed(self, peer: Peer, spi_i: bytes, remote: Address, *, opened: bool) -> None:
         """Rule 5: a responder session was created (``opened``) or left the half-open
