@@ -188,7 +188,7 @@ class ChildSet:
         self, session: IkeSession, event: ChildSaUp, now: float, *, confirmed: bool = True
     ) -> ChildRecord:
         inbound, outbound = self._sa_factory(event, self.replay_window)
-        if self.name not in {t.name for t in self._sadb.tunnels}:
+        if not self._sadb.has_tunnel(self.name):
             self._sadb.add_tunnel(self.name, event.remote_addr, event.local_ts, event.remote_ts)
         elif self._sadb.tunnel(self.name).peer != event.remote_addr:
             self._sadb.set_peer(self.name, event.remote_addr)
@@ -246,7 +246,7 @@ class ChildSet:
         return self._current() is not None
 
     def _current(self) -> ChildRecord | None:
-        if self.name not in {t.name for t in self._sadb.tunnels}:
+        if not self._sadb.has_tunnel(self.name):
             return None
         outbound = self._sadb.tunnel(self.name).current
         return next((r for r in self.records.values() if r.outbound is outbound), None)
@@ -270,7 +270,7 @@ class ChildSet:
         """Every Child SA of the peer sends to ``peer`` from now on (the peer's
         address changed, as an authenticated packet showed: peer.py rule 10).
         Returns the address it replaced, None if there was none or it is the same."""
-        if self.name not in {t.name for t in self._sadb.tunnels}:
+        if not self._sadb.has_tunnel(self.name):
             return None
         old = self._sadb.tunnel(self.name).peer
         self._sadb.set_peer(self.name, peer)  # also when equal: a new report may come

@@ -212,6 +212,10 @@ class SADatabase:
     def tunnel(self, name: str) -> Tunnel:
         return self._tunnels[name]
 
+    def has_tunnel(self, name: str) -> bool:
+        """O(1), where ``tunnels`` copies all of them (a hub holds thousands)."""
+        return name in self._tunnels
+
     @property
     def tunnels(self) -> tuple[Tunnel, ...]:
         return tuple(self._tunnels.values())
