@@ -423,6 +423,11 @@ class ChildSets:
         return next((s for s in self.by_child.values() if inbound_spi in s.records), None)
 
     @property
+    def any(self) -> bool:
+        """Whether the peer has a Child SA (without building ``records``)."""
+        return any(child_set.records for child_set in self.by_child.values())
+
+    @property
     def records(self) -> dict[int, ChildRecord]:
         """Every Child SA of the peer by inbound SPI (a fresh dict: read it, do not change it)."""
         out: dict[int, ChildRecord] = {}

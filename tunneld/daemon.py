@@ -90,6 +90,7 @@ from ike.sessionconfig import ChildConfig as IkeChildConfig
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
 from tunneld import control, hardening, sdnotify
+from tunneld.alarms import Alarms
 from tunneld.childsas import ChildSet, ChildSets, Limits
 from tunneld.config import ChildConfig, Config, ConfigError, PeerConfig, load_config
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
@@ -303,6 +304,7 @@ class Daemon:
         self._stopping = trio.Event()
         self._key_tables: KeyTables | None = None  # shared by the peers with save_keys
         self._metrics: metrics.Endpoint | None = None  # [metrics]: bound in run, rule 8
+        self.alarms: Alarms[Peer] = Alarms()  # every peer task's next deadline (alarms.py)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -368,6 +370,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self._datapath.run)
+                await nursery.start(self.alarms.run)
                 self._make_peers(nursery)
                 await nursery.start(control.serve, control_socket, self._control)
                 if self._metrics is not None:
@@ -510,6 +513,7 @@ class Daemon:
             ),
             children=children,
             local_addr=lambda: (self._local_host, self.config.gateway.port),
+            alarms=self.alarms,
             key_tables=None if reception is not None else self._key_tables_for(pc),
             reception=reception,
         )
