@@ -14,10 +14,10 @@ Theory of operation:
    and, when it has come, wakes the peer with a poke into its inbox (a plain
    reschedule, no exception). Its own wait is one cancel scope whose deadline
    moves earlier when an earlier alarm is set (no new scope, no cancel).
-3. Deadlines that are equal are served by one wake of the alarm task: the
-   peers' once-a-second looks at their counters fall on whole seconds
-   (:func:`next_tick`), so a thousand peers cost one expiry a second, not a
-   thousand.
+3. Deadlines that are equal are served by one wake of the alarm task. The
+   once-a-second look at every peer's Child SA counters is no peer deadline
+   at all: the daemon's watcher reads them on whole seconds (:func:`next_tick`)
+   and wakes only the peers whose counters moved (peer.py rule 4).
 4. Time is ``trio.current_time()`` only: on trio's virtual clock a peer wakes
    at exactly its deadline, as it did under ``move_on_at``.
 """

@@ -339,25 +339,41 @@ class ChildSet:
     # -- rule 4: limits and liveness ------------------------------------------------------
 
     def watch(self) -> WatchResult:
-        limits = self.limits
         result = WatchResult()
         for record in self.records.values():
             if record.inbound.packets != record.seen_inbound:
                 record.seen_inbound = record.inbound.packets
                 result.inbound_seen.append(record)
-            out, inb = record.outbound, record.inbound
-            packets = max(out.packets, inb.packets)
-            octets = max(out.bytes, inb.bytes)
-            if packets >= limits.hard_packets or octets >= limits.hard_bytes or out.exhausted:
+            verdict = self._limit_reached(record)
+            if verdict == "expire":
                 result.expire.append(record)
-            elif not record.rekey_requested and (
-                packets >= limits.soft_packets
-                or octets >= limits.soft_bytes
-                or (not record.event.esn and out.seq >= SEQ32_MAX - SEQ_HEADROOM)
-            ):
+            elif verdict == "rekey":
                 record.rekey_requested = True
                 result.rekey.append(record)
         return result
+
+    def watch_wanted(self) -> bool:
+        """Whether :meth:`watch` would report anything (it changes nothing here)."""
+        return any(
+            record.inbound.packets != record.seen_inbound or self._limit_reached(record)
+            for record in self.records.values()
+        )
+
+    def _limit_reached(self, record: ChildRecord) -> str | None:
+        """ "expire" (a hard limit), "rekey" (a soft one, not requested yet) or None."""
+        limits = self.limits
+        out, inb = record.outbound, record.inbound
+        packets = max(out.packets, inb.packets)
+        octets = max(out.bytes, inb.bytes)
+        if packets >= limits.hard_packets or octets >= limits.hard_bytes or out.exhausted:
+            return "expire"
+        if not record.rekey_requested and (
+            packets >= limits.soft_packets
+            or octets >= limits.soft_bytes
+            or (not record.event.esn and out.seq >= SEQ32_MAX - SEQ_HEADROOM)
+        ):
+            return "rekey"
+        return None
 
     # -- status ------------------------------------------------------------------------
 
@@ -423,11 +439,6 @@ class ChildSets:
         return next((s for s in self.by_child.values() if inbound_spi in s.records), None)
 
     @property
-    def any(self) -> bool:
-        """Whether the peer has a Child SA (without building ``records``)."""
-        return any(child_set.records for child_set in self.by_child.values())
-
-    @property
     def records(self) -> dict[int, ChildRecord]:
         """Every Child SA of the peer by inbound SPI (a fresh dict: read it, do not change it)."""
         out: dict[int, ChildRecord] = {}
@@ -491,6 +502,10 @@ class ChildSets:
 
     def retiring_spis(self) -> list[int]:
         return [spi for s in self.by_child.values() for spi in s.retiring_spis()]
+
+    def watch_wanted(self) -> bool:
+        """Whether a child's counters moved or crossed a limit (rule 4)."""
+        return any(child_set.watch_wanted() for child_set in self.by_child.values())
 
     def watch(self) -> WatchResult:
         """Rule 4 for every child, each with its own limits."""

@@ -90,7 +90,7 @@ from ike.sessionconfig import ChildConfig as IkeChildConfig
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
 from tunneld import control, hardening, sdnotify
-from tunneld.alarms import Alarms
+from tunneld.alarms import Alarms, next_tick
 from tunneld.childsas import ChildSet, ChildSets, Limits
 from tunneld.config import ChildConfig, Config, ConfigError, PeerConfig, load_config
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
@@ -100,7 +100,7 @@ from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
 from tunneld.log import THROTTLE_FLUSH_INTERVAL, LogThrottle, flush_throttles
-from tunneld.peer import Peer, PeerPolicy
+from tunneld.peer import WATCH_INTERVAL, Peer, PeerPolicy
 from tunneld.reload import ReloadPlan, plan_reload
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
 from tunneld.savekeys import KeyTables
@@ -377,6 +377,7 @@ class Daemon:
                     await nursery.start(self._metrics.serve, self)
                 nursery.start_soon(self._shutdown_watcher)
                 nursery.start_soon(self._throttle_flusher)
+                nursery.start_soon(self._watcher)
                 if self.handle_signals:
                     nursery.start_soon(self._signal_watcher)
                 log.info(
@@ -391,6 +392,16 @@ class Daemon:
         while True:
             await trio.sleep(THROTTLE_FLUSH_INTERVAL)
             flush_throttles(trio.current_time())
+
+    async def _watcher(self) -> None:
+        """peer.py rule 4: once a second (on whole seconds) the peers whose Child SA
+        counters moved or crossed a limit are woken to look at them; a hub's idle
+        spokes sleep on (waking a thousand tasks a second cost more than the look)."""
+        while True:
+            await trio.sleep_until(next_tick(trio.current_time(), WATCH_INTERVAL))
+            now = trio.current_time()
+            for peer in list(self.peers.values()):
+                peer.watch_if_wanted(now)
 
     async def _run_peer(self, peer: Peer) -> None:
         """Rule 6: one peer's task; a bug in it resets that peer, nothing else."""

@@ -22,9 +22,11 @@ Theory of operation:
    spokes 13% of its CPU), and the task then calls ``handle_timer(now)``.
    Time is ``trio.current_time()`` only, so tests run it on a virtual clock.
 4. Child SAs reach the data plane through :class:`tunneld.childsas.ChildSet`
-   (make-before-break; see there). Once a second, on whole seconds so that
-   every peer's look is one wake of the alarms, while the peer has a Child
-   SA, the peer task lets it look at the SA counters: authenticated inbound ESP is reported to the
+   (make-before-break; see there). Once a second the daemon's watcher asks
+   every peer whether its Child SA counters moved or crossed a limit
+   (:meth:`Peer.watch_if_wanted`, reading only); those that did are woken
+   and the peer task lets the ChildSet look at them (a hub's thousand idle
+   spokes are not woken every second): authenticated inbound ESP is reported to the
    session (liveness), soft packet/byte/sequence limits start a Child SA
    rekey, hard limits delete the Child SA. Time limits are the session's.
 5. One IKE SA per peer (RFC 7296 §2.4), by three rules:
@@ -174,7 +176,7 @@ from ike.session import IkeSession
 from ike.sessionconfig import SessionConfig
 from ike.states import IkeState
 from ike.wire import IkeHeader
-from tunneld.alarms import Alarms, Deadlines, next_tick
+from tunneld.alarms import Alarms, Deadlines
 from tunneld.childsas import ChildSets
 from tunneld.datapath import IkeDatagram
 from tunneld.durations import Durations
@@ -502,7 +504,6 @@ class Peer:
         await self._resolve()  # rule 11: also for a listening peer (the dispatcher matches it)
         if self._want_up and self.remote is not None:
             self._retry_at = trio.current_time()
-        self._watch_at = next_tick(trio.current_time(), WATCH_INTERVAL)
         while True:
             deadline = self._next_deadline()
             if trio.current_time() < deadline:  # rule 3: the alarms wake us then
@@ -562,14 +563,19 @@ class Peer:
         with contextlib.suppress(trio.WouldBlock):  # a full inbox wakes the task anyway
             self._send.send_nowait(None)
 
+    def watch_if_wanted(self, now: float) -> None:
+        """Rule 4, called by the daemon's watcher once a second: the task looks at the
+        Child SA counters if they moved or crossed a limit (else it sleeps on)."""
+        if self.children.watch_wanted():
+            self._watch_at = now
+            self._poke()
+
     def wake(self) -> None:
         """Rule 3: the alarms say the task's deadline has come."""
         self._poke()
 
     def _next_deadline(self) -> float:
-        deadlines = [self._retry_at, self._keepalive_at]
-        if self.children.any:  # rule 4: nothing to look at, no need to wake
-            deadlines.append(self._watch_at)
+        deadlines = [self._retry_at, self._watch_at, self._keepalive_at]
         deadlines += [self._timers.earliest(), self._supersede_timers.earliest()]
         if self._held_until is not None:
             deadlines.append(self._held_until)
@@ -586,7 +592,7 @@ class Peer:
                 self._dirty.add(session)
         self.children.expire(now)
         if self._watch_at <= now:
-            self._watch_at = next_tick(now, WATCH_INTERVAL)
+            self._watch_at = math.inf
             self._watch(now)
         if self._keepalive_at <= now:
             self._send_keepalives(now)

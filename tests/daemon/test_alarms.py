@@ -44,7 +44,7 @@ async def test_a_thousand_peers_on_one_tick_cost_one_wake(
     peers = [Sleeper() for _ in range(1000)]
     async with trio.open_nursery() as nursery:
         await nursery.start(alarms.run)
-        for k, peer in enumerate(peers):  # peers whose last look was at different times
+        for k, peer in enumerate(peers):  # set at different times, due together
             alarms.set(peer, next_tick(0.1 + k / 2000, 1.0))
         await trio.sleep(1.5)
         nursery.cancel_scope.cancel()
