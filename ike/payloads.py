@@ -62,11 +62,11 @@ E = TypeVar("E", bound=IntEnum)
 
 
 def enum_or_int(cls: type[E], value: int) -> E | int:
-    """``cls(value)`` when the profile knows the number, else the plain int."""
-    try:
-        return cls(value)
-    except ValueError:
-        return value
+    """``cls(value)`` when the profile knows the number, else the plain int (by the
+    enum's value map: no ValueError raised and caught for each notify type a peer
+    sends that we do not know, several per IKE_SA_INIT)."""
+    member: E | None = cls._value2member_map_.get(value)  # type: ignore[assignment]
+    return value if member is None else member
 
 
 class Reader:
