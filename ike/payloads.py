@@ -142,6 +142,12 @@ _TRANSFORM_IDS: dict[int, type[IntEnum]] = {
 }
 
 
+# a proposal or transform substructure's first four octets (§3.3.1, §3.3.2), and a
+# transform's type and ID (reserved octet between)
+_SUBSTRUCTURE = struct.Struct("!BBH")
+_KEY_LENGTH_TV = (ATTR_FORMAT_TV | TransformAttr.KEY_LENGTH).to_bytes(2, "big")  # §3.3.5
+
+
 @dataclass(frozen=True)
 class TransformAttribute:
     """A transform attribute other than KEY_LENGTH (§3.3.5).
@@ -196,14 +202,21 @@ def _decode_attributes(r: Reader) -> tuple[int | None, tuple[TransformAttribute,
 
 
 def _decode_transform(r: Reader, last: bool) -> Transform:
-    substruc, _reserved, length = r.u8(), r.u8(), r.u16()
+    substruc, _reserved, length = _SUBSTRUCTURE.unpack(r.take(4))
     if substruc != (0 if last else MORE_TRANSFORMS):
         raise ParseError(f"transform: Last Substruc {substruc} disagrees with # of transforms")
     if length < 8:
         raise ParseError(f"transform: length {length} < 8")
-    tr = Reader(r.take(length - 4), "transform")
-    ttype, _reserved, tid = tr.u8(), tr.u8(), tr.u16()
-    key_length, extras = _decode_attributes(tr)
+    body = r.take(length - 4)
+    ttype, _reserved, tid = _SUBSTRUCTURE.unpack_from(body)  # length >= 8: 4 bytes there
+    key_length: int | None
+    extras: tuple[TransformAttribute, ...]
+    if len(body) == 4:  # no attribute: PRF, INTEG, DH, ESN
+        key_length, extras = None, ()
+    elif len(body) == 8 and body[4:6] == _KEY_LENGTH_TV:  # ENCR with its key length
+        key_length, extras = int.from_bytes(body[6:8], "big"), ()
+    else:
+        key_length, extras = _decode_attributes(Reader(body[4:], "transform"))
     id_enum = _TRANSFORM_IDS.get(ttype)
     return Transform(
         type=enum_or_int(TransformType, ttype),
