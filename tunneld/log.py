@@ -45,6 +45,8 @@ _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
 _PLAIN = (int, float, str, bool, type(None))
+# one encoder for every line; a line holds plain values only (no cycle to look for)
+_ENCODE = json.JSONEncoder(check_circular=False).encode
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,7 +74,7 @@ class JsonFormatter(logging.Formatter):
             out[key] = value if isinstance(value, _PLAIN) else str(value)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, sort_keys=False)
+        return _ENCODE(out)
 
 
 # C0 controls, DEL, C1 controls and the Unicode line/paragraph separators.
