@@ -18,8 +18,8 @@ Theory of operation:
 3. The task waits on its inbox only; the earliest deadline of its sessions
    or its own timers is handed to the daemon's :class:`tunneld.alarms.Alarms`,
    which pokes the inbox when it has come (one trio task for every peer's
-   timers: a cancel-scope timeout per peer and wait cost a hub of 1,000
-   spokes 13% of its CPU), and the task then calls ``handle_timer(now)``.
+   timers: a cancel-scope timeout per peer and wait was 13% of a 1,000-spoke
+   hub's profile samples), and the task then calls ``handle_timer(now)``.
    Time is ``trio.current_time()`` only, so tests run it on a virtual clock.
 4. Child SAs reach the data plane through :class:`tunneld.childsas.ChildSet`
    (make-before-break; see there). Once a second the daemon's watcher asks
