@@ -91,6 +91,7 @@ DEFAULT_CHILD_PACKETS = 1 << 26
 MAX_CHILD_PACKETS = 1 << 27
 DEFAULT_CHILD_BYTES = 1 << 36  # 64 GiB, ~49 M packets of 1400 bytes
 MAX_REPLAY_WINDOW = 1 << 20  # tunneld.dataplane.replay caps its window here
+MAX_BUSY_POLL_US = 100_000  # what we chose: [gateway] busy_poll_us spins at most 100 ms
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ - 1
 
@@ -121,6 +122,8 @@ class GatewayConfig:
     group: str | None = None  # None: the user's primary group
     # the packet pumps in a thread of their own instead of trio tasks (tunneld.datapath)
     data_thread: bool = False
+    # the data thread keeps polling this long after moving packets (0: never)
+    busy_poll_us: int = 0
     # TCP super-packets from the TUN, cut into segments by tunneld (tunneld.io.segment)
     tso: bool = False
 
@@ -259,7 +262,7 @@ def _name(section: Section, key: str) -> str:
 _GATEWAY_KEYS = (
     "name", "listen", "port", "nat_t_port", "tun", "mtu",
     "control_socket", "log_format", "log_level", "save_keys_dir", "user", "group",
-    "data_thread", "tso",
+    "data_thread", "busy_poll_us", "tso",
 )  # fmt: skip
 
 
@@ -270,6 +273,7 @@ def _read_gateway(file: Path, data: object) -> GatewayConfig:
     if not _IFNAME_RE.fullmatch(tun):
         raise s.error("tun", f"'{tun}' is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)")
     control = s.file_path("control_socket", file.parent) or Path(f"/run/tunneld/{name}.sock")
+    data_thread = s.typed("data_thread", bool, False)
     return GatewayConfig(
         name=name,
         listen=_listen(s),
@@ -281,10 +285,19 @@ def _read_gateway(file: Path, data: object) -> GatewayConfig:
         log_format=cast(LogFormat, s.choice("log_format", get_args(LogFormat), "text")),
         log_level=cast(LogLevel, s.choice("log_level", get_args(LogLevel), "info")),
         save_keys_dir=s.file_path("save_keys_dir", file.parent) or control.parent / f"{name}-keys",
-        data_thread=s.typed("data_thread", bool, False),
+        data_thread=data_thread,
+        busy_poll_us=_busy_poll_us(s, data_thread),
         tso=s.typed("tso", bool, False),
         **_run_as(s),
     )
+
+
+def _busy_poll_us(s: Section, data_thread: bool) -> int:
+    """Only the data thread polls (tunneld.datapath, "Busy polling")."""
+    value = s.integer("busy_poll_us", 0, 0, MAX_BUSY_POLL_US)
+    if value and not data_thread:
+        raise s.error("busy_poll_us", "needs data_thread = true (only the data thread polls)")
+    return value
 
 
 def _listen(s: Section) -> tuple[IPAddress, ...]:

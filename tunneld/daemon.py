@@ -363,6 +363,7 @@ class Daemon:
             ike_port=gw.port,
             more=more,
             thread=gw.data_thread,
+            busy_poll_us=gw.busy_poll_us,
         )
         self._started_at = trio.current_time()
         self.front_door = FrontDoor(

@@ -42,11 +42,12 @@ the kernel's socket buffer.
 Two ways to run the pumps (rule: the same batch functions either way):
 
 - **Data thread** (kernel devices; the daemon with ``[gateway] data_thread = true``,
-  off by default: it cut a lone packet's crossing by ~0.25 ms but worsened the
-  p99 tails, docs/performance.md "Latency"): one thread of its own blocks in
-  ``epoll_wait`` on the TUN and every UDP socket (level-triggered, registered
-  once) and runs the pipeline above for each ready fd, one batch each per
-  wakeup. A lone packet is a straight line: epoll -> read -> seal -> sendmsg
+  off by default: it cut a lone packet's crossing by ~0.25-0.4 ms, but its p99
+  tails came out worse than the trio pumps' in some runs on the shared test
+  machine, better in others, docs/performance.md "Latency"): one thread of its
+  own blocks in ``epoll_wait`` on the TUN and every UDP socket (level-triggered,
+  registered once) and runs the pipeline above for each ready fd, one batch
+  each per wakeup. A lone packet is a straight line: epoll -> read -> seal -> sendmsg
   (or recvmsg -> open -> writev), no trio run loop, no task switch, no epoll
   re-arm. Trio's wakeup cost, ~150 us of CPU per lone packet on a 2-vCPU VM
   (docs/performance.md, "Latency"), was most of a gateway crossing.
@@ -65,6 +66,18 @@ Two ways to run the pumps (rule: the same batch functions either way):
 - **Trio tasks** (the daemon's default; in-memory devices always: tests on a
   virtual clock): one task per direction and socket, ``await wait_readable()``
   per batch.
+
+**Busy polling** (data thread only; ``[gateway] busy_poll_us``, 0 = off), as the
+kernel's ``busy_poll``/NAPI do: after a wakeup that found a device ready, the data
+thread does not go back to sleep at once but polls (``epoll_wait`` with timeout 0,
+without the lock) until ``busy_poll_us`` have passed without traffic. The crossings
+that follow closely (the reply to the packet just written to the TUN, the answer to
+the packet just sent) then find a running thread instead of waking a sleeping one.
+With no traffic the thread sleeps in ``epoll_wait`` as before; the cost is up to one
+window of a core's time after every burst of traffic. Between two empty polls the
+thread calls ``sched_yield``: a plain spin took the CPU from whatever else was
+runnable (the other gateway, the hosts of the lab) and made a ping *slower* on a
+loaded 2-vCPU machine (docs/performance.md, "Busy polling").
 """
 
 from __future__ import annotations
@@ -74,6 +87,7 @@ import functools
 import os
 import select
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -103,6 +117,8 @@ _PLAIN_ROOM = (256 << 10) + read_room(True, TRAILER_MAX)
 # payload, the gap); each takes at most OVERHEAD bytes more once sealed.
 _MAX_SPANS = _PLAIN_ROOM // (41 + TRAILER_MAX)
 _INNER_ROOM = (1 << 20) + _MAX_PACKET  # decrypted inner packets of one received batch
+
+Handlers = dict[int, Callable[[], object] | None]  # the data thread's: fd -> its pipeline
 
 
 class Tun(Protocol):
@@ -187,11 +203,16 @@ class DataPath:
         batch: int = DEFAULT_BATCH,
         more: Sequence[Udp] = (),
         thread: bool | None = None,
+        busy_poll_us: int = 0,
     ) -> None:
         """``udp_by_port``: the sockets of the first listen address; ``more``: those of
         the others (each pumped too; its ``local_address`` port says ESP or IKE).
         ``thread``: run the pumps in a data thread (None: when every device has a
-        file descriptor, see the module docstring)."""
+        file descriptor, see the module docstring). ``busy_poll_us``: how long the data
+        thread keeps polling after a wakeup that moved packets (0: never; the module
+        docstring, "Busy polling")."""
+        if busy_poll_us < 0:
+            raise ValueError("busy_poll_us must not be negative")
         if esp_port not in udp_by_port:
             raise ValueError(f"no UDP socket for the ESP port {esp_port}")
         self._sadb = sadb
@@ -219,6 +240,8 @@ class DataPath:
         self.inbound = PumpStats()
         devices = [tun, *self._udp.values(), *self._more]
         self.threaded = all(hasattr(d, "fileno") for d in devices) if thread is None else thread
+        self._busy_poll_ns = busy_poll_us * 1000
+        self.busy_polls = 0  # wakeups that found packets while polling (data thread)
         self._deliver_ike: Callable[[IkeDatagram], None] | None = on_ike
         self._ike_queue: deque[IkeDatagram] = deque()
         self._ike_queued_bytes = 0
@@ -268,6 +291,7 @@ class DataPath:
         return {
             "outbound": asdict(self.outbound),
             "inbound": asdict(self.inbound),
+            "busy_polls": self.busy_polls,
             "tun": _device_stats(self._tun),
             "udp": {
                 **{str(port): _device_stats(udp) for port, udp in self._udp.items()},
@@ -428,18 +452,49 @@ class DataPath:
         try:
             for fd in handlers:
                 poller.register(fd, select.EPOLLIN)
-            while not self._stopping:
-                ready = poller.poll()
-                with lock:
-                    for fd, _events in ready:
-                        handler = handlers[fd]
-                        if handler is not None and not self._stopping:
-                            handler()
+            if self._busy_poll_ns:
+                self._busy_loop(poller, handlers, lock)
+            else:
+                self._sleepy_loop(poller, handlers, lock)
         except BaseException as exc:  # handed to DataPath.run, which raises it
             self._failure = exc
         finally:
             poller.close()
             self._call_soon(done.set)
+
+    def _sleepy_loop(self, poller: select.epoll, handlers: Handlers, lock: threading.Lock) -> None:
+        """Block in ``epoll_wait`` until a device is ready, every time."""
+        while not self._stopping:
+            ready = poller.poll()
+            with lock:
+                self._handle(ready, handlers)
+
+    def _busy_loop(self, poller: select.epoll, handlers: Handlers, lock: threading.Lock) -> None:
+        """Block until a device is ready; after a wakeup, keep polling without
+        blocking for ``busy_poll_us`` (module docstring, "Busy polling")."""
+        poll, clock, window = poller.poll, time.monotonic_ns, self._busy_poll_ns
+        yield_cpu = os.sched_yield
+        hot_until = 0  # while polling: when to go back to sleep
+        while not self._stopping:
+            ready = poll(0) if hot_until else poll()
+            if not ready:
+                if clock() >= hot_until:
+                    hot_until = 0
+                else:
+                    yield_cpu()  # whoever else is runnable first (module docstring)
+                continue
+            if hot_until:
+                self.busy_polls += 1
+            with lock:
+                self._handle(ready, handlers)
+            hot_until = clock() + window
+
+    def _handle(self, ready: list[tuple[int, int]], handlers: Handlers) -> None:
+        """One batch from each ready device (the caller holds the lock)."""
+        for fd, _events in ready:
+            handler = handlers[fd]
+            if handler is not None and not self._stopping:
+                handler()
 
     def _call_soon(self, fn: Callable[..., object], *args: object) -> None:
         """Run ``fn(*args)`` in the trio thread (from the data thread)."""

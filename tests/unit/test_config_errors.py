@@ -77,6 +77,18 @@ ERRORS: list[tuple[str, Mutator, str, str]] = [
         "gateway.data_thread",
         "expected a boolean (true/false), got string",
     ),
+    (
+        "gw-busy-poll-without-data-thread",
+        setter("gateway", "busy_poll_us", 500),
+        "gateway.busy_poll_us",
+        "needs data_thread = true",
+    ),
+    (
+        "gw-busy-poll-range",
+        setter("gateway", "busy_poll_us", 100_001),
+        "gateway.busy_poll_us",
+        "100001 is out of range (0 .. 100000)",
+    ),
     ("gw-name", setter("gateway", "name", "gw a!"), "gateway.name", "must be 1-64 of"),
     (
         "gw-name-type",
@@ -571,6 +583,14 @@ def test_data_thread_is_off_unless_asked(confdir: Path) -> None:
     assert load_config(write(confdir, data), now=NOW).gateway.data_thread is False
     setter("gateway", "data_thread", True)(data)
     assert load_config(write(confdir, data), now=NOW).gateway.data_thread is True
+
+
+def test_busy_poll_is_off_unless_asked(confdir: Path) -> None:
+    data = base()
+    assert load_config(write(confdir, data), now=NOW).gateway.busy_poll_us == 0
+    setter("gateway", "data_thread", True)(data)
+    setter("gateway", "busy_poll_us", 800)(data)
+    assert load_config(write(confdir, data), now=NOW).gateway.busy_poll_us == 800
 
 
 def test_tso_is_off_unless_asked(confdir: Path) -> None:

@@ -193,3 +193,54 @@ async def test_an_exception_in_the_data_thread_ends_run() -> None:
     finally:
         udp.close()
         tun.close()
+
+
+# -- busy polling ([gateway] busy_poll_us) -------------------------------------------------
+
+
+def _thread_cpu_ns(thread: threading.Thread) -> int:
+    """CPU time the kernel has charged to ``thread`` so far (schedstat: run time, ns)."""
+    with open(f"/proc/self/task/{thread.native_id}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+async def test_busy_polling_catches_the_next_packet_then_sleeps() -> None:
+    """A packet that follows within the window is found by polling (``busy_polls``);
+    once the window has passed without traffic the thread sleeps again (no CPU)."""
+    ua, ub = UdpSocket.bind("127.0.0.1", 0), UdpSocket.bind("127.0.0.1", 0)
+    tun_a, tun_b = SeqpacketTun(), SeqpacketTun()
+    db_a = sadb(ub.local_address, NET_A, NET_B, SPI_AB, SPI_BA)
+    db_b = sadb(ua.local_address, NET_B, NET_A, SPI_BA, SPI_AB)
+    window_s = 0.3
+    a = DataPath(db_a, tun_a, {4500: ua}, None, esp_port=4500, busy_poll_us=int(window_s * 1e6))
+    b = DataPath(db_b, tun_b, {4500: ub}, None, esp_port=4500)
+    packets = [ipv4("198.51.100.10", "203.0.113.10", b"%04d" % i) for i in range(5)]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            (thread_a,) = _data_threads()
+            await nursery.start(b.run)
+            for packet in packets:  # each well within the window after the one before
+                tun_a.host.send(packet)
+                got = await trio.to_thread.run_sync(tun_b.host.recv, _READ)
+                assert got == packet
+            assert a.busy_polls == len(packets) - 1
+            assert a.stats()["busy_polls"] == len(packets) - 1
+            await trio.sleep(window_s + 0.1)  # the window has passed: asleep again
+            before = _thread_cpu_ns(thread_a)
+            await trio.sleep(0.3)
+            assert _thread_cpu_ns(thread_a) - before < 10_000_000  # < 10 ms of 300
+            nursery.cancel_scope.cancel()
+    finally:
+        for dev in (ua, ub, tun_a, tun_b):
+            dev.close()
+
+
+def test_busy_poll_must_not_be_negative() -> None:
+    udp, tun = UdpSocket.bind("127.0.0.1", 0), SeqpacketTun()
+    try:
+        with pytest.raises(ValueError, match="busy_poll_us"):
+            DataPath(SADatabase(), tun, {4500: udp}, None, busy_poll_us=-1)
+    finally:
+        udp.close()
+        tun.close()
