@@ -37,7 +37,11 @@ switch per datagram, and under a spoofed IKE_SA_INIT flood it filled up and
 dropped the flood and the genuine peers' messages alike. Without one, a
 flood costs what the handler costs, one batch per wakeup (the other pumps
 run in between), and what the gateway cannot read waits in (or overflows)
-the kernel's socket buffer.
+the kernel's socket buffer. The data plane comes first: while ESP moves,
+the IKE port's pump takes at most a share of the thread (20%,
+:mod:`tunneld.ikeshare`) and waits out the rest; with the tunnels idle it
+reads flat out. (Trio pumps only: in the data thread the bounded hand-over
+queue below is the limit.)
 
 Two ways to run the pumps (rule: the same batch functions either way):
 
