@@ -350,10 +350,11 @@ IPERF_SECONDS = 30  # 7 segments, and each flood's start (~1 s) on top
 
 FLAT_OUT_SHORT = (
     "flat out, one Python sender on this 2-core machine takes a core of its own: the control "
-    "flood (the same datagrams to a closed port) alone leaves 0.56 of the unflooded throughput "
-    "here (0.72-0.80 in the runs before on a busier machine, 0.47 on a quiet one), so 0.8 is "
-    "out of reach whatever the daemon does. What is ours: flooded/control went from 0.18-0.25 "
-    "(median 0.25) to ~1.0 (1.03) since the IKE port gets at most 20% of the pumps' thread "
+    "flood (the same datagrams to a closed port) alone leaves 0.50-0.56 of the unflooded "
+    "throughput here (0.72-0.80 in the runs before on a busier machine, 0.47 on a quiet one), "
+    "so 0.8 is out of reach whatever the daemon does. What is ours: flooded/control went from "
+    "0.18-0.25 (median 0.25) to 1.03 (two runs) since the IKE port gets at most 20% of the "
+    "pumps' thread "
     "while ESP moves (tunneld.ikeshare) and a cookie costs about half (docs/performance.md)"
 )
 
@@ -477,8 +478,8 @@ NEW_GATEWAY_FLAT_OUT = (
     "cookie each survive the kernel's drops at port 500 only by chance: gw-a (idle tunnel: "
     "its IKE port unlimited) reads ~14k/s on this loaded machine, the sender takes a core. "
     "Before the cheaper cookie: 8.93 (not during the flood), 4.54, 3.96 s (busy machine), "
-    "4.65-6.73 s (quiet machine); after: 0.22 s (one run under the bench lock: likely met, "
-    "not shown by three). At 2,000/s: 0.02-0.05 s"
+    "4.65-6.73 s (quiet machine); after: 0.22, 0.47 s (two runs under the bench lock: likely "
+    "met, not yet shown by three). At 2,000/s: 0.02-0.05 s"
 )
 
 
