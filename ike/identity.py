@@ -16,6 +16,7 @@ commas, hence the small parser here.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,20 +143,36 @@ class Identity:
         return self.data == other.data
 
     def __str__(self) -> str:
-        if self.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
-            return str(ipaddress.ip_address(self.data))
-        if self.id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
-            text = self.data.decode("ascii")
-            try:
-                plain = _guess(text) == self
-            except ParseError:
-                plain = False
-            # Keep str() readable by parse(): "fqdn:192.0.2.1", "email:ops".
-            return text if plain else f"{_PREFIXES[self.id_type]}:{text}"
-        if self.id_type == IdType.ID_DER_ASN1_DN:
-            return _format_dn(_parse_dn(self.data))
-        prefix = "keyid" if self.id_type == IdType.ID_KEY_ID else "asn1gn"
-        return f"{prefix}:#{self.data.hex()}"
+        if len(self.data) > _TEXT_CACHED_LEN:
+            return _text(self.id_type, self.data)
+        return _cached_text(self.id_type, self.data)
+
+
+# A hub names each spoke by its identity several times per handshake (spoke name,
+# log lines, status); the text of the identities seen lately is kept (short ones
+# only: an ID payload may be 2 KiB).
+_TEXT_CACHED_LEN = 255
+_TEXT_CACHE_SIZE = 4096
+
+
+def _text(id_type: IdType, data: bytes) -> str:
+    if id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
+        return str(ipaddress.ip_address(data))
+    if id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
+        text = data.decode("ascii")
+        try:
+            plain = _guess(text) == Identity(id_type, data)
+        except ParseError:
+            plain = False
+        # Keep str() readable by parse(): "fqdn:192.0.2.1", "email:ops".
+        return text if plain else f"{_PREFIXES[id_type]}:{text}"
+    if id_type == IdType.ID_DER_ASN1_DN:
+        return _format_dn(_parse_dn(data))
+    prefix = "keyid" if id_type == IdType.ID_KEY_ID else "asn1gn"
+    return f"{prefix}:#{data.hex()}"
+
+
+_cached_text = functools.lru_cache(maxsize=_TEXT_CACHE_SIZE)(_text)
 
 
 def _validate(id_type: IdType, data: bytes) -> None:

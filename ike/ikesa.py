@@ -21,6 +21,10 @@ session decides *when* they move; this type keeps the moves consistent:
    retiring, each once.
 3. ``switch_to`` carries the exchanges queued on the old SA over to the new
    one (an exchange on the wire finishes where it started).
+4. An SA that only lingers (deleted, answering retransmissions from its
+   cache) is *shed* once the input that deleted it is done
+   (:meth:`IkeSas.shed_lingering`): it keeps its SPIs, addresses and message
+   window with the cached response, never its keys, nonces or messages.
 
 Also here: the framing helpers the daemon uses for routing.
 """
@@ -69,10 +73,19 @@ class IkeSa:
     peer_rekey_nonces: tuple[bytes, bytes] | None = field(default=None, repr=False)
     linger_until: float | None = None
     give_up_at: float | None = None
+    shed: bool = False  # rule 4: only what answering from the cache needs is left
 
     @classmethod
     def of(cls, ctx: SaContext) -> IkeSa:
         return cls(ctx, TaskManager(ctx.config.retransmit))
+
+    def lingering(self) -> IkeSa:
+        """This SA as it lingers once deleted (rule 4): the task manager (message
+        window, cached response; nothing queued or in flight by then) and a context
+        without keys, nonces, IKE_SA_INIT messages or Child SAs (§2.1 needs none of
+        them: a retransmitted request is compared with the cached one and answered
+        with the cached bytes)."""
+        return IkeSa(self.ctx.lingering(), self.tm, linger_until=self.linger_until, shed=True)
 
     def matches(self, header: IkeHeader) -> bool:
         return self.ctx.matches(header)
@@ -165,6 +178,18 @@ class IkeSas:
             sa.tm.abandon()
         self.successor = None
         self.retiring.clear()
+
+    def shed_lingering(self, *, closed: bool) -> bool:
+        """Rule 4: every lingering retiring SA, and the current one if ``closed`` (the
+        session ended and lingers), keep only what answering from the cache needs.
+        True if the current SA was shed now."""
+        for i, sa in enumerate(self.retiring):
+            if sa.linger_until is not None and not sa.shed:
+                self.retiring[i] = sa.lingering()
+        if not closed or self.current.shed:
+            return False
+        self.current = self.current.lingering()
+        return True
 
     def deadline(self) -> float | None:
         """The earliest timer of the retiring SAs (the current one's are the session's)."""

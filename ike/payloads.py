@@ -62,11 +62,15 @@ E = TypeVar("E", bound=IntEnum)
 
 
 def enum_or_int(cls: type[E], value: int) -> E | int:
-    """``cls(value)`` when the profile knows the number, else the plain int."""
-    try:
-        return cls(value)
-    except ValueError:
-        return value
+    """``cls(value)`` when the profile knows the number, else the plain int (by the
+    enum's value map: no ValueError raised and caught for each notify type a peer
+    sends that we do not know, several per IKE_SA_INIT)."""
+    member: E | None = cls._value2member_map_.get(value)  # type: ignore[assignment]
+    return value if member is None else member
+
+
+_U16 = struct.Struct("!H").unpack_from
+_U32 = struct.Struct("!I").unpack_from
 
 
 class Reader:
@@ -84,20 +88,36 @@ class Reader:
         return len(self._data) - self._pos
 
     def take(self, n: int) -> bytes:
-        if n < 0 or n > self.remaining:
+        pos = self._pos
+        end = pos + n
+        if n < 0 or end > len(self._data):
             raise ParseError(f"{self._what}: needs {n} bytes, {self.remaining} left")
-        chunk = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return chunk
+        self._pos = end
+        return self._data[pos:end]
 
+    # The fields are read in place (a few hundred per IKE_AUTH: no slice each).
     def u8(self) -> int:
-        return self.take(1)[0]
+        pos = self._pos
+        if pos >= len(self._data):
+            raise ParseError(f"{self._what}: needs 1 bytes, {self.remaining} left")
+        self._pos = pos + 1
+        return self._data[pos]
 
     def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
+        pos = self._pos
+        if pos + 2 > len(self._data):
+            raise ParseError(f"{self._what}: needs 2 bytes, {self.remaining} left")
+        self._pos = pos + 2
+        value: int = _U16(self._data, pos)[0]
+        return value
 
     def u32(self) -> int:
-        return int.from_bytes(self.take(4), "big")
+        pos = self._pos
+        if pos + 4 > len(self._data):
+            raise ParseError(f"{self._what}: needs 4 bytes, {self.remaining} left")
+        self._pos = pos + 4
+        value: int = _U32(self._data, pos)[0]
+        return value
 
     def rest(self) -> bytes:
         return self.take(self.remaining)
@@ -120,6 +140,12 @@ _TRANSFORM_IDS: dict[int, type[IntEnum]] = {
     TransformType.DH: DhGroup,
     TransformType.ESN: EsnId,
 }
+
+
+# a proposal or transform substructure's first four octets (§3.3.1, §3.3.2), and a
+# transform's type and ID (reserved octet between)
+_SUBSTRUCTURE = struct.Struct("!BBH")
+_KEY_LENGTH_TV = (ATTR_FORMAT_TV | TransformAttr.KEY_LENGTH).to_bytes(2, "big")  # §3.3.5
 
 
 @dataclass(frozen=True)
@@ -176,14 +202,21 @@ def _decode_attributes(r: Reader) -> tuple[int | None, tuple[TransformAttribute,
 
 
 def _decode_transform(r: Reader, last: bool) -> Transform:
-    substruc, _reserved, length = r.u8(), r.u8(), r.u16()
+    substruc, _reserved, length = _SUBSTRUCTURE.unpack(r.take(4))
     if substruc != (0 if last else MORE_TRANSFORMS):
         raise ParseError(f"transform: Last Substruc {substruc} disagrees with # of transforms")
     if length < 8:
         raise ParseError(f"transform: length {length} < 8")
-    tr = Reader(r.take(length - 4), "transform")
-    ttype, _reserved, tid = tr.u8(), tr.u8(), tr.u16()
-    key_length, extras = _decode_attributes(tr)
+    body = r.take(length - 4)
+    ttype, _reserved, tid = _SUBSTRUCTURE.unpack_from(body)  # length >= 8: 4 bytes there
+    key_length: int | None
+    extras: tuple[TransformAttribute, ...]
+    if len(body) == 4:  # no attribute: PRF, INTEG, DH, ESN
+        key_length, extras = None, ()
+    elif len(body) == 8 and body[4:6] == _KEY_LENGTH_TV:  # ENCR with its key length
+        key_length, extras = int.from_bytes(body[6:8], "big"), ()
+    else:
+        key_length, extras = _decode_attributes(Reader(body[4:], "transform"))
     id_enum = _TRANSFORM_IDS.get(ttype)
     return Transform(
         type=enum_or_int(TransformType, ttype),

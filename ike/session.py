@@ -78,6 +78,13 @@ Invariants:
    responder queues ChildSaUp *before* the response carrying its SPI is
    handed out, so the daemon (which drains events first) installs the
    inbound SA before the peer can use it.
+7. A deleted IKE SA that lingers to answer retransmitted requests (a closed
+   session until ``finished``, an old SA after an IKE rekey) keeps, from the
+   end of the input that deleted it, only its SPIs, addresses, message window
+   and cached response (:meth:`ike.ikesa.IkeSa.lingering`): no keys, nonces,
+   IKE_SA_INIT messages, Child SAs or rekey tasks. That bounds what a hub's
+   deleted sessions hold for the 41 s of the retransmission window, and no
+   secret outlives the SA.
 """
 
 from __future__ import annotations
@@ -215,6 +222,7 @@ class IkeSession:
             self._dispatcher.receive(sa, header, message, src, dst, now)
         self._rekeying.run(now)
         core.pump(now)
+        self._shed_lingering()
 
     def handle_timer(self, now: float) -> None:
         """Act on every deadline at or before ``now``."""
@@ -231,6 +239,14 @@ class IkeSession:
             self._dispatcher.init_error_timer(now)
         self._rekeying.run(now)
         core.pump(now)
+        self._shed_lingering()
+
+    def _shed_lingering(self) -> None:
+        """Invariant 7: what lingers keeps only its cached answer; a closed session's
+        rekey state (an IKE rekey's task may hold a DH private key) goes too."""
+        if self._core.shed_lingering():
+            self._rekeying = Rekeying(self._core)
+            self._dispatcher = Dispatcher(self._core, self._rekeying)
 
     def next_deadline(self) -> float | None:
         core = self._core
@@ -257,7 +273,7 @@ class IkeSession:
 
     def next_event(self) -> Event | None:
         events = self._core.ctx.events
-        return events.popleft() if events else None
+        return events.pop(0) if events else None
 
     def close(self, now: float) -> None:
         """Delete the IKE SA and with it every Child SA (§1.4.1); idempotent."""

@@ -215,10 +215,24 @@ class SessionCore:
         level = logging.INFO if self.ctx.is_initiator or self.established_at else logging.DEBUG
         log.log(level, "IKE SA %s down: %s", self.ctx.spi_i.hex(), reason)
         if linger and self.tm.cached is not None:
-            # Answer retransmissions of the last request until the peer gives up.
+            # Answer retransmissions of the last request until the peer gives up
+            # (with the keys shed once this input is done: shed_lingering).
             self.linger_deadline = now + self.ctx.config.retransmit.total
         else:
             self.finished = True
+
+    def shed_lingering(self) -> bool:
+        """After each input: lingering IKE SAs keep only their cache (ike.ikesa rule 4).
+
+        A closed session that lingers (``linger_deadline``) sheds its current SA too,
+        and what it held for the peer (the INITIAL_CONTACT question, an IKE_SA_INIT
+        error); True then, once, so that the session drops its rekey state as well.
+        The events its ending queued stay (the context keeps the queue)."""
+        closed = self.state is IkeState.CLOSED and self.linger_deadline is not None
+        if not self.sas.shed_lingering(closed=closed):
+            return False
+        self.initial_contact, self.init_error = _always, None
+        return True
 
 
 def error_notify(err: PeerError) -> NotifyPayload:

@@ -20,7 +20,6 @@ Rules (window size 1, §2.3):
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, auto
@@ -93,7 +92,9 @@ class TaskManager:
 
     def __init__(self, policy: RetransmitPolicy) -> None:
         self.policy = policy
-        self.queue: deque[Exchange] = deque()
+        # a list, not a deque: it holds an exchange or two, and an empty deque costs
+        # 600 bytes per IKE SA (a hub holds thousands, docs/performance.md)
+        self.queue: list[Exchange] = []
         self.in_flight: InFlight | None = None
         self.next_request_id = 0  # the ID of our next request
         self.expected_request_id = 0  # the ID of the peer's next request
@@ -103,7 +104,7 @@ class TaskManager:
 
     def enqueue(self, exchange: Exchange, *, first: bool = False) -> None:
         if first:
-            self.queue.appendleft(exchange)
+            self.queue.insert(0, exchange)
         else:
             self.queue.append(exchange)
 
@@ -111,7 +112,7 @@ class TaskManager:
         """The exchange to start now, if the window is free (rule 1)."""
         if self.in_flight is not None or not self.queue:
             return None
-        return self.queue.popleft()
+        return self.queue.pop(0)
 
     def take_queue(self) -> list[Exchange]:
         """Remove and return the exchanges not started yet (they move to a new IKE SA)."""

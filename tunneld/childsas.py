@@ -188,7 +188,7 @@ class ChildSet:
         self, session: IkeSession, event: ChildSaUp, now: float, *, confirmed: bool = True
     ) -> ChildRecord:
         inbound, outbound = self._sa_factory(event, self.replay_window)
-        if self.name not in {t.name for t in self._sadb.tunnels}:
+        if not self._sadb.has_tunnel(self.name):
             self._sadb.add_tunnel(self.name, event.remote_addr, event.local_ts, event.remote_ts)
         elif self._sadb.tunnel(self.name).peer != event.remote_addr:
             self._sadb.set_peer(self.name, event.remote_addr)
@@ -246,7 +246,7 @@ class ChildSet:
         return self._current() is not None
 
     def _current(self) -> ChildRecord | None:
-        if self.name not in {t.name for t in self._sadb.tunnels}:
+        if not self._sadb.has_tunnel(self.name):
             return None
         outbound = self._sadb.tunnel(self.name).current
         return next((r for r in self.records.values() if r.outbound is outbound), None)
@@ -270,7 +270,7 @@ class ChildSet:
         """Every Child SA of the peer sends to ``peer`` from now on (the peer's
         address changed, as an authenticated packet showed: peer.py rule 10).
         Returns the address it replaced, None if there was none or it is the same."""
-        if self.name not in {t.name for t in self._sadb.tunnels}:
+        if not self._sadb.has_tunnel(self.name):
             return None
         old = self._sadb.tunnel(self.name).peer
         self._sadb.set_peer(self.name, peer)  # also when equal: a new report may come
@@ -339,25 +339,41 @@ class ChildSet:
     # -- rule 4: limits and liveness ------------------------------------------------------
 
     def watch(self) -> WatchResult:
-        limits = self.limits
         result = WatchResult()
         for record in self.records.values():
             if record.inbound.packets != record.seen_inbound:
                 record.seen_inbound = record.inbound.packets
                 result.inbound_seen.append(record)
-            out, inb = record.outbound, record.inbound
-            packets = max(out.packets, inb.packets)
-            octets = max(out.bytes, inb.bytes)
-            if packets >= limits.hard_packets or octets >= limits.hard_bytes or out.exhausted:
+            verdict = self._limit_reached(record)
+            if verdict == "expire":
                 result.expire.append(record)
-            elif not record.rekey_requested and (
-                packets >= limits.soft_packets
-                or octets >= limits.soft_bytes
-                or (not record.event.esn and out.seq >= SEQ32_MAX - SEQ_HEADROOM)
-            ):
+            elif verdict == "rekey":
                 record.rekey_requested = True
                 result.rekey.append(record)
         return result
+
+    def watch_wanted(self) -> bool:
+        """Whether :meth:`watch` would report anything (it changes nothing here)."""
+        return any(
+            record.inbound.packets != record.seen_inbound or self._limit_reached(record)
+            for record in self.records.values()
+        )
+
+    def _limit_reached(self, record: ChildRecord) -> str | None:
+        """ "expire" (a hard limit), "rekey" (a soft one, not requested yet) or None."""
+        limits = self.limits
+        out, inb = record.outbound, record.inbound
+        packets = max(out.packets, inb.packets)
+        octets = max(out.bytes, inb.bytes)
+        if packets >= limits.hard_packets or octets >= limits.hard_bytes or out.exhausted:
+            return "expire"
+        if not record.rekey_requested and (
+            packets >= limits.soft_packets
+            or octets >= limits.soft_bytes
+            or (not record.event.esn and out.seq >= SEQ32_MAX - SEQ_HEADROOM)
+        ):
+            return "rekey"
+        return None
 
     # -- status ------------------------------------------------------------------------
 
@@ -486,6 +502,10 @@ class ChildSets:
 
     def retiring_spis(self) -> list[int]:
         return [spi for s in self.by_child.values() for spi in s.retiring_spis()]
+
+    def watch_wanted(self) -> bool:
+        """Whether a child's counters moved or crossed a limit (rule 4)."""
+        return any(child_set.watch_wanted() for child_set in self.by_child.values())
 
     def watch(self) -> WatchResult:
         """Rule 4 for every child, each with its own limits."""

@@ -14,7 +14,9 @@ Exit codes: see EXIT_CODES (printed by ``--help``).
 The control verbs (:data:`CONTROL_VERBS`) take a thin path: the standard
 library and :mod:`tunneld.client` only, no trio, cryptography or pyroute2, so
 that they start in a fraction of the daemon's time (docs/performance.md,
-"Start-up"). ``run``, ``check`` and ``pki`` import what they need when run.
+"Start-up"). ``run``, ``check`` and ``pki`` import what they need when run;
+only ``pki`` builds the ``pki`` commands' parser (it imports :mod:`tunneld.pki`,
+0.4 MB that a running daemon would carry for nothing).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ POLL_INTERVAL = 0.1  # seconds between two status requests while `up`/`down` wai
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = _parser(full=_subcommand(argv) not in CONTROL_VERBS)
+    parser = _parser(full=_subcommand(argv) == "pki")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -89,7 +91,8 @@ def _load_config(path: Path) -> Config:
 
 def _parser(*, full: bool = True) -> argparse.ArgumentParser:
     """The command line; ``full=False`` leaves out the ``pki`` commands' options
-    (they import cryptography), for the control verbs' fast start."""
+    (they import cryptography and tunneld.pki) for every other verb: the control
+    verbs' fast start, the daemon's memory."""
     p = argparse.ArgumentParser(
         prog="tunneld",
         description="userspace IPsec (IKEv2 + ESP) VPN",

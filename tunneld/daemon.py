@@ -91,6 +91,7 @@ from ike.sessionconfig import ChildConfig as IkeChildConfig
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
 from ike.wire import parse_header
 from tunneld import control, hardening, sdnotify
+from tunneld.alarms import Alarms, next_tick
 from tunneld.childsas import ChildSet, ChildSets, Limits
 from tunneld.config import ChildConfig, Config, ConfigError, PeerConfig, load_config
 from tunneld.datapath import DataPath, IkeDatagram, Tun, Udp
@@ -100,7 +101,8 @@ from tunneld.entropy import SystemEntropy
 from tunneld.io.tun import MemoryTun, TunDevice
 from tunneld.io.udp import MemoryNetwork, UdpSocket
 from tunneld.log import THROTTLE_FLUSH_INTERVAL, LogThrottle, flush_throttles
-from tunneld.peer import Peer, PeerPolicy
+from tunneld.memtrim import HeapTrimmer
+from tunneld.peer import WATCH_INTERVAL, Peer, PeerPolicy
 from tunneld.reload import ReloadPlan, plan_reload
 from tunneld.routes import KernelRoutes, MemoryRoutes, RouteTable
 from tunneld.savekeys import KeyTables
@@ -289,6 +291,7 @@ class Daemon:
         self.dispatch = DispatchStats()
         self._by_spi: dict[bytes, Peer] = {}
         self._spis_of: dict[IkeSession, tuple[bytes, ...]] = {}
+        self.heap = HeapTrimmer()  # freed heap back to the system (tunneld.memtrim)
         # half-open responder sessions by (initiator's SPI, its address): a
         # retransmitted IKE_SA_INIT (SPIr = 0) finds its session in O(1)
         self._by_init: dict[tuple[bytes, Address], Peer] = {}
@@ -304,6 +307,7 @@ class Daemon:
         self._stopping = trio.Event()
         self._key_tables: KeyTables | None = None  # shared by the peers with save_keys
         self._metrics: metrics.Endpoint | None = None  # [metrics]: bound in run, rule 8
+        self.alarms: Alarms[Peer] = Alarms()  # every peer task's next deadline (alarms.py)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -372,12 +376,15 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self._datapath.run)
+                await nursery.start(self.alarms.run)
                 self._make_peers(nursery)
                 await nursery.start(control.serve, control_socket, self._control)
                 if self._metrics is not None:
                     await nursery.start(self._metrics.serve, self)
                 nursery.start_soon(self._shutdown_watcher)
                 nursery.start_soon(self._throttle_flusher)
+                nursery.start_soon(self.heap.run)
+                nursery.start_soon(self._watcher)
                 if self.handle_signals:
                     nursery.start_soon(self._signal_watcher)
                 log.info(
@@ -392,6 +399,16 @@ class Daemon:
         while True:
             await trio.sleep(THROTTLE_FLUSH_INTERVAL)
             flush_throttles(trio.current_time())
+
+    async def _watcher(self) -> None:
+        """peer.py rule 4: once a second (on whole seconds) the peers whose Child SA
+        counters moved or crossed a limit are woken to look at them; a hub's idle
+        spokes sleep on (waking a thousand tasks a second cost more than the look)."""
+        while True:
+            await trio.sleep_until(next_tick(trio.current_time(), WATCH_INTERVAL))
+            now = trio.current_time()
+            for peer in list(self.peers.values()):
+                peer.watch_if_wanted(now)
 
     async def _run_peer(self, peer: Peer) -> None:
         """Rule 6: one peer's task; a bug in it resets that peer, nothing else."""
@@ -514,6 +531,7 @@ class Daemon:
             ),
             children=children,
             local_addr=lambda: (self._local_host, self.config.gateway.port),
+            alarms=self.alarms,
             key_tables=None if reception is not None else self._key_tables_for(pc),
             reception=reception,
         )
@@ -663,6 +681,8 @@ class Daemon:
         spis = tuple(session.local_spis)
         if self._spis_of.get(session) == spis:
             return
+        if session not in self._spis_of:
+            self.heap.churn()  # a new session: trim once the burst is over
         for spi in self._spis_of.pop(session, ()):
             self._by_spi.pop(spi, None)
         self._spis_of[session] = spis
@@ -672,6 +692,7 @@ class Daemon:
     def unregister_session(self, session: IkeSession) -> None:
         for spi in self._spis_of.pop(session, ()):
             self._by_spi.pop(spi, None)
+        self.heap.churn()  # what it held is free now
 
     def half_open_changed(self, peer: Peer, spi_i: bytes, remote: Address, *, opened: bool) -> None:
         """Rule 5: a responder session was created (``opened``) or left the half-open

@@ -35,6 +35,7 @@ Theory of operation:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -156,6 +157,16 @@ class Hub:
         }
 
 
+@functools.lru_cache(maxsize=4096)
+def _canonical(host: str) -> str | None:
+    """An address's canonical text (None: not an address). Cached: a hub with no
+    address-bound entry misses ``_by_host`` for every spoke's IKE_SA_INIT."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
 class Directory:
     """See the module docstring. ``peers`` is the daemon's name -> Peer map (plain
     entries and spokes); ``spawn(hub, config)`` makes and starts a spoke's peer and
@@ -222,10 +233,8 @@ class Directory:
     def candidates(self, host: str) -> list[PeerConfig]:
         exact = self._by_host.get(host)
         if exact is None:  # not in canonical form, or no entry has that address
-            try:
-                exact = self._by_host.get(str(ipaddress.ip_address(host)), [])
-            except ValueError:
-                exact = []
+            canonical = _canonical(host)
+            exact = [] if canonical is None else self._by_host.get(canonical, [])
         return exact + self._anywhere
 
     def direct_peer(self, candidates: list[PeerConfig]) -> Peer | None:

@@ -118,14 +118,14 @@ class KernelRoutes:
     def add(self, net: Network) -> None:
         self._request(RTM_NEWROUTE, net)
         self._routes.add(net)
-        log.info("route added", extra={"dst": str(net), "dev": self._ifname})
+        log.debug("route added", extra={"dst": str(net), "dev": self._ifname})
 
     def remove(self, net: Network) -> None:
         if net not in self._routes:
             return
         self._routes.discard(net)
         self._request(RTM_DELROUTE, net)
-        log.info("route removed", extra={"dst": str(net), "dev": self._ifname})
+        log.debug("route removed", extra={"dst": str(net), "dev": self._ifname})
 
     def installed(self) -> set[Network]:
         self._drain()

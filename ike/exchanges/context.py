@@ -11,7 +11,6 @@ the repr. Child SA keys are never stored: they go out in ``ChildSaUp``.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum, auto
@@ -153,7 +152,8 @@ class SaContext:
     behind_nat: bool = False  # our address is translated (§2.23): keep the mapping alive
     remote_identity: Identity | None = None
     children: dict[int, ChildSa] = field(default_factory=dict)
-    events: deque[Event] = field(default_factory=deque)
+    # a list, not a deque: a few events per input, and an empty deque costs 600 bytes
+    events: list[Event] = field(default_factory=list)
     lookup: PeerLookup | None = field(default=None, repr=False)
 
     # -- roles and identities ------------------------------------------------
@@ -219,6 +219,15 @@ class SaContext:
         """
         fresh: dict[str, Any] = {f.name: f.default for f in fields(self) if f.name in PER_IKE_SA}
         return replace(self, **fresh, is_initiator=is_initiator, spi_i=spi_i, spi_r=spi_r)
+
+    def lingering(self) -> SaContext:
+        """What this IKE SA keeps once deleted, while it answers retransmitted requests
+        from its cache (:meth:`ike.ikesa.IkeSa.lingering`): who it is (SPIs, role,
+        addresses, configuration, the peer's identity) and the event queue; the fields
+        of :data:`PER_IKE_SA` (keys, nonces, the IKE_SA_INIT messages) and the Child
+        SAs are dropped, so that no secret outlives the SA."""
+        fresh: dict[str, Any] = {f.name: f.default for f in fields(self) if f.name in PER_IKE_SA}
+        return replace(self, **fresh, children={}, peer_hashes=None, lookup=None)
 
     def require_keys(self) -> tuple[Prf, IkeKeys]:
         """PRF and keys, which exist from IKE_SA_INIT on (else it is our bug)."""

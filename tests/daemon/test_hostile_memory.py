@@ -183,6 +183,7 @@ async def test_a_bug_in_one_peer_task_resets_that_peer_only(
         original(now)
 
     peer._watch = broken  # type: ignore[method-assign]
+    peer.children.watch_wanted = lambda: True  # type: ignore[method-assign]  # looked at each second
     with caplog.at_level(logging.ERROR, logger="tunneld.daemon"):
         await trio.sleep(2)
     assert failed and pair.a.daemon.dispatch.peer_task_resets == 1

@@ -20,8 +20,8 @@ from ike.session import IkeSession
 from ike.states import IkeState
 from tests.helpers.daemon_memory import Site, start_site
 from tests.helpers.hubs import write_hub_configs
+from tunneld.alarms import Deadlines
 from tunneld.io.udp import MemoryNetwork
-from tunneld.peer import Deadlines
 
 CYCLES = 6
 SPOKES = 2

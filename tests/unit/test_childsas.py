@@ -192,6 +192,28 @@ def test_watch_reports_inbound_traffic_soft_and_hard_limits() -> None:
     assert children.watch().inbound_seen == []
 
 
+def test_watch_wanted_says_whether_watch_would_report_and_changes_nothing() -> None:
+    """The daemon's watcher wakes a peer only when this says so (peer.py rule 4)."""
+    children, sadb, _ = make()
+    record = children.install(SESSION, event(0x1001, 0x2001), now=0.0)
+    assert not children.watch_wanted()  # idle: the peer task sleeps on
+    for _ in range(LIMITS.soft_packets):
+        sadb.encapsulate(inner())
+    assert children.watch_wanted() and children.watch_wanted()  # reading changes nothing
+    assert children.watch().rekey == [record]
+    assert not children.watch_wanted()  # the rekey was asked for once
+    peer_sa = OutboundSA(0x1001, record.event.keys.inbound_key, record.event.keys.inbound_salt)
+    reply = bytearray(inner())
+    reply[12:20] = reply[16:20] + reply[12:16]
+    sadb.decapsulate(peer_sa.encrypt(bytes(reply), 4))
+    assert children.watch_wanted()  # inbound ESP: liveness to report
+    assert children.watch().inbound_seen == [record]
+    assert not children.watch_wanted()
+    for _ in range(LIMITS.hard_packets - LIMITS.soft_packets):
+        sadb.encapsulate(inner())
+    assert children.watch_wanted() and children.watch().expire == [record]
+
+
 def test_a_sequence_number_near_2_32_forces_a_rekey_before_it_wraps() -> None:
     start = SEQ32_MAX - SEQ_HEADROOM - 3
 

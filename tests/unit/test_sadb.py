@@ -113,6 +113,29 @@ def test_cache_is_invalidated_by_changes() -> None:
     assert db.drops[DropReason.NO_POLICY] == 4
 
 
+def test_sa_changes_keep_the_selector_caches() -> None:
+    """A hub installs a Child SA per handshake among thousands of tunnels: SA slot and
+    peer changes leave every tunnel's cached verdicts (and the routes) as they were,
+    while what is sealed and opened follows the new SAs at once (rule 4)."""
+    a, b = site_pair()
+    inner = ipv4("198.51.100.7", "203.0.113.9")
+    b.add_tunnel("other", PEER_A, ["198.51.100.0/24"], ["192.0.2.128/25"])
+    assert b.decapsulate(a.encapsulate(inner)[0]) == inner
+    verdicts = dict(b.tunnel("ba").policy.verdicts)
+    assert verdicts
+    b.install_next("other", OutboundSA(0x4000, KEY_BA, SALT))
+    b.promote("other")
+    b.set_peer("other", PEER_B)
+    b.demote("other")
+    b.retire_previous("other")
+    assert b.tunnel("ba").policy.verdicts == verdicts
+    a.install_next("ab", OutboundSA(0x1000AC, KEY_AB, SALT))
+    a.promote("ab")
+    assert drop_reason(b.decapsulate, a.encapsulate(inner)[0]) is DropReason.UNKNOWN_SPI
+    b.add_inbound("ba", InboundSA(0x1000AC, KEY_AB, SALT))
+    assert b.decapsulate(a.encapsulate(inner)[0]) == inner
+
+
 def test_bounded_cache_stays_correct_with_many_destinations() -> None:
     db = SADatabase(cache_size=3)
     db.add_tunnel("t", PEER_A, ["198.51.100.0/24"], ["203.0.113.0/25"])

@@ -27,8 +27,12 @@ Theory of operation:
 4. State changes only through the methods of :class:`SADatabase`
    (``add_tunnel``, ``remove_tunnel``, ``set_peer``, ``add_inbound``,
    ``remove_inbound``, ``install_next``, ``promote``, ``demote``,
-   ``retire_previous``);
-   each one clears the lookup caches. Tunnel attributes are for reading.
+   ``retire_previous``). The lookup caches hold what the selectors decide (a
+   tunnel for an address pair, a tunnel's inbound verdict), never an SA or a
+   peer address: only ``add_tunnel`` and ``remove_tunnel`` change selectors, so
+   only they clear the outbound cache, and a tunnel's verdicts live and die with
+   it. SA and address changes clear nothing (a hub installs a Child SA per
+   handshake among thousands of tunnels). Tunnel attributes are for reading.
    ``encapsulate``/``decapsulate`` change only counters, sequence numbers,
    replay windows and ``Tunnel.heard_from`` (rule 7). All methods are
    synchronous, so under trio each call is atomic.
@@ -208,6 +212,10 @@ class SADatabase:
     def tunnel(self, name: str) -> Tunnel:
         return self._tunnels[name]
 
+    def has_tunnel(self, name: str) -> bool:
+        """O(1), where ``tunnels`` copies all of them (a hub holds thousands)."""
+        return name in self._tunnels
+
     @property
     def tunnels(self) -> tuple[Tunnel, ...]:
         return tuple(self._tunnels.values())
@@ -216,7 +224,6 @@ class SADatabase:
         """Send this tunnel's ESP to a new address (e.g. after a NAT rebinding)."""
         tunnel = self._tunnels[name]
         tunnel.peer, tunnel.heard_from = peer, None
-        self._changed()
 
     def add_inbound(self, name: str, sa: InboundSA) -> None:
         """Accept ESP for ``sa.spi`` on tunnel ``name``; ValueError if the SPI is in use."""
@@ -241,7 +248,6 @@ class SADatabase:
         """Stage ``sa`` as the tunnel's next outbound SA; returns the one it replaces."""
         tunnel = self._tunnels[name]
         replaced, tunnel.next = tunnel.next, sa
-        self._changed()
         return replaced
 
     def promote(self, name: str) -> OutboundSA | None:
@@ -251,7 +257,6 @@ class SADatabase:
             raise ValueError(f"tunnel {name!r} has no next outbound SA to promote")
         dropped = tunnel.previous
         tunnel.previous, tunnel.current, tunnel.next = tunnel.current, tunnel.next, None
-        self._changed()
         return dropped
 
     def demote(self, name: str) -> OutboundSA | None:
@@ -260,20 +265,13 @@ class SADatabase:
         tunnel = self._tunnels[name]
         dropped = tunnel.previous
         tunnel.previous, tunnel.current = tunnel.current, None
-        self._changed()
         return dropped
 
     def retire_previous(self, name: str) -> OutboundSA | None:
         """Forget the previous outbound SA; returns it (for its final counters)."""
         tunnel = self._tunnels[name]
         retired, tunnel.previous = tunnel.previous, None
-        self._changed()
         return retired
-
-    def _changed(self) -> None:
-        self._cache.clear()
-        for tunnel in self._tunnels.values():
-            tunnel.policy.verdicts.clear()
 
     def _route_add(self, net: Network, tunnel: Tunnel) -> None:
         key = (net.version, net.prefixlen)

@@ -26,7 +26,10 @@ Rules = dict[int, tuple[tuple[int, int], ...]]  # version -> ((network, mask), .
 
 def networks(selectors: Iterable[str | Network]) -> tuple[Network, ...]:
     """Parse selectors (at least one) into networks."""
-    nets = tuple(ip_network(s) for s in selectors)
+    # a Network as it is (ip_network of an IPv6Network tries IPv4 first, raising)
+    nets = tuple(
+        s if isinstance(s, IPv4Network | IPv6Network) else ip_network(s) for s in selectors
+    )
     if not nets:
         raise ValueError("a tunnel needs at least one selector on each side")
     return nets
