@@ -5,18 +5,25 @@ request that carries no valid cookie with ``HDR(SPIi, 0), N(COOKIE)`` and
 keeps no state at all: no session, no DH. A genuine initiator repeats its
 request with the cookie first (the session does that on its own, see
 :mod:`ike.exchanges.ike_init`); only then does the daemon create a
-responder session. The cookie binds the initiator's nonce, address and SPI:
+responder session. The cookie binds the initiator's address and SPI:
 
-    Cookie = <VersionIDofSecret> | HMAC-SHA256(<secret>, Ni | IPi | SPIi)
+    Cookie = <VersionIDofSecret> | HMAC-SHA256(<secret>, IPi | SPIi)
 
+(§2.6 suggests Ni as well; the retry repeats Ni unchanged, so Ni adds nothing a
+spoofer could use, and leaving it out lets the challenge be made from the
+header alone. strongSwan's cookie is ``t | SHA1(IPi | SPIi | t | secret)``.)
 The secret is rotated from time to time; the previous one stays valid so
 that a cookie handed out just before a rotation still works.
 
-Cost is the point of a cookie (issue: a spoofed flood of IKE_SA_INIT): the
-front door reads a request with :func:`scan_init_request`, which walks the
-generic payload headers and slices out Ni and the COOKIE without decoding any
-payload (about a tenth of ``parse_message``), and answers with
-:func:`cookie_reply`, packed directly. The :class:`ike.wire.Message` forms
+Cost is the point of a cookie (issue: a spoofed flood of IKE_SA_INIT). Under
+load the front door answers a request that :func:`needs_challenge` (its
+header says a new IKE_SA_INIT request, its first payload is no COOKIE) from
+the header alone, as strongSwan's receiver does: SPIi, one HMAC and
+:func:`cookie_reply`, packed directly; the body is read (and refused when
+malformed) once the initiator comes back with the cookie. Other requests are
+read with :func:`scan_init_request`, which walks the generic payload headers
+and slices out Ni and the COOKIE without decoding any payload (about a tenth
+of ``parse_message``). The :class:`ike.wire.Message` forms
 (:meth:`CookieJar.cookie`, :func:`cookie_challenge`, :func:`request_cookie`)
 are the same computation for the session and the tests.
 """
@@ -39,7 +46,7 @@ from ike.constants import (
     PayloadType,
 )
 from ike.errors import LocalError, ParseError
-from ike.payloads import NoncePayload, NotifyPayload
+from ike.payloads import NotifyPayload
 from ike.wire import Message
 
 VERSION_LEN = 4
@@ -67,7 +74,11 @@ class CookieJar:
 
     def cookie(self, request: Message | InitRequest, src_host: str) -> bytes:
         """The cookie for this request from this address (made with the current secret)."""
-        return self._make(self._version, *_fields(request), src_host)
+        return self._make(self._version, request.spi_i, src_host)
+
+    def cookie_for(self, spi_i: bytes, src_host: str) -> bytes:
+        """:meth:`cookie` from the request's SPIi alone (the front door under a flood)."""
+        return self._make(self._version, spi_i, src_host)
 
     def valid(self, request: Message | InitRequest, src_host: str) -> bool:
         """Whether the request starts with a cookie we handed out for it."""
@@ -77,12 +88,11 @@ class CookieJar:
         version = int.from_bytes(offered[:VERSION_LEN], "big")
         if version not in self._secrets:
             return False
-        made = self._make(version, *_fields(request), src_host)
+        made = self._make(version, request.spi_i, src_host)
         return constant_time.bytes_eq(offered, made)
 
-    def _make(self, version: int, nonce: bytes, spi_i: bytes, src_host: str) -> bytes:
+    def _make(self, version: int, spi_i: bytes, src_host: str) -> bytes:
         mac = self._secrets[version].copy()
-        mac.update(nonce)
         mac.update(_packed(src_host) + spi_i)
         return version.to_bytes(VERSION_LEN, "big") + mac.finalize()
 
@@ -117,14 +127,6 @@ def _packed(host: str) -> bytes:
         return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
     except OSError:
         return ipaddress.ip_address(host).packed  # raises ValueError for what is no address
-
-
-def _fields(request: Message | InitRequest) -> tuple[bytes, bytes]:
-    """(Ni, SPIi) of a request, in either form."""
-    if isinstance(request, InitRequest):
-        return request.nonce, request.spi_i
-    nonce = request.find(NoncePayload)
-    return (nonce.nonce if nonce is not None else b""), request.spi_i
 
 
 # --- the raw forms, for the front door ---------------------------------------------------
@@ -203,6 +205,32 @@ def scan_init_request(data: bytes) -> InitRequest:
     return InitRequest(spi_i, nonce, cookie)
 
 
+def needs_challenge(data: bytes) -> bool:
+    """Whether the header calls ``data`` a new IKE_SA_INIT request (:func:`starts_ike_sa`,
+    IKEv2, its Length the datagram's) whose first payload is not N(COOKIE): under load
+    it gets a challenge, made from SPIi and the source alone. Payloads are not read."""
+    return (
+        starts_ike_sa(data)
+        and data[17] >> 4 == IKE_MAJOR_VERSION
+        and int.from_bytes(data[24:28], "big") == len(data)
+        and not (data[16] == _NOTIFY_PAYLOAD and data[34:36] == _COOKIE_TYPE)
+    )
+
+
+def starts_ike_sa(data: bytes) -> bool:
+    """:attr:`ike.wire.IkeHeader.starts_ike_sa` from the raw bytes, without parsing the
+    header: an IKE_SA_INIT with the Initiator flag, not the Response flag, and SPIr = 0.
+    (The dispatcher's test for every datagram of a flood; a tenth of ``parse_header``.)"""
+    return (
+        len(data) >= _HEADER_LEN
+        and data[18] == _IKE_SA_INIT
+        and data[19] & _FLAG_BITS == _INITIATOR
+        and data[8:16] == _ZERO_SPI
+    )
+
+
+_FLAG_BITS = _RESPONSE | _INITIATOR
+_COOKIE_TYPE = _COOKIE.to_bytes(2, "big")  # §3.10: Notify Message Type, 6 bytes into the body
 _REPLY = struct.Struct("!8s8sBBBBIIBBHBBH")  # HDR + one notify payload's headers
 
 

@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import trio
 
 from ike.auth import PrivateKey as SigningKey
+from ike.cookies import starts_ike_sa
 from ike.entropy import Entropy
 from ike.errors import ParseError
 from ike.events import Address
@@ -120,7 +121,7 @@ class Devices(Protocol):
     """Where the daemon gets its file descriptors (and names) from (real, or in-memory)."""
 
     def open_tun(self, name: str, mtu: int, *, tso: bool = True) -> Tun: ...
-    def bind_udp(self, host: str, port: int) -> Udp: ...
+    def bind_udp(self, host: str, port: int, *, gro: bool = True) -> Udp: ...
     def routes(self, tun_name: str) -> RouteTable: ...
     async def resolve(self, name: str, family: int) -> str: ...
 
@@ -138,8 +139,8 @@ class KernelDevices:
                 Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
         return tun
 
-    def bind_udp(self, host: str, port: int) -> Udp:
-        return UdpSocket.bind(host, port)
+    def bind_udp(self, host: str, port: int, *, gro: bool = True) -> Udp:
+        return UdpSocket.bind(host, port, gro=gro)
 
     def routes(self, tun_name: str) -> RouteTable:
         return KernelRoutes(tun_name)
@@ -166,7 +167,7 @@ class MemoryDevices:
         self.tun = MemoryTun(name, mtu)  # (TSO: MemoryTun.host_send_offload feeds the cutter)
         return self.tun
 
-    def bind_udp(self, host: str, port: int) -> Udp:
+    def bind_udp(self, host: str, port: int, *, gro: bool = True) -> Udp:
         return self.network.bind(host, port)
 
     def routes(self, tun_name: str) -> RouteTable:
@@ -329,7 +330,10 @@ class Daemon:
                 # sockets are the default for what has no address of its own to leave from
                 for host in dict.fromkeys(str(a) for a in gw.listen):
                     for port in (gw.port, gw.nat_t_port):
-                        self._sockets[(host, port)] = self.devices.bind_udp(host, port)
+                        # no GRO on the IKE port: IKE datagrams are never coalesced, and
+                        # recvmsg with room for its cmsg cost twice a recvfrom per datagram
+                        gro = port != gw.port
+                        self._sockets[(host, port)] = self.devices.bind_udp(host, port, gro=gro)
                 self._udp = {
                     p: self._sockets[(self._local_host, p)] for p in (gw.port, gw.nat_t_port)
                 }
@@ -598,6 +602,9 @@ class Daemon:
 
     def _dispatch(self, dgram: IkeDatagram) -> None:
         """Rule 2: route one IKE datagram to its peer; never raises."""
+        if starts_ike_sa(dgram.data):  # SPIr = 0: no SA of ours is named (our SPIs are not 0)
+            self._dispatch_init(dgram)
+            return
         try:
             header = parse_header(dgram.data)
         except ParseError:
@@ -605,15 +612,23 @@ class Daemon:
             return
         own_spi = header.spi_r if header.is_initiator else header.spi_i
         peer = self._by_spi.get(own_spi)
-        new_init = header.starts_ike_sa
-        if peer is None and new_init:
-            peer = self._by_init.get((header.spi_i, dgram.remote))  # a retransmission
-            if peer is None:
-                peer = self._admit(dgram)
-                if peer is None:
-                    return
         if peer is None:
             self.dispatch.unknown_spi += 1
+            return
+        peer.deliver(dgram, header)
+
+    def _dispatch_init(self, dgram: IkeDatagram) -> None:
+        """A new IKE_SA_INIT request, told by its header's bytes: every datagram of a
+        spoofed flood comes here, and most leave with a cookie before any parsing."""
+        peer = self._by_init.get((dgram.data[:8], dgram.remote))  # a retransmission
+        if peer is None:
+            peer = self._admit(dgram)
+            if peer is None:
+                return
+        try:
+            header = parse_header(dgram.data)
+        except ParseError:  # a retransmission's (the front door checked an admitted one's)
+            self.dispatch.unparsable += 1
             return
         peer.deliver(dgram, header)
 

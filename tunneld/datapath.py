@@ -37,7 +37,11 @@ switch per datagram, and under a spoofed IKE_SA_INIT flood it filled up and
 dropped the flood and the genuine peers' messages alike. Without one, a
 flood costs what the handler costs, one batch per wakeup (the other pumps
 run in between), and what the gateway cannot read waits in (or overflows)
-the kernel's socket buffer.
+the kernel's socket buffer. The data plane comes first: while ESP moves,
+the IKE port's pump takes at most a share of the thread (20%,
+:mod:`tunneld.ikeshare`) and waits out the rest; with the tunnels idle it
+reads flat out. (Trio pumps only: in the data thread the bounded hand-over
+queue below is the limit.)
 
 Two ways to run the pumps (rule: the same batch functions either way):
 
@@ -91,7 +95,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import trio
 
@@ -99,6 +103,7 @@ from ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
 from tunneld.dataplane.drops import DropReason, EspDrop
 from tunneld.dataplane.esp import MIN_ESP_LEN, OVERHEAD, TRAILER_MAX
 from tunneld.dataplane.udpencap import UdpKind, classify
+from tunneld.ikeshare import IkeShare
 from tunneld.io.segment import read_room
 from tunneld.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Address, Buffer, Datagram, arena
 
@@ -158,9 +163,9 @@ class Sadb(Protocol):
     ) -> tuple[list[memoryview], list[DropReason]]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class IkeDatagram:
-    """One IKE message for the IKE task: marker already stripped."""
+class IkeDatagram(NamedTuple):
+    """One IKE message for the IKE task: marker already stripped. (A tuple: one is made
+    for every datagram of a flood, and a frozen dataclass cost a microsecond more.)"""
 
     data: bytes
     remote: Address  # the peer's (host, port)
@@ -238,6 +243,7 @@ class DataPath:
         self._inner = arena(_INNER_ROOM)
         self.outbound = PumpStats()
         self.inbound = PumpStats()
+        self.ike_share = IkeShare()  # the IKE port's share of the trio pumps' thread
         devices = [tun, *self._udp.values(), *self._more]
         self.threaded = all(hasattr(d, "fileno") for d in devices) if thread is None else thread
         self._busy_poll_ns = busy_poll_us * 1000
@@ -292,6 +298,7 @@ class DataPath:
             "outbound": asdict(self.outbound),
             "inbound": asdict(self.inbound),
             "busy_polls": self.busy_polls,
+            "ike_share": self.ike_share.status(),
             "tun": _device_stats(self._tun),
             "udp": {
                 **{str(port): _device_stats(udp) for port, udp in self._udp.items()},
@@ -342,10 +349,30 @@ class DataPath:
     # -- inbound: UDP -> demux -> ESP -> TUN ------------------------------------------
 
     async def _pump_in(self, port: int, udp: Udp) -> None:
-        nat_t = port != self._ike_port
+        if port == self._ike_port:
+            await self._pump_ike(udp)
+            return
         while True:
             await udp.wait_readable()
-            self._receive(udp, nat_t)
+            self._receive(udp, True)
+
+    async def _pump_ike(self, udp: Udp) -> None:
+        """The IKE port's pump: the data plane first (tunneld.ikeshare): while ESP moves,
+        this pump takes at most a share of the thread; the rest waits in the kernel."""
+        share, clock = self.ike_share, trio.current_time
+        while True:
+            await udp.wait_readable()
+            wait = share.delay(clock(), self._esp_packets())
+            if wait > 0:
+                await trio.sleep(wait)
+            started = clock()
+            self._receive(udp, False)
+            share.charge(clock() - started, clock())
+
+    def _esp_packets(self) -> int:
+        """ESP packets both ways so far (what moves while the tunnels carry traffic)."""
+        inbound = self.inbound
+        return self.outbound.packets + inbound.packets - inbound.ike_datagrams
 
     def _receive(self, udp: Udp, nat_t: bool) -> None:
         """Read one batch from ``udp`` and take it through the inbound pipeline."""
@@ -546,6 +573,9 @@ def _fileno(device: object) -> int:
 
 
 def _device_stats(device: object) -> dict[str, Any]:
+    refresh = getattr(device, "refresh_stats", None)
+    if refresh is not None:  # what the kernel counts (UdpSocket: its receive-buffer drops)
+        refresh()
     stats = getattr(device, "stats", None)
     if stats is not None and is_dataclass(stats) and not isinstance(stats, type):
         return asdict(stats)

@@ -187,6 +187,7 @@ class Directory:
         # by the canonical text of each entry's address (resolved, for a DNS name): the
         # sockets report it so, and this runs for every new IKE_SA_INIT (floods included)
         self._by_host: dict[str, list[PeerConfig]] = {}
+        self._direct: set[str] = set()  # entries that their address alone names
         self._anywhere = [e for e in entries if e.address is None]
         self.reindex()
         self._spawn = spawn
@@ -218,6 +219,8 @@ class Directory:
         """Index the entries by address again (a peer's DNS name resolved, maybe anew).
         An entry whose name has not resolved yet matches no address."""
         self._by_host = {}
+        # (is_pattern parses the identity: too slow for every request of a flood)
+        self._direct = {e.name for e in self.entries if e.address is not None and not e.is_pattern}
         for e in self.entries:
             if e.address is None:
                 continue
@@ -239,7 +242,7 @@ class Directory:
         only an entry that its address alone names (an address-less entry is known
         only by the identity its initiator proves, at IKE_AUTH)."""
         only = candidates[0] if len(candidates) == 1 else None
-        if only is not None and only.address is not None and not only.is_pattern:
+        if only is not None and only.name in self._direct:
             return self.peers[only.name]
         return None
 

@@ -243,3 +243,28 @@ async def test_tun_read_batch_into_fills_the_arena_back_to_back(
             assert len(tun.read_batch_into(memoryview(bytearray(room - 1)), 64, 5)) == 0  # no room
         finally:
             app.close()
+
+
+async def test_what_overflows_the_receive_buffer_is_counted_as_kernel_drops(
+    inside_netns: str,
+) -> None:
+    """The IKE port's pump may leave datagrams to the kernel (tunneld.ikeshare): what
+    overflows the socket's receive buffer shows in its status (SO_MEMINFO drops)."""
+    a, b = UdpSocket.bind("127.0.0.1", 0), UdpSocket.bind("127.0.0.1", 0, gro=False)
+    try:
+        b.refresh_stats()
+        assert b.stats.kernel_drops == 0
+        sent = 0
+        while b.stats.kernel_drops == 0 and sent < 200_000:  # 4 MiB fill up, unread
+            for _ in range(1000):
+                a.sendto(bytes(1200), b.local_address)
+            sent += 1000
+            b.refresh_stats()
+        assert 0 < b.stats.kernel_drops < sent
+        got = 0
+        while batch := b.recv_batch(64):
+            got += len(batch)
+        b.refresh_stats()
+        assert got + b.stats.kernel_drops == a.stats.sent_datagrams == sent
+    finally:
+        a.close(), b.close()

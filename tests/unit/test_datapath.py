@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import struct
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import pytest
 import trio
@@ -124,14 +124,20 @@ class FakeSadb:
 
 
 class Gateway:
-    def __init__(self, net: MemoryNetwork, addr: str, sadb: FakeSadb) -> None:
+    def __init__(
+        self,
+        net: MemoryNetwork,
+        addr: str,
+        sadb: FakeSadb,
+        on_ike: Callable[[IkeDatagram], None] | None = None,
+    ) -> None:
         self.tun = MemoryTun(name=f"tun-{addr}")
         self.nat_t = net.bind(addr, 4500)
         self.ike = net.bind(addr, 500)
-        # the IKE handler: here it queues what it is given, for the test to read
+        # the IKE handler: by default it queues what it is given, for the test to read
         self.inbox_send, self.inbox = trio.open_memory_channel[IkeDatagram](math.inf)
         self.path = DataPath(
-            sadb, self.tun, {4500: self.nat_t, 500: self.ike}, self.inbox_send.send_nowait
+            sadb, self.tun, {4500: self.nat_t, 500: self.ike}, on_ike or self.inbox_send.send_nowait
         )
 
 
@@ -280,3 +286,58 @@ async def test_without_an_esp_socket_construction_fails() -> None:
     udp: MemoryUdp = net.bind(GW_A, 500)
     with pytest.raises(ValueError, match="ESP port"):
         DataPath(FakeSadb(1, 2, {}), MemoryTun(), {500: udp}, None)
+
+
+# -- the IKE port's share of the thread (tunneld.ikeshare) --------------------------------
+
+IKE_COST = 0.0001  # virtual seconds of thread the handler takes per datagram (a cookie)
+FLOOD_SECONDS = 1.0
+FLOOD_PER_MS = 16  # 16,000/s: more than the handler can take (10,000/s with the thread)
+
+
+async def flood_with_costly_ike(clock: trio.testing.MockClock, esp: bool) -> tuple[int, int, int]:
+    """A flood at gw-b's IKE port for FLOOD_SECONDS, each datagram costing IKE_COST of the
+    thread (the handler moves the virtual clock), with or without ESP from gw-a every
+    millisecond: (IKE datagrams handled, ESP packets sent, inner packets delivered)."""
+    net = MemoryNetwork()
+    handled = 0
+
+    def costly(_dgram: IkeDatagram) -> None:
+        nonlocal handled
+        clock.jump(IKE_COST)
+        handled += 1
+
+    a = Gateway(net, GW_A, FakeSadb(0x1000, 0x2000, {HOST_B: (GW_B, 4500)}))
+    b = Gateway(net, GW_B, FakeSadb(0x2000, 0x1000, {HOST_A: (GW_A, 4500)}), costly)
+    attacker = net.bind("192.0.2.99", 500)
+    sent = delivered = 0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.path.run)
+        await nursery.start(b.path.run)
+        end = trio.current_time() + FLOOD_SECONDS
+        while trio.current_time() < end:
+            for _ in range(FLOOD_PER_MS):
+                attacker.sendto(IKE_HEADER, (GW_B, 500))
+            if esp:
+                a.tun.host_send(ipv4(HOST_A, HOST_B))
+                sent += 1
+            await trio.sleep(0.001)
+            delivered += len(b.tun.host_recv_nowait())
+        nursery.cancel_scope.cancel()
+    return handled, sent, delivered
+
+
+async def test_while_esp_flows_a_flood_at_the_ike_port_gets_a_share_of_the_thread(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    handled, sent, delivered = await flood_with_costly_ike(autojump_clock, esp=True)
+    share = handled * IKE_COST / FLOOD_SECONDS
+    assert 0.1 < share <= 0.2 + 0.02, share  # SHARE, plus the burst and one batch
+    assert delivered >= sent - 2 and sent > 0.5 * FLOOD_SECONDS / 0.001  # ESP went first
+
+
+async def test_with_no_esp_a_flood_at_the_ike_port_is_read_flat_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    handled, _, _ = await flood_with_costly_ike(autojump_clock, esp=False)
+    assert handled * IKE_COST / FLOOD_SECONDS > 0.9  # every moment the thread had

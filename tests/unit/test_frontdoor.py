@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 import pytest
 from sessionpair import ADDR_R, T0, config_pair
 
 from ike.constants import NotifyType
-from ike.cookies import cookie_challenge, cookie_reply, scan_init_request
+from ike.cookies import (
+    cookie_challenge,
+    cookie_reply,
+    needs_challenge,
+    scan_init_request,
+    starts_ike_sa,
+)
 from ike.entropy import DeterministicEntropy
 from ike.errors import ParseError
 from ike.frontdoor import REASONS, RESERVATION_TTL, FrontDoor, Verdict
 from ike.payloads import NoncePayload
 from ike.session import IkeSession
 from ike.states import IkeState
-from ike.wire import parse_message
+from ike.wire import parse_header, parse_message
 
 I_CFG = config_pair()[0]
 
@@ -265,3 +272,51 @@ def test_the_scan_refuses_malformed_requests(data: bytes) -> None:
 
 def test_an_unknown_non_critical_payload_is_skipped() -> None:
     assert scan_init_request(_chain((200, 0, b"?"), NONCE)).nonce == bytes(32)
+
+
+def _with_cookie(request: bytes, cookie: bytes) -> bytes:
+    """``request`` (from _chain) retried with N(COOKIE) first, as §2.6 says."""
+    notify = struct.pack("!BBHBBH", request[16], 0, 8 + len(cookie), 0, 0, NotifyType.COOKIE)
+    body = notify + cookie + request[28:]
+    return (
+        struct.pack("!8s8sBBBBII", b"i" * 8, bytes(8), 41, 0x20, 34, 0x08, 0, 28 + len(body)) + body
+    )
+
+
+def test_under_load_the_challenge_is_made_from_the_header_and_the_body_read_on_return() -> None:
+    """As strongSwan's receiver: busy, a request without a cookie is challenged without
+    reading its payloads; a malformed one is refused when it comes back with the cookie."""
+    d = door(cookie_threshold=0)
+    src = ("192.0.2.10", 500)
+    no_nonce = _chain((33, 0, b"sa"), (34, 0, b"ke"))
+    challenge = d.admit(no_nonce, src, "gw-b", T0)
+    assert challenge.verdict is Verdict.COOKIE and d.half_open == 0
+    cookie = parse_message(challenge.reply).notifies()[0].data
+    refused = d.admit(_with_cookie(no_nonce, cookie), src, "gw-b", T0)
+    assert (refused.verdict, refused.reason) == (Verdict.DROP, "malformed IKE_SA_INIT")
+    # the same cookie on a well-formed request from there: admitted (bound to IPi, SPIi)
+    admitted = d.admit(_with_cookie(_chain(NONCE), cookie), src, "gw-b", T0)
+    assert (admitted.verdict, admitted.reason) == (Verdict.ADMIT, "admitted with a valid cookie")
+    # what is not an IKE_SA_INIT request by its header gets no cookie, busy or not
+    for data in (b"\x00" * 40, no_nonce[:-1], no_nonce.replace(b"\x20", b"\x10", 1)):
+        assert d.admit(data, src, "gw-b", T0).verdict is Verdict.DROP
+
+
+def test_the_header_tests_agree_with_the_parser() -> None:
+    rng = random.Random(5)
+    _, request = initiator("192.0.2.10")
+    for _ in range(3000):
+        data = bytearray(request)
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(36)] = rng.choice(
+                (0, 0x08, 0x20, 0x22, 0x28, 41, rng.randrange(256))
+            )
+        mutated = bytes(data[: rng.choice((len(data), rng.randrange(len(data) + 1)))])
+        try:
+            header = parse_header(mutated)
+        except ParseError:
+            assert not needs_challenge(mutated)
+            continue
+        assert starts_ike_sa(mutated) == header.starts_ike_sa
+        offers = header.next_payload == 41 and mutated[34:36] == b"\x40\x06"
+        assert needs_challenge(mutated) == (header.starts_ike_sa and not offers)

@@ -68,6 +68,11 @@ _SOCKET_BUFFER = 4 << 20
 _SO_SNDBUFFORCE = 32
 _SO_RCVBUFFORCE = 33
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+# Linux <linux/sock_diag.h>: SO_MEMINFO gives SK_MEMINFO_VARS u32s, the drops last (4.8+)
+_SO_MEMINFO = 55
+_SK_MEMINFO_DROPS = 8
+_MEMINFO = struct.Struct("=9I")
+_MEMINFO_LEN = _MEMINFO.size
 
 
 @dataclass
@@ -81,6 +86,7 @@ class UdpStats:
     gso_sends: int = 0  # sendmsg calls carrying several segments
     send_drops: int = 0  # socket buffer full
     send_errors: int = 0  # unreachable, refused, too big, firewall
+    kernel_drops: int = 0  # received by the kernel, dropped there: receive buffer full
 
 
 def arena(size: int) -> memoryview:
@@ -261,6 +267,13 @@ class UdpSocket:
         self.stats.gso_sends += 1
         self.stats.sent_datagrams += count
         return True
+
+    def refresh_stats(self) -> None:
+        """Read what only the kernel counts into :attr:`stats` (for the status output)."""
+        with contextlib.suppress(OSError):
+            meminfo = self._sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO_LEN)
+            if len(meminfo) >= _MEMINFO_LEN:
+                self.stats.kernel_drops = _MEMINFO.unpack_from(meminfo)[_SK_MEMINFO_DROPS]
 
     def close(self) -> None:
         if self._sock.fileno() < 0:
