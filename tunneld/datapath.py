@@ -367,7 +367,8 @@ class DataPath:
                 await trio.sleep(wait)
             started = clock()
             self._receive(udp, False)
-            share.charge(clock() - started, clock())
+            ended = clock()
+            share.charge(ended - started, ended)
 
     def _esp_packets(self) -> int:
         """ESP packets both ways so far (what moves while the tunnels carry traffic)."""
@@ -470,7 +471,7 @@ class DataPath:
 
     def _thread_main(self, lock: threading.Lock, wake_fd: int, done: trio.Event) -> None:
         """The data thread: one epoll over every device, the pipeline per ready fd."""
-        handlers: dict[int, Callable[[], object] | None] = {wake_fd: None}
+        handlers: Handlers = {wake_fd: None}
         handlers[_fileno(self._tun)] = self._seal_and_send
         sockets = [*self._udp.items(), *((u.local_address[1], u) for u in self._more)]
         for port, udp in sockets:
