@@ -145,8 +145,43 @@ esp = ["aes256gcm16"]
     return path
 
 
-def write_charon_dir(directory: Path, pki_dir: Path, peers: int, addresses: int) -> None:
-    """strongswan.conf and swanctl/ (one connection and certificate per spoke)."""
+def conf_lines(settings: dict[str, str]) -> list[str]:
+    """strongswan.conf lines for dotted keys: ``a.b = v`` becomes ``a {`` ``b = v`` ``}``."""
+    tree: dict[str, Any] = {}
+    for key, value in settings.items():
+        *sections, leaf = key.split(".")
+        node = tree
+        for name in sections:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return _conf_tree(tree)
+
+
+def _conf_tree(tree: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            lines += [f"{key} {{", *("  " + line for line in _conf_tree(value)), "}"]
+        else:
+            lines.append(f"{key} = {value}")
+    return lines
+
+
+def write_charon_dir(
+    directory: Path,
+    pki_dir: Path,
+    peers: int,
+    addresses: int,
+    settings: dict[str, str] | None = None,
+) -> None:
+    """strongswan.conf and swanctl/ (one connection and certificate per spoke).
+
+    ``settings`` are extra keys of the ``charon`` section (``threads``, ...);
+    ``log_level`` sets the file log's default level.
+    """
+    extra = dict(settings or {})
+    log_level = extra.pop("log_level", "0")
+    extra_lines = "".join(f"  {line}\n" for line in conf_lines(extra))
     sw = directory / "swanctl"
     for sub in ("conf.d", "x509", "x509ca", "private", "pubkey", "x509crl", "rsa", "ecdsa"):
         (sw / sub).mkdir(parents=True, exist_ok=True)
@@ -158,7 +193,7 @@ charon {{
   retransmit_timeout = 4.0
   retransmit_tries = 5
   ikesa_table_size = 4096
-  plugins {{
+{extra_lines}  plugins {{
     vici {{
       socket = unix:///run/charon.vici
     }}
@@ -172,7 +207,7 @@ charon {{
       path = /run/charon.log
       append = yes
       time_format = %F %T
-      default = 0
+      default = {log_level}
     }}
   }}
 }}
@@ -366,6 +401,7 @@ class Run:
     hub: Gateway | None = None
     started_at: float = 0.0
     batches: list[Batch] = field(default_factory=list)
+    charon_settings: dict[str, str] = field(default_factory=dict)
 
     def setup(self) -> None:
         self.lab.up()
@@ -379,7 +415,7 @@ class Run:
         pki_dir = write_pki(self.work, self.peers)
         config = write_hub_config(self.work, pki_dir, self.peers)
         charon_dir = self.work / "charon"
-        write_charon_dir(charon_dir, pki_dir, self.peers, self.addresses)
+        write_charon_dir(charon_dir, pki_dir, self.peers, self.addresses, self.charon_settings)
         self.charon = Charon(self.lab, charon_dir)
         self.charon.start()
         self.hub = Gateway(self.lab, "gwb", config, self.work / "hub.sock", self.work / "hub.log")
@@ -551,6 +587,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rate mode: after the first and the last batch wait S seconds (past the 41 s "
         "a deleted IKE SA lingers to answer retransmissions) and measure RSS again",
     )  # fmt: skip
+    p.add_argument(
+        "--charon-set", action="append", default=[], metavar="KEY=VALUE",
+        help="an extra key of strongswan.conf's charon section (threads=4, ...), "
+        "or log_level=N for its file log; repeatable",
+    )  # fmt: skip
     p.add_argument("--prefix", default=None, help="namespace prefix (default hs + hex)")
     p.add_argument("--json", action="store_true")
     p.add_argument(
@@ -562,6 +603,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 1 <= args.peers <= 65535:
         p.error("--peers must be 1..65535")
     args.addresses = max(1, min(args.addresses, MAX_ADDRESSES, args.peers))
+    settings = {}
+    for item in args.charon_set:
+        key, sep, value = item.partition("=")
+        word = key.replace("_", "").replace("-", "").replace(".", "")
+        if not sep or not word.isalnum() or any(c in value for c in "{}\n"):
+            p.error(f"--charon-set wants KEY=VALUE, got {item!r}")
+        settings[key] = value
+    args.charon_set = settings
     return args
 
 
@@ -592,13 +641,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     lab = Lab(args.prefix or unique_prefix("hs"))
     work = Path(tempfile.mkdtemp(prefix="tunneld-hs-"))
-    run = Run(lab, work, args.peers, args.addresses)
+    run = Run(lab, work, args.peers, args.addresses, charon_settings=args.charon_set)
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": commit(),
         "mode": args.mode,
         "peers": args.peers,
         "addresses": args.addresses,
+        "charon_settings": args.charon_set,
         "machine": {"nproc": os.cpu_count(), "loadavg_start": os.getloadavg()[0]},
     }
     try:
