@@ -452,14 +452,15 @@ class Run:
 
 
 @contextlib.contextmanager
-def profiled(pid: int, out: Path | None) -> Iterator[None]:
-    """py-spy (from PATH) samples ``pid`` while the block runs, if ``out`` is given."""
+def profiled(pid: int, out: Path | None, gil: bool = False) -> Iterator[None]:
+    """py-spy (from PATH) samples ``pid`` while the block runs, if ``out`` is given;
+    ``gil``: only samples holding the GIL (CPU in Python, not a ``sendto`` descheduled)."""
     if out is None:
         yield
         return
     spy = subprocess.Popen(
         ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-         "--nonblocking", "--output", str(out)],
+         "--nonblocking", "--output", str(out), *(["--gil"] if gil else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(1.0)  # attached
@@ -471,7 +472,12 @@ def profiled(pid: int, out: Path | None) -> Iterator[None]:
 
 
 def run_rate(
-    run: Run, batches: int, timeout: float, profile: Path | None = None, settle: float = 0.0
+    run: Run,
+    batches: int,
+    timeout: float,
+    profile: Path | None = None,
+    settle: float = 0.0,
+    gil: bool = False,
 ) -> dict[str, Any]:
     pid = run.start_hub()
     assert run.charon is not None
@@ -483,7 +489,7 @@ def run_rate(
     charon_pid = run.charon.proc.pid
     settled: dict[str, float] = {}
     for b in range(batches):
-        with profiled(pid, profile.with_suffix(f".{b + 1}.txt") if profile else None):
+        with profiled(pid, profile.with_suffix(f".{b + 1}.txt") if profile else None, gil):
             batch = run_batch(pid, charon_pid, commands, events, run.peers, timeout)
         run.batches.append(batch)
         if settle and b in (0, batches - 1):
@@ -538,25 +544,32 @@ def run_rate(
     }
 
 
-def run_hub(run: Run, timeout: float) -> dict[str, Any]:
-    assert run.charon is not None
+def run_hub(
+    run: Run, timeout: float, profile: Path | None = None, gil: bool = False
+) -> dict[str, Any]:
+    """With ``profile``, py-spy's second to attach counts in the all-up time."""
+    assert run.charon is not None and run.charon.proc is not None
     commands, events = Vici(run.charon.vici_path), Vici(run.charon.vici_path)
     events.register("child-updown")
+    charon0 = cpu_seconds(run.charon.proc.pid)
     pid = run.start_hub()
     ready = time.monotonic() - run.started_at
     cpu0 = cpu_seconds(pid)
     rss_ready = rss_mb(pid)
-    initiate_all(commands, run.peers)
-    established = wait_events(events, "child-updown", True, run.peers, timeout)
+    with profiled(pid, profile, gil):
+        initiate_all(commands, run.peers)
+        established = wait_events(events, "child-updown", True, run.peers, timeout)
     all_up = time.monotonic() - run.started_at
     cpu = cpu_seconds(pid) - cpu0
+    charon_cpu = cpu_seconds(run.charon.proc.pid) - charon0
     rss = rss_mb(pid)
     status = run.status_seconds()
     commands.close()
     events.close()
     print(
         f"hub: {established}/{run.peers} Child SAs up {all_up:.2f} s after start "
-        f"(ready after {ready:.2f} s), RSS {rss:.1f} MB, status --json "
+        f"(ready after {ready:.2f} s), hub CPU {cpu:.2f} s, charon CPU {charon_cpu:.2f} s, "
+        f"RSS {rss:.1f} MB, status --json "
         f"{statistics.median(status):.2f} s",
         file=sys.stderr,
     )
@@ -565,6 +578,7 @@ def run_hub(run: Run, timeout: float) -> dict[str, Any]:
         "seconds_to_all_up": all_up,
         "seconds_to_ready": ready,
         "hub_cpu_s_handshakes": cpu,
+        "initiator_cpu_s": charon_cpu,
         "hub_rss_mb_ready": rss_ready,
         "hub_rss_mb_all_up": rss,
         "status_json_s": statistics.median(status),
@@ -596,7 +610,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--py-spy", type=Path, default=None, metavar="FILE",
-        help="rate mode: record the responder with py-spy (collapsed stacks) into FILE",
+        help="record the responder with py-spy (raw collapsed stacks) into FILE "
+        "(rate mode: one file per batch, FILE.N.txt)",
+    )  # fmt: skip
+    p.add_argument(
+        "--py-spy-gil", action="store_true",
+        help="py-spy records only samples holding the GIL (the responder's Python CPU)",
     )  # fmt: skip
     p.add_argument("--keep-dir", action="store_true", help="keep the logs and configurations")
     args = p.parse_args(argv)
@@ -656,9 +675,11 @@ def main(argv: list[str] | None = None) -> int:
             run.setup()
             if args.mode == "rate":
                 result["batches"] = args.batches
-                result["rate"] = run_rate(run, args.batches, args.timeout, args.py_spy, args.settle)
+                result["rate"] = run_rate(
+                    run, args.batches, args.timeout, args.py_spy, args.settle, args.py_spy_gil
+                )
             else:
-                result["hub"] = run_hub(run, args.timeout)
+                result["hub"] = run_hub(run, args.timeout, args.py_spy, args.py_spy_gil)
     except KeyboardInterrupt:
         print("bench_handshake: interrupted", file=sys.stderr)
         return 130
