@@ -176,6 +176,12 @@ def write_charon_dir(
 ) -> None:
     """strongswan.conf and swanctl/ (one connection and certificate per spoke).
 
+    ``mobike = no``: tunneld does not do MOBIKE (DESIGN.md §2), and with it
+    charon put MOBIKE_SUPPORTED and eight ADDITIONAL_IP*_ADDRESS notifies (of
+    the 1,200 addresses the one process holds for all spokes) into every
+    IKE_AUTH, which the responder parsed and ignored; a spoke on a device of
+    its own would list its one or two.
+
     ``settings`` are extra keys of the ``charon`` section (``threads``, ...);
     ``log_level`` sets the file log's default level.
     """
@@ -223,6 +229,7 @@ charon {{
     remote_addrs = {RESPONDER}
     proposals = aes256gcm16-prfsha256-x25519
     encap = yes
+    mobike = no
     rekey_time = 0
     reauth_time = 0
     dpd_delay = 0
