@@ -20,6 +20,7 @@ Pure module: no I/O, no clock, no randomness.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -291,7 +292,9 @@ class SelectedProposal:
         return "-".join(str(t) for t in self.transforms)
 
 
-def _to_wire(transforms: Sequence[TransformSpec]) -> tuple[payloads.Transform, ...]:
+@functools.lru_cache(maxsize=256)  # few distinct answers: the configured algorithms'
+def _to_wire(transforms: tuple[TransformSpec, ...]) -> tuple[payloads.Transform, ...]:
+    """Wire transforms (frozen, so one tuple serves every answer with these algorithms)."""
     return tuple(payloads.Transform(t.type, t.id, t.key_length) for t in transforms)
 
 

@@ -409,6 +409,12 @@ class Run:
     started_at: float = 0.0
     batches: list[Batch] = field(default_factory=list)
     charon_settings: dict[str, str] = field(default_factory=dict)
+    responder_tree: Path | None = None  # a checkout whose tunneld runs the hub
+
+    def _tree_env(self) -> dict[str, str] | None:
+        if self.responder_tree is None:
+            return None
+        return {**os.environ, "PYTHONPATH": str(self.responder_tree)}
 
     def setup(self) -> None:
         self.lab.up()
@@ -425,7 +431,10 @@ class Run:
         write_charon_dir(charon_dir, pki_dir, self.peers, self.addresses, self.charon_settings)
         self.charon = Charon(self.lab, charon_dir)
         self.charon.start()
-        self.hub = Gateway(self.lab, "gwb", config, self.work / "hub.sock", self.work / "hub.log")
+        self.hub = Gateway(
+            self.lab, "gwb", config, self.work / "hub.sock", self.work / "hub.log",
+            env=self._tree_env(), cwd=self.responder_tree,
+        )  # fmt: skip
 
     def start_hub(self) -> int:
         assert self.hub is not None
@@ -444,6 +453,7 @@ class Run:
                 [sys.executable, "-m", "tunneld.cli", "status", "--json",
                  "--socket", str(self.hub.socket)],
                 capture_output=True, text=True, timeout=60, check=False,
+                env=self._tree_env(), cwd=self.responder_tree,
             )  # fmt: skip
             times.append(time.monotonic() - t)
             if out.returncode != 0:
@@ -613,6 +623,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an extra key of strongswan.conf's charon section (threads=4, ...), "
         "or log_level=N for its file log; repeatable",
     )  # fmt: skip
+    p.add_argument(
+        "--responder-tree", type=Path, default=None, metavar="DIR",
+        help="run the hub's tunneld from this checkout (its directory and PYTHONPATH), "
+        "e.g. a base for a before/after with the same harness",
+    )  # fmt: skip
     p.add_argument("--prefix", default=None, help="namespace prefix (default hs + hex)")
     p.add_argument("--json", action="store_true")
     p.add_argument(
@@ -652,9 +667,9 @@ def terminated_on_signal() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def commit() -> str:
+def commit(tree: Path = REPO) -> str:
     out = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     return out.stdout.strip()
@@ -667,7 +682,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     lab = Lab(args.prefix or unique_prefix("hs"))
     work = Path(tempfile.mkdtemp(prefix="tunneld-hs-"))
-    run = Run(lab, work, args.peers, args.addresses, charon_settings=args.charon_set)
+    run = Run(
+        lab, work, args.peers, args.addresses,
+        charon_settings=args.charon_set, responder_tree=args.responder_tree,
+    )  # fmt: skip
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": commit(),
@@ -675,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         "peers": args.peers,
         "addresses": args.addresses,
         "charon_settings": args.charon_set,
+        "responder_tree": str(args.responder_tree or REPO),
+        "responder_commit": commit(args.responder_tree or REPO),
         "machine": {"nproc": os.cpu_count(), "loadavg_start": os.getloadavg()[0]},
     }
     try:

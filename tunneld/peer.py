@@ -181,7 +181,7 @@ from tunneld.childsas import ChildSets
 from tunneld.datapath import IkeDatagram
 from tunneld.durations import Durations
 from tunneld.failures import Failure, FailureLog, classify
-from tunneld.log import LogThrottle, log_context, set_log_context
+from tunneld.log import LogThrottle, log_context, networks_text, set_log_context
 from tunneld.savekeys import KeyTables
 
 log = logging.getLogger("tunneld.peer")
@@ -1177,8 +1177,8 @@ class Peer:
                 "alg": event.algorithms,
                 "generation": child.generation,
                 "outbound_active": event.outbound_active,
-                "local_ts": ",".join(map(str, event.local_ts)),
-                "remote_ts": ",".join(map(str, event.remote_ts)),
+                "local_ts": networks_text(event.local_ts),
+                "remote_ts": networks_text(event.remote_ts),
             },
         )
 
