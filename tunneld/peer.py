@@ -152,6 +152,7 @@ import dataclasses
 import ipaddress
 import logging
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -647,10 +648,14 @@ class Peer:
         assert self.remote is not None and self.resolved is not None
         remote = (self.resolved, self.remote[1])
 
+        # The session holds this callback: a weak reference back to it, or the two
+        # would form a cycle and every initiated session (keys included) would wait
+        # for a full garbage collection instead of going when its record does.
+        me: weakref.ref[IkeSession] | None = None
+
         def alone() -> bool:  # rule 5a, asked when IKE_AUTH is built
-            return not any(
-                s is not session and s.state is not IkeState.CLOSED for s in self._records
-            )
+            mine = me() if me is not None else None
+            return not any(s is not mine and s.state is not IkeState.CLOSED for s in self._records)
 
         session = IkeSession.initiator(
             self.session_config,
@@ -660,6 +665,7 @@ class Peer:
             remote_addr=remote,
             initial_contact=alone,
         )
+        me = weakref.ref(session)
         with log_context(remote=_hostport(remote)):
             session.initiate(now)  # picks our SPI
         self._adopt(session, now)
