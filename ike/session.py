@@ -85,6 +85,11 @@ Invariants:
    IKE_SA_INIT messages, Child SAs or rekey tasks. That bounds what a hub's
    deleted sessions hold for the 41 s of the retransmission window, and no
    secret outlives the SA.
+8. A closed session that lingers may be *buried* (:meth:`IkeSession.bury`):
+   it is finished at once, and its lingering IKE SAs become
+   :class:`~ike.tombstones.Tombstone` rows (SPIs, the answered request and
+   its response, the addresses allowed to ask again, the deadline) that the
+   daemon answers from without a session object (:mod:`ike.tombstones`).
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ from ike.sessionconfig import PeerLookup, SessionConfig
 from ike.sessioncore import SessionCore
 from ike.states import IkeState, Input, accepts
 from ike.taskmanager import Exchange, TaskManager
+from ike.tombstones import Tombstone
 from ike.wire import IkeHeader, parse_header
 
 __all__ = ["Datagram", "IkeSession", "peek_header", "strip_non_esp_marker"]
@@ -491,6 +497,43 @@ class IkeSession:
     def finished(self) -> bool:
         """True once the session has nothing left to do: the daemon may forget it."""
         return self._core.finished
+
+    @property
+    def buriable(self) -> bool:
+        """Closed, lingering only to answer retransmissions: :meth:`bury` may end it."""
+        core = self._core
+        return core.state is IkeState.CLOSED and core.linger_deadline is not None
+
+    def bury(self) -> list[Tombstone]:
+        """Invariant 8: end a closed, lingering session now and return what its IKE
+        SAs would still have answered (:mod:`ike.tombstones`); ``finished`` after.
+        Drain its events and datagrams first: the caller forgets the session."""
+        core = self._core
+        if not self.buriable:
+            raise LocalError(f"only a closed, lingering session is buried (not {core.state.name})")
+        assert core.linger_deadline is not None
+        stones = []
+        for sa in core.sas:
+            cached = sa.tm.cached
+            until = core.linger_deadline if sa is core.sas.current else sa.linger_until
+            if cached is None or until is None:
+                continue
+            ctx = sa.ctx
+            stones.append(
+                Tombstone(
+                    sa.local_spi,
+                    ctx.spi_i,
+                    ctx.spi_r,
+                    cached.message_id,
+                    cached.request,
+                    cached.datagram,
+                    cached.peer,
+                    ctx.remote_addr,
+                    until,
+                )
+            )
+        core.linger_deadline, core.finished = None, True
+        return stones
 
     @property
     def ike_algorithms(self) -> str | None:

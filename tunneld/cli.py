@@ -491,6 +491,8 @@ def format_status(st: dict[str, Any]) -> str:
         for ch in peer["child_sas"]:
             lines.extend(_child_lines(ch))
     lines += _reception_lines(st.get("reception") or {})
+    if held := (st.get("deleted_ike_sas") or {}).get("held"):
+        lines.append(f"  {_count(held, 'deleted IKE SA')} kept to answer retransmissions")
     lines.append(f"  data plane drops: {format_drops(st['dataplane']['drops'])}")
     return "\n".join(lines)
 

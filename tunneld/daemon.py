@@ -16,6 +16,10 @@ Theory of operation:
    The pumps call the dispatcher for each IKE datagram as they read it (no
    queue: see :mod:`tunneld.datapath`); it is synchronous and cheap, and a
    peer's own bounded queue takes what it hands over.
+   A closed IKE SA's SPI routes to the tombstones (:mod:`ike.tombstones`):
+   peers bury a closed session at once, and a retransmission of the request
+   it last answered gets the cached response from there for the rest of the
+   retransmission window, without the session object.
    Anything else is counted and dropped: the dispatcher never raises. The
    lookup is O(1) (dicts by our SPI, and by the initiator's SPI and address
    for a retransmitted IKE_SA_INIT; the candidate entries of a new one's
@@ -89,7 +93,9 @@ from ike.policy import MAX_HALF_OPEN, MAX_HALF_OPEN_PER_PEER
 from ike.session import IkeSession
 from ike.sessionconfig import ChildConfig as IkeChildConfig
 from ike.sessionconfig import PskAuth, PubkeyAuth, Secret, SessionConfig
-from ike.wire import parse_header
+from ike.tombstones import Tombstones
+from ike.tombstones import Verdict as TombVerdict
+from ike.wire import IkeHeader, parse_header
 from tunneld import control, hardening, sdnotify
 from tunneld.alarms import Alarms, next_tick
 from tunneld.childsas import ChildSet, ChildSets, Limits
@@ -186,6 +192,7 @@ class DispatchStats:
 
     unparsable: int = 0
     unknown_spi: int = 0
+    deleted_sa: int = 0  # for a deleted IKE SA, not a retransmission it answers
     no_peer: int = 0
     cookies_sent: int = 0  # COOKIE challenges: no state, no DH (rule 5)
     half_open_limit: int = 0  # new IKE_SA_INIT over a half-open cap
@@ -290,6 +297,7 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self.dispatch = DispatchStats()
         self._by_spi: dict[bytes, Peer] = {}
+        self.tombstones = Tombstones()  # deleted IKE SAs' cached answers (rule 2)
         self._spis_of: dict[IkeSession, tuple[bytes, ...]] = {}
         self.heap = HeapTrimmer()  # freed heap back to the system (tunneld.memtrim)
         # half-open responder sessions by (initiator's SPI, its address): a
@@ -410,6 +418,7 @@ class Daemon:
             now = trio.current_time()
             for peer in list(self.peers.values()):
                 peer.watch_if_wanted(now)
+            self.tombstones.expire(now)
 
     async def _run_peer(self, peer: Peer) -> None:
         """Rule 6: one peer's task; a bug in it resets that peer, nothing else."""
@@ -613,9 +622,22 @@ class Daemon:
         own_spi = header.spi_r if header.is_initiator else header.spi_i
         peer = self._by_spi.get(own_spi)
         if peer is None:
-            self.dispatch.unknown_spi += 1
+            self._dispatch_buried(own_spi, header, dgram)
             return
         peer.deliver(dgram, header)
+
+    def _dispatch_buried(self, own_spi: bytes, header: IkeHeader, dgram: IkeDatagram) -> None:
+        """A deleted IKE SA's retransmitted request gets its cached answer (rule 2)."""
+        verdict, answer = self.tombstones.lookup(
+            own_spi, header, dgram.data, dgram.remote, trio.current_time()
+        )
+        if verdict is TombVerdict.ANSWER:
+            assert answer is not None
+            self.send_ike(answer, dgram.local, dgram.remote)
+        elif verdict is TombVerdict.DROP:
+            self.dispatch.deleted_sa += 1
+        else:
+            self.dispatch.unknown_spi += 1
 
     def _dispatch_init(self, dgram: IkeDatagram) -> None:
         """A new IKE_SA_INIT request, told by its header's bytes: every datagram of a
@@ -689,6 +711,11 @@ class Daemon:
         self._spis_of[session] = spis
         for spi in spis:
             self._by_spi[spi] = peer
+
+    def bury(self, session: IkeSession) -> None:
+        """Rule 2: a closed session's cached answers go to the tombstones (the
+        session object goes: ike.tombstones); its SPIs route there from now on."""
+        self.tombstones.bury(session.bury(), trio.current_time())
 
     def unregister_session(self, session: IkeSession) -> None:
         for spi in self._spis_of.pop(session, ()):
@@ -936,6 +963,7 @@ class Daemon:
                 "pumps": dp.stats() if dp is not None else {},
             },
             "ike_dispatch": vars(self.dispatch).copy(),
+            "deleted_ike_sas": self.tombstones.status(),
             "front_door": self.front_door.status() if self.front_door is not None else {},
             "reception": self._reception_status(now),
             "tasks": task_count(),

@@ -79,6 +79,7 @@ DATAPLANE_DROP_REASONS = (*(r.value for r in DropReason), IKE_NO_HANDLER)
 IKE_DROP_REASONS = (
     "unparsable",
     "unknown_spi",
+    "deleted_sa",
     "no_peer",
     "half_open_limit",
     "malformed_init",
@@ -367,6 +368,17 @@ def _ike_families(status: Mapping[str, Any]) -> Iterator[Metric]:
         "tunneld_peer_task_resets",
         "peer tasks reset after an internal error",
         value=int(dispatch.get("peer_task_resets", 0)),
+    )
+    buried = status.get("deleted_ike_sas", {})
+    yield GaugeMetricFamily(
+        "tunneld_ike_deleted_sas",
+        "deleted IKE SAs still answering a retransmitted request (tombstones)",
+        value=int(buried.get("held", 0)),
+    )
+    yield CounterMetricFamily(
+        "tunneld_ike_deleted_sa_answers",
+        "retransmitted requests answered for deleted IKE SAs",
+        value=int(buried.get("answered", 0)),
     )
     door = status.get("front_door", {})
     yield GaugeMetricFamily(

@@ -231,6 +231,8 @@ class PeerHost(Protocol):
 
     def unregister_session(self, session: IkeSession) -> None: ...
 
+    def bury(self, session: IkeSession) -> None: ...
+
     def half_open_changed(
         self, peer: Peer, spi_i: bytes, remote: Address, *, opened: bool
     ) -> None: ...
@@ -841,6 +843,8 @@ class Peer:
                 record = self._records.get(session)
                 if record is None:
                     continue
+                if session.buriable:  # closed: only its cached answers are left
+                    self.host.bury(session)
                 if session.finished:
                     self._forget(record)
                     continue

@@ -48,13 +48,14 @@ def peer(**fields: Any) -> dict[str, Any]:
     return p
 
 
-def status(*peers: dict[str, Any], drops: dict[str, int] | None = None) -> str:
+def status(*peers: dict[str, Any], drops: dict[str, int] | None = None, **extra: Any) -> str:
     st = {
         "gateway": "gw-a",
         "tun": "tun0",
         "uptime": 12.0,
         "peers": list(peers),
         "dataplane": {"drops": drops or {}},
+        **extra,
     }
     text = format_status(st)
     assert "None" not in text, text
@@ -125,3 +126,11 @@ def test_closed_ike_sas_are_counted_not_listed() -> None:
     text = status(peer(closed_ike_sas=2))
     assert "(2 closed IKE SAs kept to answer retransmissions)" in text, text
     assert "closed IKE SA" not in status(peer(closed_ike_sas=0))
+
+
+def test_deleted_ike_sas_of_the_gateway_are_counted() -> None:
+    held = {"held": 3, "answered": 1, "dropped": 0, "evicted": 0}
+    text = status(peer(), deleted_ike_sas=held)
+    assert "  3 deleted IKE SAs kept to answer retransmissions" in text, text
+    none = {"held": 0, "answered": 1, "dropped": 0, "evicted": 0}
+    assert "deleted IKE SA" not in status(peer(), deleted_ike_sas=none)

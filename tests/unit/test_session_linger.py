@@ -14,14 +14,20 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+import pytest
 from sessionpair import T0, Sent, SessionPair, config_pair
 
 from ike.constants import ExchangeType
+from ike.errors import LocalError
+from ike.events import Address
 from ike.exchanges.context import PER_IKE_SA, SaContext
 from ike.ikesa import IkeSa
 from ike.policy import DEFAULT_RETRANSMIT
 from ike.session import IkeSession
 from ike.states import IkeState
+from ike.tombstones import Tombstones
+from ike.tombstones import Verdict as TombVerdict
+from ike.wire import parse_header
 
 INFO = ExchangeType.INFORMATIONAL
 
@@ -125,3 +131,79 @@ def test_an_established_ike_sa_drops_its_ike_sa_init_messages() -> None:
     request, answer = auth[0], auth[-1]
     assert not request.header.is_response and answer.header.is_response
     assert replay(pair.responder, request, pair.now + 1) == [answer.data]
+
+
+# -- burial (invariant 8): the daemon keeps a tombstone, not the session --------------
+
+
+def buried(pair: SessionPair) -> tuple[Tombstones, Sent, bytes]:
+    """The initiator deletes the IKE SA; the closed responder is buried at once."""
+    responder = pair.responder
+    pair.initiator.close(pair.now)
+    pair.run_until(lambda: pair.initiator.finished, limit=10)
+    assert responder.buriable and not responder.finished
+    table = Tombstones()
+    table.bury(responder.bury(), pair.now)
+    assert responder.finished and not responder.buriable and responder.next_deadline() is None
+    delete, answer = last_delete(pair, "i")
+    return table, delete, answer
+
+
+def ask(
+    table: Tombstones, sent: Sent, now: float, data: bytes | None = None, src: Address | None = None
+) -> tuple[TombVerdict, bytes | None]:
+    data = sent.data if data is None else data
+    header = parse_header(data)
+    own = header.spi_r if header.is_initiator else header.spi_i
+    return table.lookup(own, header, data, sent.src if src is None else src, now)
+
+
+def test_a_buried_session_answers_a_retransmitted_delete_byte_for_byte() -> None:
+    pair = established()
+    table, delete, answer = buried(pair)
+    assert len(table) == 1
+    assert ask(table, delete, pair.now + 20) == (TombVerdict.ANSWER, answer)
+    assert table.answered == 1
+
+
+def test_a_tombstone_answers_nothing_but_the_retransmission() -> None:
+    pair = established()
+    table, delete, answer = buried(pair)
+    now = pair.now + 1
+    forged = delete.data[:-1] + bytes([delete.data[-1] ^ 1])
+    assert ask(table, delete, now, forged) == (TombVerdict.DROP, None)
+    third_party = ("203.0.113.99", 500)
+    assert ask(table, delete, now, src=third_party) == (TombVerdict.DROP, None)
+    assert table.dropped == 2
+    assert ask(table, delete, now) == (TombVerdict.ANSWER, answer)
+
+
+def test_a_tombstone_expires_with_the_retransmission_window() -> None:
+    pair = established()
+    table, delete, _ = buried(pair)
+    until = pair.now + DEFAULT_RETRANSMIT.total + 1
+    assert ask(table, delete, until) == (TombVerdict.UNKNOWN, None)
+    assert len(table) == 0
+
+
+def test_a_tombstone_holds_no_secret_and_shows_none() -> None:
+    """Its fields are the SPIs, the message ID, the two messages as they crossed the
+    wire (encrypted), the addresses and the deadline; its repr shows no message."""
+    pair = established()
+    keys = pair.responder._ctx.keys
+    assert keys is not None
+    secrets = [getattr(keys, f.name) for f in fields(keys)]
+    table, delete, answer = buried(pair)
+    (stone,) = table._by_spi.values()
+    assert (stone.request, stone.response) == (delete.data, answer)
+    for f in fields(stone):
+        value = getattr(stone, f.name)
+        assert not any(s and s == value for s in secrets), f.name
+    assert delete.data.hex() not in repr(stone) and answer.hex() not in repr(stone)
+    assert "request" not in repr(stone) and "response" not in repr(stone)
+
+
+def test_only_a_closed_lingering_session_can_be_buried() -> None:
+    pair = established()
+    with pytest.raises(LocalError):
+        pair.responder.bury()
