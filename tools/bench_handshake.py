@@ -177,10 +177,10 @@ def write_charon_dir(
     """strongswan.conf and swanctl/ (one connection and certificate per spoke).
 
     ``mobike = no``: tunneld does not do MOBIKE (DESIGN.md §2), and with it
-    charon put MOBIKE_SUPPORTED and eight ADDITIONAL_IP*_ADDRESS notifies (of
-    the 1,200 addresses the one process holds for all spokes) into every
-    IKE_AUTH, which the responder parsed and ignored; a spoke on a device of
-    its own would list its one or two.
+    charon put MOBIKE_SUPPORTED and up to eight ADDITIONAL_IP*_ADDRESS notifies
+    (its other local addresses: the one process holds hundreds, for all
+    spokes) into every IKE_AUTH, which the responder parsed and ignored; a
+    spoke on a device of its own would list its one or two.
 
     ``settings`` are extra keys of the ``charon`` section (``threads``, ...);
     ``log_level`` sets the file log's default level.
