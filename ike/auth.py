@@ -400,7 +400,15 @@ def verify_psk(prf: Prf, psk: bytes, octets: bytes, auth_data: bytes) -> None:
 
 def signature_hash_algorithms_data(algs: Iterable[HashAlgorithm] = SUPPORTED_HASHES) -> bytes:
     """Notification Data: a list of 2-octet hash algorithm identifiers."""
+    if algs is SUPPORTED_HASHES:  # every IKE_SA_INIT sends this one
+        return _SUPPORTED_HASHES_DATA
     return b"".join(int(h).to_bytes(2, "big") for h in algs)
+
+
+_SUPPORTED_HASHES_DATA = b"".join(int(h).to_bytes(2, "big") for h in SUPPORTED_HASHES)
+# (identifier, algorithm) of every algorithm we know, looked up per IKE_SA_INIT
+# (iterating the enum class and reading ``.value`` costs more than the lookups)
+_HASHES_BY_VALUE = tuple((int(h), h) for h in HashAlgorithm)
 
 
 def parse_signature_hash_algorithms(data: bytes) -> frozenset[HashAlgorithm]:
@@ -412,4 +420,4 @@ def parse_signature_hash_algorithms(data: bytes) -> frozenset[HashAlgorithm]:
     if len(data) % 2:
         raise ParseError("SIGNATURE_HASH_ALGORITHMS data has an odd length")
     announced = set(struct.unpack(f">{len(data) // 2}H", data))
-    return frozenset(h for h in HashAlgorithm if h.value in announced)  # RFC 7427 §4
+    return frozenset(h for value, h in _HASHES_BY_VALUE if value in announced)  # RFC 7427 §4

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -312,7 +313,10 @@ def malformed_certificates_refused() -> Iterator[None]:
 # --- CERTREQ (§3.7) --------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
 def _spki_sha1(cert: x509.Certificate) -> bytes:
+    """SHA-1 of a CA's SubjectPublicKeyInfo (CERTREQ, §3.7), once per certificate:
+    our trust anchors' go into every IKE_SA_INIT response and IKE_AUTH request."""
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -533,8 +533,10 @@ def _decode_selector(r: Reader) -> TrafficSelector:
     if length != _TS_LEN[TsType(ttype)]:
         raise ParseError(f"traffic selector type {ttype} with length {length}")
     start_port, end_port = r.u16(), r.u16()
+    # the class by type: ip_address() tries IPv4 first, raising for every IPv6 address
+    make = ipaddress.IPv4Address if ttype == TsType.TS_IPV4_ADDR_RANGE else ipaddress.IPv6Address
     size = 4 if ttype == TsType.TS_IPV4_ADDR_RANGE else 16
-    start, end = (ipaddress.ip_address(r.take(size)) for _ in range(2))
+    start, end = make(r.take(size)), make(r.take(size))
     return TrafficSelector(start, end, proto, start_port, end_port)
 
 

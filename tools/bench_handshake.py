@@ -145,8 +145,49 @@ esp = ["aes256gcm16"]
     return path
 
 
-def write_charon_dir(directory: Path, pki_dir: Path, peers: int, addresses: int) -> None:
-    """strongswan.conf and swanctl/ (one connection and certificate per spoke)."""
+def conf_lines(settings: dict[str, str]) -> list[str]:
+    """strongswan.conf lines for dotted keys: ``a.b = v`` becomes ``a {`` ``b = v`` ``}``."""
+    tree: dict[str, Any] = {}
+    for key, value in settings.items():
+        *sections, leaf = key.split(".")
+        node = tree
+        for name in sections:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return _conf_tree(tree)
+
+
+def _conf_tree(tree: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            lines += [f"{key} {{", *("  " + line for line in _conf_tree(value)), "}"]
+        else:
+            lines.append(f"{key} = {value}")
+    return lines
+
+
+def write_charon_dir(
+    directory: Path,
+    pki_dir: Path,
+    peers: int,
+    addresses: int,
+    settings: dict[str, str] | None = None,
+) -> None:
+    """strongswan.conf and swanctl/ (one connection and certificate per spoke).
+
+    ``mobike = no``: tunneld does not do MOBIKE (DESIGN.md §2), and with it
+    charon put MOBIKE_SUPPORTED and up to eight ADDITIONAL_IP*_ADDRESS notifies
+    (its other local addresses: the one process holds hundreds, for all
+    spokes) into every IKE_AUTH, which the responder parsed and ignored; a
+    spoke on a device of its own would list its one or two.
+
+    ``settings`` are extra keys of the ``charon`` section (``threads``, ...);
+    ``log_level`` sets the file log's default level.
+    """
+    extra = dict(settings or {})
+    log_level = extra.pop("log_level", "0")
+    extra_lines = "".join(f"  {line}\n" for line in conf_lines(extra))
     sw = directory / "swanctl"
     for sub in ("conf.d", "x509", "x509ca", "private", "pubkey", "x509crl", "rsa", "ecdsa"):
         (sw / sub).mkdir(parents=True, exist_ok=True)
@@ -158,7 +199,7 @@ charon {{
   retransmit_timeout = 4.0
   retransmit_tries = 5
   ikesa_table_size = 4096
-  plugins {{
+{extra_lines}  plugins {{
     vici {{
       socket = unix:///run/charon.vici
     }}
@@ -172,7 +213,7 @@ charon {{
       path = /run/charon.log
       append = yes
       time_format = %F %T
-      default = 0
+      default = {log_level}
     }}
   }}
 }}
@@ -188,6 +229,7 @@ charon {{
     remote_addrs = {RESPONDER}
     proposals = aes256gcm16-prfsha256-x25519
     encap = yes
+    mobike = no
     rekey_time = 0
     reauth_time = 0
     dpd_delay = 0
@@ -366,6 +408,13 @@ class Run:
     hub: Gateway | None = None
     started_at: float = 0.0
     batches: list[Batch] = field(default_factory=list)
+    charon_settings: dict[str, str] = field(default_factory=dict)
+    responder_tree: Path | None = None  # a checkout whose tunneld runs the hub
+
+    def _tree_env(self) -> dict[str, str] | None:
+        if self.responder_tree is None:
+            return None
+        return {**os.environ, "PYTHONPATH": str(self.responder_tree)}
 
     def setup(self) -> None:
         self.lab.up()
@@ -379,10 +428,13 @@ class Run:
         pki_dir = write_pki(self.work, self.peers)
         config = write_hub_config(self.work, pki_dir, self.peers)
         charon_dir = self.work / "charon"
-        write_charon_dir(charon_dir, pki_dir, self.peers, self.addresses)
+        write_charon_dir(charon_dir, pki_dir, self.peers, self.addresses, self.charon_settings)
         self.charon = Charon(self.lab, charon_dir)
         self.charon.start()
-        self.hub = Gateway(self.lab, "gwb", config, self.work / "hub.sock", self.work / "hub.log")
+        self.hub = Gateway(
+            self.lab, "gwb", config, self.work / "hub.sock", self.work / "hub.log",
+            env=self._tree_env(), cwd=self.responder_tree,
+        )  # fmt: skip
 
     def start_hub(self) -> int:
         assert self.hub is not None
@@ -401,6 +453,7 @@ class Run:
                 [sys.executable, "-m", "tunneld.cli", "status", "--json",
                  "--socket", str(self.hub.socket)],
                 capture_output=True, text=True, timeout=60, check=False,
+                env=self._tree_env(), cwd=self.responder_tree,
             )  # fmt: skip
             times.append(time.monotonic() - t)
             if out.returncode != 0:
@@ -416,14 +469,15 @@ class Run:
 
 
 @contextlib.contextmanager
-def profiled(pid: int, out: Path | None) -> Iterator[None]:
-    """py-spy (from PATH) samples ``pid`` while the block runs, if ``out`` is given."""
+def profiled(pid: int, out: Path | None, gil: bool = False) -> Iterator[None]:
+    """py-spy (from PATH) samples ``pid`` while the block runs, if ``out`` is given;
+    ``gil``: only samples holding the GIL (CPU in Python, not a ``sendto`` descheduled)."""
     if out is None:
         yield
         return
     spy = subprocess.Popen(
         ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-         "--nonblocking", "--output", str(out)],
+         "--nonblocking", "--output", str(out), *(["--gil"] if gil else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(1.0)  # attached
@@ -435,7 +489,12 @@ def profiled(pid: int, out: Path | None) -> Iterator[None]:
 
 
 def run_rate(
-    run: Run, batches: int, timeout: float, profile: Path | None = None, settle: float = 0.0
+    run: Run,
+    batches: int,
+    timeout: float,
+    profile: Path | None = None,
+    settle: float = 0.0,
+    gil: bool = False,
 ) -> dict[str, Any]:
     pid = run.start_hub()
     assert run.charon is not None
@@ -447,7 +506,7 @@ def run_rate(
     charon_pid = run.charon.proc.pid
     settled: dict[str, float] = {}
     for b in range(batches):
-        with profiled(pid, profile.with_suffix(f".{b + 1}.txt") if profile else None):
+        with profiled(pid, profile.with_suffix(f".{b + 1}.txt") if profile else None, gil):
             batch = run_batch(pid, charon_pid, commands, events, run.peers, timeout)
         run.batches.append(batch)
         if settle and b in (0, batches - 1):
@@ -502,25 +561,32 @@ def run_rate(
     }
 
 
-def run_hub(run: Run, timeout: float) -> dict[str, Any]:
-    assert run.charon is not None
+def run_hub(
+    run: Run, timeout: float, profile: Path | None = None, gil: bool = False
+) -> dict[str, Any]:
+    """With ``profile``, py-spy's second to attach counts in the all-up time."""
+    assert run.charon is not None and run.charon.proc is not None
     commands, events = Vici(run.charon.vici_path), Vici(run.charon.vici_path)
     events.register("child-updown")
+    charon0 = cpu_seconds(run.charon.proc.pid)
     pid = run.start_hub()
     ready = time.monotonic() - run.started_at
     cpu0 = cpu_seconds(pid)
     rss_ready = rss_mb(pid)
-    initiate_all(commands, run.peers)
-    established = wait_events(events, "child-updown", True, run.peers, timeout)
+    with profiled(pid, profile, gil):
+        initiate_all(commands, run.peers)
+        established = wait_events(events, "child-updown", True, run.peers, timeout)
     all_up = time.monotonic() - run.started_at
     cpu = cpu_seconds(pid) - cpu0
+    charon_cpu = cpu_seconds(run.charon.proc.pid) - charon0
     rss = rss_mb(pid)
     status = run.status_seconds()
     commands.close()
     events.close()
     print(
         f"hub: {established}/{run.peers} Child SAs up {all_up:.2f} s after start "
-        f"(ready after {ready:.2f} s), RSS {rss:.1f} MB, status --json "
+        f"(ready after {ready:.2f} s), hub CPU {cpu:.2f} s, charon CPU {charon_cpu:.2f} s, "
+        f"RSS {rss:.1f} MB, status --json "
         f"{statistics.median(status):.2f} s",
         file=sys.stderr,
     )
@@ -529,6 +595,7 @@ def run_hub(run: Run, timeout: float) -> dict[str, Any]:
         "seconds_to_all_up": all_up,
         "seconds_to_ready": ready,
         "hub_cpu_s_handshakes": cpu,
+        "initiator_cpu_s": charon_cpu,
         "hub_rss_mb_ready": rss_ready,
         "hub_rss_mb_all_up": rss,
         "status_json_s": statistics.median(status),
@@ -551,17 +618,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rate mode: after the first and the last batch wait S seconds (past the 41 s "
         "a deleted IKE SA lingers to answer retransmissions) and measure RSS again",
     )  # fmt: skip
+    p.add_argument(
+        "--charon-set", action="append", default=[], metavar="KEY=VALUE",
+        help="an extra key of strongswan.conf's charon section (threads=4, ...), "
+        "or log_level=N for its file log; repeatable",
+    )  # fmt: skip
+    p.add_argument(
+        "--responder-tree", type=Path, default=None, metavar="DIR",
+        help="run the hub's tunneld from this checkout (its directory and PYTHONPATH), "
+        "e.g. a base for a before/after with the same harness",
+    )  # fmt: skip
     p.add_argument("--prefix", default=None, help="namespace prefix (default hs + hex)")
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--py-spy", type=Path, default=None, metavar="FILE",
-        help="rate mode: record the responder with py-spy (collapsed stacks) into FILE",
+        help="record the responder with py-spy (raw collapsed stacks) into FILE "
+        "(rate mode: one file per batch, FILE.N.txt)",
+    )  # fmt: skip
+    p.add_argument(
+        "--py-spy-gil", action="store_true",
+        help="py-spy records only samples holding the GIL (the responder's Python CPU)",
     )  # fmt: skip
     p.add_argument("--keep-dir", action="store_true", help="keep the logs and configurations")
     args = p.parse_args(argv)
     if not 1 <= args.peers <= 65535:
         p.error("--peers must be 1..65535")
     args.addresses = max(1, min(args.addresses, MAX_ADDRESSES, args.peers))
+    settings = {}
+    for item in args.charon_set:
+        key, sep, value = item.partition("=")
+        word = key.replace("_", "").replace("-", "").replace(".", "")
+        if not sep or not word.isalnum() or any(c in value for c in "{}\n"):
+            p.error(f"--charon-set wants KEY=VALUE, got {item!r}")
+        settings[key] = value
+    args.charon_set = settings
     return args
 
 
@@ -577,9 +667,9 @@ def terminated_on_signal() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def commit() -> str:
+def commit(tree: Path = REPO) -> str:
     out = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     return out.stdout.strip()
@@ -592,13 +682,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     lab = Lab(args.prefix or unique_prefix("hs"))
     work = Path(tempfile.mkdtemp(prefix="tunneld-hs-"))
-    run = Run(lab, work, args.peers, args.addresses)
+    run = Run(
+        lab, work, args.peers, args.addresses,
+        charon_settings=args.charon_set, responder_tree=args.responder_tree,
+    )  # fmt: skip
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": commit(),
         "mode": args.mode,
         "peers": args.peers,
         "addresses": args.addresses,
+        "charon_settings": args.charon_set,
+        "responder_tree": str(args.responder_tree or REPO),
+        "responder_commit": commit(args.responder_tree or REPO),
         "machine": {"nproc": os.cpu_count(), "loadavg_start": os.getloadavg()[0]},
     }
     try:
@@ -606,9 +702,11 @@ def main(argv: list[str] | None = None) -> int:
             run.setup()
             if args.mode == "rate":
                 result["batches"] = args.batches
-                result["rate"] = run_rate(run, args.batches, args.timeout, args.py_spy, args.settle)
+                result["rate"] = run_rate(
+                    run, args.batches, args.timeout, args.py_spy, args.settle, args.py_spy_gil
+                )
             else:
-                result["hub"] = run_hub(run, args.timeout)
+                result["hub"] = run_hub(run, args.timeout, args.py_spy, args.py_spy_gil)
     except KeyboardInterrupt:
         print("bench_handshake: interrupted", file=sys.stderr)
         return 130

@@ -45,7 +45,7 @@ from ike.identity import Identity, pattern_matches
 from ike.session import IkeSession
 from ike.sessionconfig import PeerQuery, SessionConfig
 from tunneld.config import PeerConfig
-from tunneld.log import LogThrottle, escape
+from tunneld.log import LogThrottle, escape, networks_text
 from tunneld.peer import Peer
 from tunneld.peermatch import spoke_claim, table_rows
 
@@ -322,7 +322,7 @@ class Directory:
             extra={
                 "peer": config.name,
                 "remote_id": str(config.remote_id),
-                "remote_subnets": ",".join(map(str, config.remote_ts)),
+                "remote_subnets": networks_text(config.remote_ts),
             },
         )
         return peer

@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import re
 import sys
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -75,6 +76,18 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return _ENCODE(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _network_text(net: object) -> str:
+    return str(net)
+
+
+def networks_text(nets: Iterable[object]) -> str:
+    """Networks for a log field, comma-separated; each network's text is made once
+    (a hub logs its own site and each spoke's subnets at every handshake, and an
+    IPv6 network's ``str`` is ~3 us of Python)."""
+    return ",".join(map(_network_text, nets))
 
 
 # C0 controls, DEL, C1 controls and the Unicode line/paragraph separators.

@@ -152,6 +152,7 @@ import dataclasses
 import ipaddress
 import logging
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -181,7 +182,7 @@ from tunneld.childsas import ChildSets
 from tunneld.datapath import IkeDatagram
 from tunneld.durations import Durations
 from tunneld.failures import Failure, FailureLog, classify
-from tunneld.log import LogThrottle, log_context, set_log_context
+from tunneld.log import LogThrottle, log_context, networks_text, set_log_context
 from tunneld.savekeys import KeyTables
 
 log = logging.getLogger("tunneld.peer")
@@ -649,10 +650,14 @@ class Peer:
         assert self.remote is not None and self.resolved is not None
         remote = (self.resolved, self.remote[1])
 
+        # The session holds this callback: a weak reference back to it, or the two
+        # would form a cycle and every initiated session (keys included) would wait
+        # for a full garbage collection instead of going when its record does.
+        me: weakref.ref[IkeSession] | None = None
+
         def alone() -> bool:  # rule 5a, asked when IKE_AUTH is built
-            return not any(
-                s is not session and s.state is not IkeState.CLOSED for s in self._records
-            )
+            mine = me() if me is not None else None
+            return not any(s is not mine and s.state is not IkeState.CLOSED for s in self._records)
 
         session = IkeSession.initiator(
             self.session_config,
@@ -662,6 +667,7 @@ class Peer:
             remote_addr=remote,
             initial_contact=alone,
         )
+        me = weakref.ref(session)
         with log_context(remote=_hostport(remote)):
             session.initiate(now)  # picks our SPI
         self._adopt(session, now)
@@ -1181,8 +1187,8 @@ class Peer:
                 "alg": event.algorithms,
                 "generation": child.generation,
                 "outbound_active": event.outbound_active,
-                "local_ts": ",".join(map(str, event.local_ts)),
-                "remote_ts": ",".join(map(str, event.remote_ts)),
+                "local_ts": networks_text(event.local_ts),
+                "remote_ts": networks_text(event.remote_ts),
             },
         )
 

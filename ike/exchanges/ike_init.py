@@ -22,6 +22,7 @@ sides move to UDP 4500 and UDP-encapsulated ESP.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from cryptography.hazmat.primitives import hashes
@@ -62,9 +63,14 @@ _CHACHA_KEY_LEN = 32  # RFC 7634 §2
 def natd_hash(spi_i: bytes, spi_r: bytes, addr: Address) -> bytes:
     """SHA-1(SPIi | SPIr | IP | port), §2.23."""
     digest = hashes.Hash(hashes.SHA1())
-    digest.update(spi_i + spi_r + ipaddress.ip_address(addr[0]).packed)
-    digest.update(addr[1].to_bytes(2, "big"))
+    digest.update(spi_i + spi_r + _packed(addr[0]) + addr[1].to_bytes(2, "big"))
     return digest.finalize()
+
+
+@functools.lru_cache(maxsize=1024)
+def _packed(ip: str) -> bytes:
+    """An address in network order; four per IKE_SA_INIT, mostly the same few."""
+    return ipaddress.ip_address(ip).packed
 
 
 def natd_payloads(

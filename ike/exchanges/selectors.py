@@ -14,6 +14,7 @@ two checks of §2.9:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -44,13 +45,20 @@ def to_networks(selectors: Iterable[TrafficSelector]) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
-def _summarize(ts: TrafficSelector) -> list[IPNetwork]:
-    start, end = ts.start_addr, ts.end_addr
+def _summarize(ts: TrafficSelector) -> tuple[IPNetwork, ...]:
+    return _summarize_range(ts.start_addr, ts.end_addr)
+
+
+@functools.lru_cache(maxsize=1024)  # a hub sees its own selectors in every IKE_AUTH
+def _summarize_range(
+    start: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    end: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> tuple[IPNetwork, ...]:
     if isinstance(start, ipaddress.IPv4Address) and isinstance(end, ipaddress.IPv4Address):
-        return list(ipaddress.summarize_address_range(start, end))
+        return tuple(ipaddress.summarize_address_range(start, end))
     if isinstance(start, ipaddress.IPv6Address) and isinstance(end, ipaddress.IPv6Address):
-        return list(ipaddress.summarize_address_range(start, end))
-    return []  # TrafficSelector refuses mixed versions
+        return tuple(ipaddress.summarize_address_range(start, end))
+    return ()  # TrafficSelector refuses mixed versions
 
 
 def _intersect_protocol(a: int, b: int) -> int | None:

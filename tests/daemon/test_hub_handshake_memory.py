@@ -92,3 +92,36 @@ def test_deadlines_keep_no_removed_or_superseded_key_alive() -> None:
     assert len(deadlines) == 1 and deadlines.earliest() == 100.0
     assert len(deadlines._heap) <= 2 * len(deadlines) + 16  # stale pairs compacted
     assert deadlines.pop_due(99.0) == [] and deadlines.pop_due(100.0) == [keep]
+
+
+async def test_finished_sessions_go_without_the_cycle_collector(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A finished IKE session is freed when its record goes, on either side: nothing it
+    holds (its keys included) waits for a full collection. The initiator's session used
+    to hold the peer's initial-contact callback, which held the session."""
+    files = write_hub_configs(tmp_path, "pattern", spokes=SPOKES, max_spokes=10)
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        hub, _ = await start_site(nursery, files.hub, network)
+        spokes = [(await start_site(nursery, p, network))[0] for p in files.spokes]
+        await wait_until(lambda: len(up(hub)) == SPOKES)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage
+        try:
+            for _ in range(2):
+                for spoke in spokes:
+                    spoke.daemon.peers["hub"].down(None)
+                await wait_until(lambda: not up(hub))
+                for spoke in spokes:
+                    spoke.daemon.peers["hub"].up()
+                await wait_until(lambda: len(up(hub)) == SPOKES)
+            await trio.sleep(300)  # past every closed session's retransmission window
+            gc.collect()
+            cyclic = [o for o in gc.garbage if isinstance(o, IkeSession)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert cyclic == []
+        assert len(live_sessions()) == 2 * SPOKES  # the finished ones are gone
+        nursery.cancel_scope.cancel()

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ike import proposals
 from ike.constants import DhGroup, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
 from ike.errors import NoProposalChosen
 from ike.payloads import Proposal as WireProposal
@@ -439,3 +440,40 @@ def test_dh_helpers() -> None:
     assert first_dh_group(esp("aes256gcm16")) is None
     assert accepts_dh_group(configured, 31)
     assert not accepts_dh_group(configured, 19)
+
+
+# --- the memo of matches (a hub answers the same offer thousands of times) -----
+
+
+def test_a_repeated_offer_is_matched_once_with_its_own_spi() -> None:
+    configured = esp("aes256gcm16")
+    transforms = (Transform(ENCR, GCM, 256), Transform(ESN, 0))
+    first = select_proposal([wire(1, ProtocolId.ESP, *transforms, spi=ESP_SPI)], configured)
+    again = select_proposal([wire(2, ProtocolId.ESP, *transforms, spi=b"\x55" * 4)], configured)
+    assert again.transforms is first.transforms  # the memo's answer, not a new match
+    assert (again.number, again.peer_spi) == (2, b"\x55" * 4)  # the offer's own, per call
+    # The same content against another configured proposal, or a DH preference, is
+    # matched on its own: an ESN-only configuration refuses what NO_ESN accepted.
+    with pytest.raises(NoProposalChosen):
+        select_proposal([wire(1, ProtocolId.ESP, *transforms, spi=ESP_SPI)], esp("aes256gcm16-esn"))
+    offer = [wire(1, ProtocolId.IKE, Transform(ENCR, GCM, 256), Transform(PRF, 5),
+                  Transform(DH, 19), Transform(DH, 31))]  # fmt: skip
+    both = ike("aes256gcm16-prfsha256-x25519-ecp256")
+    assert select_proposal(offer, both).dh_group == 31
+    assert select_proposal(offer, both, prefer_dh=19).dh_group == 19
+    assert len(proposals._MATCHES) <= proposals._MATCHES_MAX
+
+
+def test_hostile_offers_do_not_grow_the_memo() -> None:
+    configured = esp("aes256gcm16")
+    for n in range(3 * proposals._MATCHES_MAX):  # each a new content: misses only
+        offer = wire(1, ProtocolId.ESP, Transform(ENCR, GCM, n % 65536), spi=ESP_SPI)
+        with pytest.raises(NoProposalChosen):
+            select_proposal([offer], configured)
+        assert len(proposals._MATCHES) <= proposals._MATCHES_MAX
+    # offers carrying attribute values (up to the message size) are never kept
+    attributed = Transform(ENCR, GCM, 256, (TransformAttribute(99, b"\x00" * 4000),))
+    proposals._MATCHES.clear()
+    with pytest.raises(NoProposalChosen):
+        select_proposal([wire(1, ProtocolId.ESP, attributed, spi=ESP_SPI)], configured)
+    assert not proposals._MATCHES
